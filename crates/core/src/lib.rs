@@ -1,0 +1,16 @@
+//! Capstan's shared kernel.
+//!
+//! Plain types and functions every service builds on: identifiers that cannot be constructed
+//! invalid ([`ids`]), injected time and randomness ([`clock`], [`rng`]), secret handling
+//! ([`crypto`]), access-token minting and verification ([`jwt`]) and the authorization seam
+//! ([`authz`]). Nothing here touches the network or a database.
+
+pub mod authz;
+pub mod clock;
+pub mod crypto;
+pub mod ids;
+pub mod jwt;
+pub mod rng;
+
+mod error;
+pub use error::CoreError;

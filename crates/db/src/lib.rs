@@ -1,0 +1,218 @@
+//! Capstan's database handle.
+//!
+//! [`Db`] is a Postgres or a SQLite pool. Stores write each query once and run it on whichever
+//! backend is configured through [`on_pool!`]; where the dialects differ, a store matches on the
+//! variant itself. Migrations live in `migrations/{postgres,sqlite}` and are embedded in the binary.
+//!
+//! The change feed (`core_changes`) is how servers sharing a database learn that a cached object
+//! changed: writers append `(tenant, topic, key)`, every server polls for rows after its cursor.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::SqliteSynchronous;
+
+pub mod testing;
+
+static PG_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// Errors from the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is neither `postgres://` nor `sqlite://`.
+    #[error("unsupported database url (expected postgres://… or sqlite://…)")]
+    UnsupportedUrl,
+    /// A unique constraint was violated.
+    #[error("already exists")]
+    Conflict,
+    /// A stored value did not decode into a domain value.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database failed or is unreachable.
+    #[error(transparent)]
+    Sqlx(sqlx::Error),
+    /// Migrations failed.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => DbError::Conflict,
+            _ => DbError::Sqlx(e),
+        }
+    }
+}
+
+/// A pool on one of the supported backends.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// PostgreSQL: the production store.
+    Postgres(PgPool),
+    /// SQLite: the embedded store of `capstan dev`.
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool, so one query text serves both backends.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::Db::Postgres($p) => $body,
+            $crate::Db::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Change {
+    /// Position in the feed.
+    pub seq: i64,
+    /// The tenant the changed object belongs to.
+    pub tenant: String,
+    /// What kind of object changed (`client`, `keys`, `tenant`, …).
+    pub topic: String,
+    /// Which object changed.
+    pub key: String,
+}
+
+impl Db {
+    /// Connects to `url` (`postgres://…`, `postgresql://…` or `sqlite://…`). SQLite files are
+    /// created if missing and run in WAL mode with foreign keys on.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.clamp(1, 8))
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self {
+            Db::Postgres(_) => &PG_MIGRATIONS,
+            Db::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies pending migrations. Safe to run from several processes at once: Postgres
+    /// serialises them with an advisory lock, SQLite with its write lock.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let m = self.migrator();
+        on_pool!(self, |p| m.run(p).await)?;
+        Ok(())
+    }
+
+    /// Versions of embedded migrations that are not applied yet.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, DbError> {
+        let applied: Vec<(i64,)> = match on_pool!(self, |p| {
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(p)
+                .await
+        }) {
+            Ok(v) => v,
+            // No migrations table yet: everything is pending.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(self
+            .migrator()
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.iter().any(|(a,)| a == v))
+            .collect())
+    }
+
+    /// Round-trips a trivial query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        on_pool!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Appends to the change feed.
+    pub async fn publish_change(
+        &self,
+        tenant: &str,
+        topic: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        on_pool!(self, |p| {
+            sqlx::query("INSERT INTO core_changes (tenant, topic, key, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(tenant)
+                .bind(topic)
+                .bind(key)
+                .bind(now)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Feed entries with `seq > after`, oldest first, at most `limit`.
+    pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, DbError> {
+        Ok(on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT seq, tenant, topic, key FROM core_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(p)
+            .await
+        })?)
+    }
+
+    /// The newest position of the feed (0 when empty).
+    pub async fn latest_change(&self) -> Result<i64, DbError> {
+        let (seq,): (Option<i64>,) = on_pool!(self, |p| {
+            sqlx::query_as("SELECT MAX(seq) FROM core_changes")
+                .fetch_one(p)
+                .await
+        })?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Deletes feed entries written before `before`.
+    pub async fn prune_changes(&self, before: i64) -> Result<u64, DbError> {
+        let r = on_pool!(self, |p| {
+            sqlx::query("DELETE FROM core_changes WHERE created_at < $1")
+                .bind(before)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(r)
+    }
+}

@@ -1,0 +1,535 @@
+//! Administration: tenants, clients and signing keys. Every operation names an action and a CRN
+//! and asks the [`Authorizer`](capstan_core::authz::Authorizer) first.
+
+use std::sync::Arc;
+
+use capstan_core::authz::{crn, Caller};
+use capstan_core::crypto::Secret;
+use capstan_core::ids::{check_audience, check_scope_token, PrincipalId, PrincipalKind, TenantId};
+use capstan_core::jwt::{generate_key, Alg};
+use capstan_core::rng::random_b64;
+use capstan_db::DbError;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AuthError;
+use crate::model::{Client, StoredKey, Tenant};
+use crate::service::{key_aad, AuthService, TOPIC_CLIENT, TOPIC_TENANT};
+
+/// Limits on client definitions.
+const MAX_NAME: usize = 200;
+const MAX_LIST: usize = 100;
+
+/// `POST /v1/clients` body.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    /// Human-readable name (1–200 characters).
+    pub name: String,
+    /// Scopes the client may request (RFC 6749 scope tokens).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Audiences the client may request tokens for (at least one).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Access-token lifetime in seconds (60 to the server's maximum); the server default if absent.
+    #[serde(default)]
+    pub token_ttl_seconds: Option<i64>,
+}
+
+/// A client as shown by the API (never its secret or hash).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClientView {
+    /// Client id (also the principal id and `sub`).
+    pub client_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Name.
+    pub name: String,
+    /// Allowed scopes.
+    pub scopes: Vec<String>,
+    /// Allowed audiences.
+    pub audiences: Vec<String>,
+    /// Token lifetime override.
+    pub token_ttl_seconds: Option<i64>,
+    /// Tenant administrator.
+    pub admin: bool,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+    /// When the previous secret stops working, during a rotation grace period.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous_secret_expires_at: Option<i64>,
+}
+
+impl From<&Client> for ClientView {
+    fn from(c: &Client) -> Self {
+        ClientView {
+            client_id: c.id.to_string(),
+            tenant: c.tenant.to_string(),
+            name: c.name.clone(),
+            scopes: c.scopes.clone(),
+            audiences: c.audiences.clone(),
+            token_ttl_seconds: c.token_ttl_seconds,
+            admin: c.admin,
+            created_at: c.created_at,
+            previous_secret_expires_at: c.previous_secret.as_ref().map(|(_, e)| *e),
+        }
+    }
+}
+
+/// A client together with its secret, returned once at creation or rotation.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClientWithSecret {
+    /// The client.
+    #[serde(flatten)]
+    pub client: ClientView,
+    /// The secret; it cannot be retrieved again.
+    pub client_secret: String,
+}
+
+/// `POST /v1/tenants` body.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Tenant id: lowercase letters, digits and `-`, starting with a letter.
+    pub id: String,
+    /// `ES256` (default), `EdDSA` or `RS256`.
+    #[serde(default)]
+    pub signing_alg: Option<String>,
+}
+
+/// A tenant as shown by the API.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantView {
+    /// Tenant id.
+    pub id: String,
+    /// Signing algorithm.
+    pub signing_alg: String,
+    /// Issuer URL.
+    pub issuer: String,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// A new tenant and its first administrator.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedTenant {
+    /// The tenant.
+    pub tenant: TenantView,
+    /// Its administrator client, with the secret shown once.
+    pub admin_client: ClientWithSecret,
+}
+
+/// `POST /v1/keys/rotate` body.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Algorithm of the new key (and of later keys); the tenant's current one if absent.
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// Seconds before the new key signs; the server default if absent. 0 signs at once.
+    #[serde(default)]
+    pub publish_delay_seconds: Option<i64>,
+}
+
+/// A signing key's public facts.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyView {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: String,
+    /// When it was published.
+    pub created_at: i64,
+    /// When it starts (started) signing.
+    pub activates_at: i64,
+}
+
+/// `POST /v1/clients/{id}/secret` body.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// Seconds the old secret keeps working (0–30 days); 0 or absent ends it at once.
+    #[serde(default)]
+    pub grace_period_seconds: Option<i64>,
+}
+
+fn conflict_or(e: DbError, what: String) -> AuthError {
+    match e {
+        DbError::Conflict => AuthError::Conflict(what),
+        e => AuthError::Db(e),
+    }
+}
+
+impl AuthService {
+    async fn guard(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), AuthError> {
+        self.authorizer
+            .authorize(caller, action, resource)
+            .await
+            .map_err(|d| AuthError::Forbidden {
+                action: action.to_owned(),
+                resource: resource.to_owned(),
+                reason: d.reason,
+            })
+    }
+
+    fn tenant_view(&self, t: &Tenant) -> TenantView {
+        TenantView {
+            id: t.id.to_string(),
+            signing_alg: t.signing_alg.as_str().into(),
+            issuer: self.issuer(&t.id),
+            created_at: t.created_at,
+        }
+    }
+
+    fn new_secret(&self) -> Result<Secret<String>, AuthError> {
+        // 256 bits, prefixed so secret scanners can recognise a leaked one.
+        Ok(Secret::new(format!(
+            "cps_{}",
+            random_b64(self.rng.as_ref(), 32)?
+        )))
+    }
+
+    /// Creates a tenant with a first signing key, if it does not exist. Returns whether it did.
+    pub async fn ensure_tenant(&self, id: &TenantId, alg: Alg) -> Result<bool, AuthError> {
+        let t = Tenant {
+            id: id.clone(),
+            signing_alg: alg,
+            created_at: self.now(),
+        };
+        match self.store.create_tenant(&t).await {
+            Ok(()) => {}
+            Err(DbError::Conflict) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        self.add_key(id, alg, 0).await?;
+        Ok(true)
+    }
+
+    /// Creates a client. `admin` makes it an administrator of its tenant.
+    pub async fn create_client_unchecked(
+        &self,
+        tenant: &TenantId,
+        req: NewClient,
+        admin: bool,
+    ) -> Result<ClientWithSecret, AuthError> {
+        validate_client(&req, self.cfg.max_token_ttl)?;
+        let secret = self.new_secret()?;
+        let now = self.now();
+        let client = Client {
+            id: PrincipalId::generate(PrincipalKind::Service, self.rng.as_ref())?,
+            tenant: tenant.clone(),
+            name: req.name,
+            secret_hash: self.hasher.hash(secret.expose()),
+            previous_secret: None,
+            scopes: dedup(req.scopes),
+            audiences: dedup(req.audiences),
+            token_ttl_seconds: req.token_ttl_seconds,
+            admin,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .create_client(&client)
+            .await
+            .map_err(|e| conflict_or(e, "client id already exists".into()))?;
+        self.publish(tenant, TOPIC_CLIENT, client.id.as_str()).await?;
+        Ok(ClientWithSecret {
+            client: ClientView::from(&client),
+            client_secret: secret.expose().clone(),
+        })
+    }
+
+    /// Whether the tenant has an administrator client.
+    pub async fn has_admin(&self, tenant: &TenantId) -> Result<bool, AuthError> {
+        Ok(self.store.has_admin(tenant).await?)
+    }
+
+    /// The administrator client made by `capstan bootstrap`, `capstan dev` and tenant creation:
+    /// scopes none, audience the Capstan API.
+    pub async fn create_admin_client(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<ClientWithSecret, AuthError> {
+        let req = NewClient {
+            name: name.into(),
+            scopes: vec![],
+            audiences: vec![self.cfg.api_audience.clone()],
+            token_ttl_seconds: None,
+        };
+        self.create_client_unchecked(tenant, req, true).await
+    }
+
+    /// `POST /v1/tenants`.
+    pub async fn create_tenant(
+        &self,
+        caller: &Caller,
+        req: NewTenant,
+    ) -> Result<CreatedTenant, AuthError> {
+        let id = TenantId::parse(&req.id)?;
+        let system = TenantId::default_tenant();
+        self.guard(caller, "auth:CreateTenant", &crn("auth", &system, &format!("tenants/{id}")))
+            .await?;
+        let alg = match req.signing_alg.as_deref() {
+            Some(a) => Alg::parse(a)?,
+            None => Alg::ES256,
+        };
+        if !self.ensure_tenant(&id, alg).await? {
+            return Err(AuthError::Conflict(format!("tenant {id:?} already exists")));
+        }
+        let admin_client = self.create_admin_client(&id, &format!("{id}-admin")).await?;
+        let tenant = self
+            .store
+            .get_tenant(&id)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("tenant {id:?} does not exist")))?;
+        Ok(CreatedTenant {
+            tenant: self.tenant_view(&tenant),
+            admin_client,
+        })
+    }
+
+    /// `GET /v1/tenants`.
+    pub async fn list_tenants(&self, caller: &Caller) -> Result<Vec<TenantView>, AuthError> {
+        let system = TenantId::default_tenant();
+        self.guard(caller, "auth:ListTenants", &crn("auth", &system, "tenants/*"))
+            .await?;
+        let tenants = self.store.list_tenants().await?;
+        Ok(tenants.iter().map(|t| self.tenant_view(t)).collect())
+    }
+
+    /// `POST /v1/clients`.
+    pub async fn create_client(
+        &self,
+        caller: &Caller,
+        req: NewClient,
+    ) -> Result<ClientWithSecret, AuthError> {
+        self.guard(caller, "auth:CreateClient", &crn("auth", &caller.tenant, "clients/*"))
+            .await?;
+        self.create_client_unchecked(&caller.tenant, req, false).await
+    }
+
+    /// `GET /v1/clients`.
+    pub async fn list_clients(&self, caller: &Caller) -> Result<Vec<ClientView>, AuthError> {
+        self.guard(caller, "auth:ListClients", &crn("auth", &caller.tenant, "clients/*"))
+            .await?;
+        let clients = self.store.list_clients(&caller.tenant).await?;
+        Ok(clients.iter().map(ClientView::from).collect())
+    }
+
+    fn client_id(id: &str) -> Result<PrincipalId, AuthError> {
+        PrincipalId::parse(id).map_err(|_| AuthError::NotFound(format!("client {id:?} not found")))
+    }
+
+    /// `GET /v1/clients/{id}`.
+    pub async fn get_client(&self, caller: &Caller, id: &str) -> Result<ClientView, AuthError> {
+        self.guard(caller, "auth:GetClient", &crn("auth", &caller.tenant, &format!("clients/{id}")))
+            .await?;
+        let pid = Self::client_id(id)?;
+        let c = self
+            .store
+            .get_client(&caller.tenant, &pid)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("client {id:?} not found")))?;
+        Ok(ClientView::from(&c))
+    }
+
+    /// `DELETE /v1/clients/{id}`: the client's tokens become inactive everywhere.
+    pub async fn delete_client(&self, caller: &Caller, id: &str) -> Result<(), AuthError> {
+        self.guard(
+            caller,
+            "auth:DeleteClient",
+            &crn("auth", &caller.tenant, &format!("clients/{id}")),
+        )
+        .await?;
+        let pid = Self::client_id(id)?;
+        if !self.store.delete_client(&caller.tenant, &pid).await? {
+            return Err(AuthError::NotFound(format!("client {id:?} not found")));
+        }
+        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str()).await
+    }
+
+    /// `POST /v1/clients/{id}/secret`: a new secret; the old one keeps working for the grace
+    /// period.
+    pub async fn rotate_secret(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: RotateSecret,
+    ) -> Result<ClientWithSecret, AuthError> {
+        self.guard(
+            caller,
+            "auth:RotateClientSecret",
+            &crn("auth", &caller.tenant, &format!("clients/{id}")),
+        )
+        .await?;
+        let grace = req.grace_period_seconds.unwrap_or(0);
+        if !(0..=30 * 86_400).contains(&grace) {
+            return Err(AuthError::BadRequest(
+                "grace_period_seconds must be between 0 and 2592000 (30 days)".into(),
+            ));
+        }
+        let pid = Self::client_id(id)?;
+        let mut client = self
+            .store
+            .get_client(&caller.tenant, &pid)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(format!("client {id:?} not found")))?;
+        let secret = self.new_secret()?;
+        let now = self.now();
+        let new_hash = self.hasher.hash(secret.expose());
+        let previous = (grace > 0).then(|| (client.secret_hash.clone(), now + grace));
+        self.store
+            .set_secret(
+                &caller.tenant,
+                &pid,
+                &new_hash,
+                previous.as_ref().map(|(h, e)| (h.as_slice(), *e)),
+                now,
+            )
+            .await?;
+        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str()).await?;
+        client.secret_hash = new_hash;
+        client.previous_secret = previous;
+        Ok(ClientWithSecret {
+            client: ClientView::from(&client),
+            client_secret: secret.expose().clone(),
+        })
+    }
+
+    async fn add_key(&self, tenant: &TenantId, alg: Alg, delay: i64) -> Result<StoredKey, AuthError> {
+        let generated = generate_key(alg, self.rng.as_ref())?;
+        let now = self.now();
+        let sealed = self.sealer.seal(
+            self.rng.as_ref(),
+            generated.private_pkcs8.expose(),
+            key_aad(tenant, &generated.kid).as_bytes(),
+        )?;
+        let key = StoredKey {
+            tenant: tenant.clone(),
+            kid: generated.kid,
+            alg,
+            public_jwk: generated.public,
+            private_key_sealed: sealed,
+            created_at: now,
+            activates_at: now + delay,
+        };
+        self.store.insert_key(&key).await?;
+        self.publish(tenant, TOPIC_TENANT, tenant.as_str()).await?;
+        Ok(key)
+    }
+
+    /// `POST /v1/keys/rotate`: publishes a new key now; it signs after the publish delay.
+    pub async fn rotate_key(&self, caller: &Caller, req: RotateKey) -> Result<KeyView, AuthError> {
+        self.guard(caller, "auth:RotateSigningKey", &crn("auth", &caller.tenant, "keys/*"))
+            .await?;
+        let delay = req
+            .publish_delay_seconds
+            .unwrap_or(self.cfg.key_publish_delay);
+        if !(0..=30 * 86_400).contains(&delay) {
+            return Err(AuthError::BadRequest(
+                "publish_delay_seconds must be between 0 and 2592000 (30 days)".into(),
+            ));
+        }
+        let keys = self.tenant_keys(&caller.tenant).await?;
+        let alg = match req.alg.as_deref() {
+            Some(a) => {
+                let alg = Alg::parse(a)?;
+                if alg != keys.tenant.signing_alg {
+                    self.store.set_signing_alg(&caller.tenant, alg).await?;
+                }
+                alg
+            }
+            None => keys.tenant.signing_alg,
+        };
+        let k = self.add_key(&caller.tenant, alg, delay).await?;
+        Ok(key_view(&k))
+    }
+
+    /// `GET /v1/keys`: the tenant's published keys.
+    pub async fn list_keys(&self, caller: &Caller) -> Result<Vec<KeyView>, AuthError> {
+        self.guard(caller, "auth:ListSigningKeys", &crn("auth", &caller.tenant, "keys/*"))
+            .await?;
+        let keys = self.tenant_keys(&caller.tenant).await?;
+        Ok(keys
+            .published(self.now(), self.cfg.max_token_ttl)
+            .into_iter()
+            .map(key_view)
+            .collect())
+    }
+
+    /// The JWKS document of a tenant: every published key.
+    pub async fn jwks(&self, tenant: &TenantId) -> Result<serde_json::Value, AuthError> {
+        let keys = self.tenant_keys(tenant).await?;
+        let published: Vec<_> = keys
+            .published(self.now(), self.cfg.max_token_ttl)
+            .into_iter()
+            .map(|k| k.public_jwk.clone())
+            .collect();
+        Ok(serde_json::json!({ "keys": published }))
+    }
+
+    /// Whether a tenant exists (from cache when possible).
+    pub async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, AuthError> {
+        match self.tenant_keys(tenant).await {
+            Ok(_) => Ok(true),
+            Err(AuthError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Algorithms of the tenant's published keys (for discovery metadata).
+    pub async fn tenant_algs(&self, tenant: &TenantId) -> Result<Vec<&'static str>, AuthError> {
+        let keys: Arc<_> = self.tenant_keys(tenant).await?;
+        let mut algs: Vec<&'static str> = keys
+            .published(self.now(), self.cfg.max_token_ttl)
+            .iter()
+            .map(|k| k.alg.as_str())
+            .collect();
+        algs.sort_unstable();
+        algs.dedup();
+        Ok(algs)
+    }
+}
+
+fn key_view(k: &StoredKey) -> KeyView {
+    KeyView {
+        kid: k.kid.clone(),
+        alg: k.alg.as_str().into(),
+        created_at: k.created_at,
+        activates_at: k.activates_at,
+    }
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|s| seen.insert(s.clone()));
+    v
+}
+
+fn validate_client(req: &NewClient, max_ttl: i64) -> Result<(), AuthError> {
+    let bad = |m: String| Err(AuthError::BadRequest(m));
+    if req.name.trim().is_empty() || req.name.chars().count() > MAX_NAME {
+        return bad(format!("name: must be 1 to {MAX_NAME} characters"));
+    }
+    if req.scopes.len() > MAX_LIST || req.audiences.len() > MAX_LIST {
+        return bad(format!("scopes, audiences: at most {MAX_LIST} entries each"));
+    }
+    for (i, s) in req.scopes.iter().enumerate() {
+        check_scope_token(s).map_err(|e| AuthError::BadRequest(format!("scopes[{i}]: {e}")))?;
+    }
+    if req.audiences.is_empty() {
+        return bad("audiences: at least one audience is required".into());
+    }
+    for (i, a) in req.audiences.iter().enumerate() {
+        check_audience(a).map_err(|e| AuthError::BadRequest(format!("audiences[{i}]: {e}")))?;
+    }
+    if let Some(ttl) = req.token_ttl_seconds {
+        if !(60..=max_ttl).contains(&ttl) {
+            return bad(format!(
+                "token_ttl_seconds: must be between 60 and {max_ttl}"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Token issuance, verification, introspection and revocation (RFC 6749 §4.4, 9068, 7662, 7009).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use capstan_core::authz::Caller;
+use capstan_core::ids::{PrincipalId, TenantId};
+use capstan_core::jwt::{self, AccessClaims, Audience, Expect, TokenError};
+use capstan_core::rng::random_b64;
+use serde::Serialize;
+
+use crate::error::AuthError;
+use crate::model::Client;
+use crate::service::AuthService;
+
+/// Client credentials presented at the token, introspection or revocation endpoint.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    /// The client id.
+    pub client_id: String,
+    /// The secret (never logged: this type is not printed anywhere).
+    pub client_secret: String,
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// The JWT access token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Lifetime in seconds.
+    pub expires_in: i64,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// An introspection answer (RFC 7662 §2.2). Inactive tokens carry only `active: false`.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Introspection {
+    /// Whether the token is currently active.
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Granted scopes.
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Client the token was issued to.
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Subject.
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Audiences.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub aud: Option<Audience>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Issuer.
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Expiry.
+    pub exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Issued at.
+    pub iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Not before.
+    pub nbf: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Token id.
+    pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `Bearer`.
+    pub token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Tenant.
+    pub tenant: Option<String>,
+}
+
+/// Why a token is not active: a [`TokenError`] or one of the stateful checks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Inactive {
+    /// Signature, type, issuer, time or audience check failed.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The token was revoked.
+    #[error("token has been revoked")]
+    Revoked,
+    /// The client it was issued to no longer exists.
+    #[error("token's client no longer exists")]
+    ClientGone,
+}
+
+fn invalid_client() -> AuthError {
+    AuthError::oauth("invalid_client", "client authentication failed")
+}
+
+impl AuthService {
+    /// Authenticates a client by id and secret (current secret, or the previous one during its
+    /// grace period). Unknown clients and wrong secrets fail alike.
+    pub async fn authenticate_client(
+        &self,
+        tenant: &TenantId,
+        creds: &ClientCredentials,
+    ) -> Result<Arc<Client>, AuthError> {
+        let id = PrincipalId::parse(&creds.client_id).map_err(|_| invalid_client())?;
+        let client = self.client(tenant, &id).await?.ok_or_else(invalid_client)?;
+        let secret = creds.client_secret.as_str();
+        let current = self.hasher.verify(secret, &client.secret_hash);
+        let previous = client.previous_secret.as_ref().is_some_and(|(hash, until)| {
+            self.now() < *until && self.hasher.verify(secret, hash)
+        });
+        if current || previous {
+            Ok(client)
+        } else {
+            Err(invalid_client())
+        }
+    }
+
+    /// The client_credentials grant: checks requested scopes and audiences against the client's
+    /// allowed ones (absent means all of them) and signs an access token.
+    pub async fn issue_client_credentials(
+        &self,
+        tenant: &TenantId,
+        client: &Client,
+        scope: Option<&str>,
+        audience: Option<&str>,
+    ) -> Result<TokenResponse, AuthError> {
+        let scopes = pick(scope, &client.scopes).map_err(|s| {
+            AuthError::oauth(
+                "invalid_scope",
+                format!("scope {s:?} is not allowed for this client"),
+            )
+        })?;
+        let audiences = pick(audience, &client.audiences).map_err(|a| {
+            AuthError::oauth(
+                "invalid_target",
+                format!("audience {a:?} is not allowed for this client"),
+            )
+        })?;
+        if audiences.is_empty() {
+            return Err(AuthError::oauth(
+                "invalid_target",
+                "the client has no allowed audiences",
+            ));
+        }
+        let keys = self.tenant_keys(tenant).await?;
+        let now = self.now();
+        let signer = keys
+            .signer(now)
+            .ok_or(AuthError::Crypto("tenant has no active signing key"))?;
+        let ttl = client
+            .token_ttl_seconds
+            .unwrap_or(self.cfg.default_token_ttl)
+            .min(self.cfg.max_token_ttl);
+        let scope = scopes.join(" ");
+        let claims = AccessClaims {
+            iss: self.issuer(tenant),
+            sub: client.id.to_string(),
+            aud: Audience::from_vec(audiences),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: random_b64(self.rng.as_ref(), 16)?,
+            client_id: client.id.to_string(),
+            scope: scope.clone(),
+            tenant: tenant.to_string(),
+        };
+        let access_token = signer.sign(&claims)?;
+        self.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: ttl,
+            scope,
+        })
+    }
+
+    /// Verifies an access token of `tenant`: signature by a published key, `typ`, `iss`, `exp`,
+    /// `nbf`, optionally `aud`, not revoked, and its client still exists.
+    pub async fn verify_token(
+        &self,
+        tenant: &TenantId,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<AccessClaims, Inactive> {
+        let keys = match self.tenant_keys(tenant).await {
+            Ok(k) => k,
+            Err(_) => return Err(TokenError::UnknownKey.into()),
+        };
+        let issuer = self.issuer(tenant);
+        let now = self.now();
+        let max_ttl = self.cfg.max_token_ttl;
+        let claims = jwt::verify(
+            token,
+            |kid| keys.verifier(kid, now, max_ttl),
+            Expect {
+                issuer: &issuer,
+                audience,
+                now,
+                leeway: self.cfg.leeway,
+            },
+        )?;
+        if self.is_revoked(&claims.jti) {
+            return Err(Inactive::Revoked);
+        }
+        let client = PrincipalId::parse(&claims.client_id)
+            .map_err(|_| Inactive::Token(TokenError::BadSignature))?;
+        match self.client(tenant, &client).await {
+            Ok(Some(_)) => Ok(claims),
+            _ => Err(Inactive::ClientGone),
+        }
+    }
+
+    /// RFC 7662 introspection. Any failure is simply `active: false`. With `audience`, a token
+    /// not meant for that audience is reported inactive (RFC 7662 §4).
+    pub async fn introspect(
+        &self,
+        tenant: &TenantId,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Introspection {
+        self.metrics.introspections.fetch_add(1, Ordering::Relaxed);
+        match self.verify_token(tenant, token, audience).await {
+            Ok(c) => Introspection {
+                active: true,
+                scope: Some(c.scope),
+                client_id: Some(c.client_id),
+                sub: Some(c.sub),
+                aud: Some(c.aud),
+                iss: Some(c.iss),
+                exp: Some(c.exp),
+                iat: Some(c.iat),
+                nbf: Some(c.nbf),
+                jti: Some(c.jti),
+                token_type: Some("Bearer"),
+                tenant: Some(c.tenant),
+            },
+            Err(_) => Introspection::default(),
+        }
+    }
+
+    /// RFC 7009 revocation by `caller`. Tokens that do not verify are ignored (200, as the RFC
+    /// says); a client may revoke its own tokens, an administrator any token of its tenant.
+    pub async fn revoke(
+        &self,
+        tenant: &TenantId,
+        caller: &Client,
+        token: &str,
+    ) -> Result<(), AuthError> {
+        let claims = match self.verify_token(tenant, token, None).await {
+            Ok(c) => c,
+            Err(_) => return Ok(()),
+        };
+        if claims.client_id != caller.id.as_str() && !caller.admin {
+            return Err(AuthError::oauth(
+                "unauthorized_client",
+                "the token was issued to another client",
+            ));
+        }
+        self.store
+            .revoke(tenant, &claims.jti, claims.exp, self.now())
+            .await?;
+        self.remember_revocation(claims.jti, claims.exp);
+        self.metrics.revocations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Authenticates a bearer token for Capstan's own API: it must be an access token of its
+    /// tenant with the API audience.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Caller, AuthError> {
+        let unauthenticated = |e: &dyn std::fmt::Display| AuthError::Unauthenticated(e.to_string());
+        let peek = jwt::peek_claims(token).ok_or_else(|| unauthenticated(&TokenError::Malformed))?;
+        let tenant =
+            TenantId::parse(&peek.tenant).map_err(|_| unauthenticated(&TokenError::Malformed))?;
+        let claims = self
+            .verify_token(&tenant, token, Some(&self.cfg.api_audience))
+            .await
+            .map_err(|e| unauthenticated(&e))?;
+        let principal = PrincipalId::parse(&claims.sub)
+            .map_err(|_| unauthenticated(&TokenError::BadSignature))?;
+        let admin = self
+            .client(&tenant, &principal)
+            .await?
+            .is_some_and(|c| c.admin);
+        Ok(Caller {
+            tenant,
+            principal,
+            scopes: claims.scope.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+            admin,
+        })
+    }
+}
+
+/// The requested space-separated values, each of which must be allowed; all allowed ones when
+/// nothing was requested. Duplicates are folded. `Err` names the first value not allowed.
+fn pick(requested: Option<&str>, allowed: &[String]) -> Result<Vec<String>, String> {
+    match requested.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(allowed.to_vec()),
+        Some(req) => {
+            let mut out: Vec<String> = Vec::new();
+            for v in req.split(' ').filter(|s| !s.is_empty()) {
+                if !allowed.iter().any(|a| a == v) {
+                    return Err(v.to_owned());
+                }
+                if !out.iter().any(|o| o == v) {
+                    out.push(v.to_owned());
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn pick_checks_subsets() {
+        let allowed = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(pick(None, &allowed).unwrap(), allowed);
+        assert_eq!(pick(Some("b a b"), &allowed).unwrap(), ["b", "a"]);
+        assert_eq!(pick(Some("a c"), &allowed).unwrap_err(), "c");
+        assert_eq!(pick(Some("  "), &allowed).unwrap(), allowed);
+    }
+}
