@@ -1,1 +1,43 @@
-fn main() {}
+//! The `capstan` binary.
+
+use std::process::ExitCode;
+
+use capstan_server::config::{check_environment, Cli, Command, LogFormat};
+use capstan_server::{commands, telemetry, ServerError};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), ServerError> {
+    check_environment(std::env::vars().map(|(k, _)| k))?;
+    let opts = match &cli.command {
+        Command::Dev { opts }
+        | Command::Serve { opts, .. }
+        | Command::Bootstrap { opts, .. }
+        | Command::Migrate { opts } => opts.clone().with_file()?,
+    };
+    let _telemetry = telemetry::init(
+        opts.log_format.unwrap_or(LogFormat::Pretty),
+        opts.log.as_deref(),
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Dev { .. } => commands::dev(opts).await,
+            Command::Serve { no_migrate, .. } => commands::serve(opts, no_migrate).await,
+            Command::Bootstrap { force, .. } => commands::bootstrap(opts, force).await,
+            Command::Migrate { .. } => commands::migrate(opts).await,
+        }
+    })
+}

@@ -1,0 +1,185 @@
+//! The `capstan` subcommands.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capstan_auth::store::SqlStore;
+use capstan_auth::{AuthConfig, AuthService};
+use capstan_core::authz::AdminOnly;
+use capstan_core::clock::SystemClock;
+use capstan_core::crypto::MasterKey;
+use capstan_core::ids::TenantId;
+use capstan_core::jwt::Alg;
+use capstan_core::rng::SystemRng;
+use capstan_db::Db;
+use serde_json::json;
+
+use crate::app::Server;
+use crate::config::{master_key_from, Options, Settings};
+use crate::error::ServerError;
+
+const DEV_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8470);
+const SERVE_LISTEN: ([u8; 4], u16) = ([0, 0, 0, 0], 8470);
+
+fn env_master_key() -> Option<String> {
+    std::env::var("CAPSTAN_MASTER_KEY").ok()
+}
+
+fn required_master_key(o: &Options) -> Result<MasterKey, ServerError> {
+    master_key_from(env_master_key(), o.master_key_file.as_deref())?.ok_or_else(|| {
+        ServerError::Config(
+            "no master key: set CAPSTAN_MASTER_KEY (32 bytes, base64 or hex; e.g. `openssl rand -base64 32`) or --master-key-file".into(),
+        )
+    })
+}
+
+fn required_database_url(o: &Options) -> Result<String, ServerError> {
+    o.database_url.clone().ok_or_else(|| {
+        ServerError::Config("no database: set --database-url or CAPSTAN_DATABASE_URL".into())
+    })
+}
+
+/// Writes `contents` to a new file readable only by the owner.
+fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// A service over `db` for one-shot commands (bootstrap).
+fn auth_service(db: &Db, master: &MasterKey, public_url: String) -> Result<AuthService, ServerError> {
+    Ok(AuthService::new(
+        AuthConfig {
+            public_url,
+            ..AuthConfig::default()
+        },
+        Arc::new(SqlStore::new(db.clone())),
+        master,
+        Arc::new(SystemClock),
+        Arc::new(SystemRng::new()),
+        Arc::new(AdminOnly),
+    )?)
+}
+
+fn credentials_json(public_url: &str, c: &capstan_auth::admin::ClientWithSecret) -> serde_json::Value {
+    let issuer = format!("{public_url}/t/{}", c.client.tenant);
+    json!({
+        "tenant": c.client.tenant,
+        "client_id": c.client.client_id,
+        "client_secret": c.client_secret,
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "audience": c.client.audiences.first(),
+    })
+}
+
+/// `capstan dev`.
+pub async fn dev(o: Options) -> Result<(), ServerError> {
+    let data_dir = o.data_dir.clone().unwrap_or_else(|| PathBuf::from(".capstan"));
+    std::fs::create_dir_all(&data_dir)?;
+    let rng = SystemRng::new();
+    let key_path = data_dir.join("master.key");
+    let master = match master_key_from(env_master_key(), o.master_key_file.as_deref())? {
+        Some(k) => k,
+        None if key_path.exists() => master_key_from(None, Some(&key_path))?
+            .ok_or_else(|| ServerError::Config("master key file is empty".into()))?,
+        None => {
+            let k = MasterKey::generate(&rng)?;
+            write_private(&key_path, &k.to_base64())?;
+            k
+        }
+    };
+    let database_url = o.database_url.clone().unwrap_or_else(|| {
+        format!("sqlite://{}", data_dir.join("capstan.db").display())
+    });
+    let settings = Settings::resolve(&o, database_url, master, SocketAddr::from(DEV_LISTEN))?;
+    let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(rng), true).await?;
+    if let Some(auth) = &server.app.auth {
+        let tenant = TenantId::default_tenant();
+        let admin_path = data_dir.join("admin.json");
+        if !auth.has_admin(&tenant).await? {
+            let created = auth.create_admin_client(&tenant, "admin").await?;
+            let creds = credentials_json(&server.public_url, &created);
+            write_private(&admin_path, &format!("{:#}\n", creds))?;
+            println!("capstan dev: created the admin client (shown once; also in {}):", admin_path.display());
+            println!("{creds:#}");
+        } else {
+            println!("capstan dev: admin credentials are in {}", admin_path.display());
+        }
+    }
+    println!(
+        "capstan dev: listening on {} (database {}, issuer {}/t/default)",
+        server.addr, settings.database_url, server.public_url
+    );
+    server.run_until(wait_for_signal()).await
+}
+
+/// `capstan serve`.
+pub async fn serve(o: Options, no_migrate: bool) -> Result<(), ServerError> {
+    let master = required_master_key(&o)?;
+    let settings = Settings::resolve(&o, required_database_url(&o)?, master, SocketAddr::from(SERVE_LISTEN))?;
+    let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(SystemRng::new()), !no_migrate).await?;
+    tracing::info!(addr = %server.addr, public_url = %server.public_url, services = ?settings.services, "capstan serving");
+    server.run_until(wait_for_signal()).await
+}
+
+/// `capstan migrate`.
+pub async fn migrate(o: Options) -> Result<(), ServerError> {
+    let db = Db::connect(&required_database_url(&o)?, 2).await?;
+    db.migrate().await?;
+    println!("capstan migrate: {} database is up to date", db.backend());
+    Ok(())
+}
+
+/// `capstan bootstrap`.
+pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
+    let master = required_master_key(&o)?;
+    let db = Db::connect(&required_database_url(&o)?, 2).await?;
+    db.migrate().await?;
+    let listen = o.listen.unwrap_or(SocketAddr::from(SERVE_LISTEN));
+    let public_url = o
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{listen}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let auth = auth_service(&db, &master, public_url.clone())?;
+    let tenant = TenantId::default_tenant();
+    auth.ensure_tenant(&tenant, Alg::ES256).await?;
+    if auth.has_admin(&tenant).await? && !force {
+        return Err(ServerError::Config(
+            "an admin client exists already; pass --force to create another".into(),
+        ));
+    }
+    let created = auth.create_admin_client(&tenant, "admin").await?;
+    println!("{:#}", credentials_json(&public_url, &created));
+    Ok(())
+}
+

@@ -1,0 +1,394 @@
+//! Configuration: command-line flags > `CAPSTAN_*` environment variables > TOML file (`--config`)
+//! > defaults. One [`Options`] struct is both the clap flag set and the file schema, so the three
+//! layers cannot drift apart; unknown file keys and unknown `CAPSTAN_*` variables are errors.
+//! Every setting is listed in `docs/configuration.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capstan_core::crypto::MasterKey;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::error::ServerError;
+
+/// Capstan: OAuth2 issuer, SPIFFE CA, IAM policy engine, dynamic config and trace collector for
+/// your services, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "capstan", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service with embedded SQLite under --data-dir; creates an admin on first start.
+    Dev {
+        /// Shared settings.
+        #[command(flatten)]
+        opts: Options,
+    },
+    /// Run in production mode against --database-url (Postgres, or SQLite).
+    Serve {
+        /// Shared settings.
+        #[command(flatten)]
+        opts: Options,
+        /// Do not apply migrations on start (run `capstan migrate` separately).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Create the first admin client on a fresh database and print its credentials once.
+    Bootstrap {
+        /// Shared settings.
+        #[command(flatten)]
+        opts: Options,
+        /// Create another admin client even when one exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply database migrations and exit (safe to run from several replicas at once).
+    Migrate {
+        /// Shared settings.
+        #[command(flatten)]
+        opts: Options,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting, each from a flag, an environment variable or the TOML file.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// TOML configuration file; its keys are these settings' long names with '_' for '-'.
+    #[arg(long, env = "CAPSTAN_CONFIG", global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [dev: 127.0.0.1:8470, serve: 0.0.0.0:8470].
+    #[arg(long, env = "CAPSTAN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// URL clients reach Capstan at; issuers are {public_url}/t/{tenant} [http://<listen>].
+    #[arg(long, env = "CAPSTAN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Database URL: postgres://… or sqlite://… [dev: sqlite://<data-dir>/capstan.db].
+    #[arg(long, env = "CAPSTAN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of `capstan dev`'s database, master key and admin.json [./.capstan].
+    #[arg(long, env = "CAPSTAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the master key (base64 or hex of 32 bytes); or set CAPSTAN_MASTER_KEY.
+    #[arg(long, env = "CAPSTAN_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Services to run, comma-separated: auth,policy,identity,config,trace [all].
+    #[arg(long, env = "CAPSTAN_SERVICES", value_delimiter = ',')]
+    pub services: Option<Vec<String>>,
+    /// Log format [pretty].
+    #[arg(long, env = "CAPSTAN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, in tracing-subscriber EnvFilter syntax [info].
+    #[arg(long, env = "CAPSTAN_LOG")]
+    pub log: Option<String>,
+    /// Default access-token lifetime in seconds [900].
+    #[arg(long, env = "CAPSTAN_TOKEN_TTL_SECONDS")]
+    pub token_ttl_seconds: Option<i64>,
+    /// Longest access-token lifetime any client may have, in seconds [86400].
+    #[arg(long, env = "CAPSTAN_MAX_TOKEN_TTL_SECONDS")]
+    pub max_token_ttl_seconds: Option<i64>,
+    /// Seconds between publishing a rotated signing key and signing with it [600].
+    #[arg(long, env = "CAPSTAN_KEY_PUBLISH_DELAY_SECONDS")]
+    pub key_publish_delay_seconds: Option<i64>,
+    /// Audience Capstan's own API requires in bearer tokens [capstan].
+    #[arg(long, env = "CAPSTAN_API_AUDIENCE")]
+    pub api_audience: Option<String>,
+    /// Maximum database connections [16].
+    #[arg(long, env = "CAPSTAN_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+    /// Request timeout in seconds [30].
+    #[arg(long, env = "CAPSTAN_REQUEST_TIMEOUT_SECONDS")]
+    pub request_timeout_seconds: Option<u64>,
+    /// Largest accepted request body in bytes [65536].
+    #[arg(long, env = "CAPSTAN_BODY_LIMIT_BYTES")]
+    pub body_limit_bytes: Option<usize>,
+    /// How often caches poll the database for changes made by other servers, in ms [250].
+    #[arg(long, env = "CAPSTAN_SYNC_INTERVAL_MS")]
+    pub sync_interval_ms: Option<u64>,
+}
+
+macro_rules! merge_fields {
+    ($hi:expr, $lo:expr, [$($f:ident),*]) => {
+        Options { config: $hi.config, $($f: $hi.$f.or($lo.$f)),* }
+    };
+}
+
+impl Options {
+    /// Fills unset settings from the configuration file, if one is named.
+    pub fn with_file(self) -> Result<Options, ServerError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ServerError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let file: Options = toml::from_str(&text).map_err(|e| {
+            ServerError::Config(format!("config file {}: {e}", path.display()))
+        })?;
+        Ok(merge_fields!(self, file, [
+            listen, public_url, database_url, data_dir, master_key_file, services, log_format,
+            log, token_ttl_seconds, max_token_ttl_seconds, key_publish_delay_seconds,
+            api_audience, db_max_connections, request_timeout_seconds, body_limit_bytes,
+            sync_interval_ms
+        ]))
+    }
+}
+
+/// The services Capstan is made of.
+pub const SERVICES: [&str; 5] = ["auth", "policy", "identity", "config", "trace"];
+/// Those this build implements.
+pub const IMPLEMENTED: [&str; 1] = ["auth"];
+
+/// Fully resolved settings of a running server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Public URL; derived from the bound address when absent.
+    pub public_url: Option<String>,
+    /// Database URL.
+    pub database_url: String,
+    /// Selected services.
+    pub services: Vec<String>,
+    /// Master key.
+    pub master_key: MasterKey,
+    /// Default token lifetime.
+    pub token_ttl_seconds: i64,
+    /// Maximum token lifetime.
+    pub max_token_ttl_seconds: i64,
+    /// Key publish delay.
+    pub key_publish_delay_seconds: i64,
+    /// API audience.
+    pub api_audience: String,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// Body limit.
+    pub body_limit_bytes: usize,
+    /// Cache sync interval.
+    pub sync_interval: Duration,
+}
+
+impl Settings {
+    /// Settings with defaults for the given database and master key (used by tests and dev).
+    pub fn new(database_url: String, master_key: MasterKey) -> Settings {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: None,
+            database_url,
+            services: IMPLEMENTED.iter().map(|s| s.to_string()).collect(),
+            master_key,
+            token_ttl_seconds: 900,
+            max_token_ttl_seconds: 86_400,
+            key_publish_delay_seconds: 600,
+            api_audience: "capstan".into(),
+            db_max_connections: 16,
+            request_timeout: Duration::from_secs(30),
+            body_limit_bytes: 64 * 1024,
+            sync_interval: Duration::from_millis(250),
+        }
+    }
+
+    /// Resolves options (already merged with the file) into settings.
+    pub fn resolve(
+        o: &Options,
+        database_url: String,
+        master_key: MasterKey,
+        default_listen: SocketAddr,
+    ) -> Result<Settings, ServerError> {
+        let mut s = Settings::new(database_url, master_key);
+        s.listen = o.listen.unwrap_or(default_listen);
+        s.public_url = o.public_url.clone();
+        if let Some(url) = &s.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ServerError::Config(
+                    "public_url must start with http:// or https://".into(),
+                ));
+            }
+        }
+        s.services = parse_services(o.services.as_deref())?;
+        let positive = |name: &str, v: i64| {
+            if v > 0 {
+                Ok(v)
+            } else {
+                Err(ServerError::Config(format!("{name} must be positive")))
+            }
+        };
+        if let Some(v) = o.token_ttl_seconds {
+            s.token_ttl_seconds = positive("token_ttl_seconds", v)?;
+        }
+        if let Some(v) = o.max_token_ttl_seconds {
+            s.max_token_ttl_seconds = positive("max_token_ttl_seconds", v)?;
+        }
+        if s.token_ttl_seconds > s.max_token_ttl_seconds {
+            return Err(ServerError::Config(
+                "token_ttl_seconds must not exceed max_token_ttl_seconds".into(),
+            ));
+        }
+        if let Some(v) = o.key_publish_delay_seconds {
+            if v < 0 {
+                return Err(ServerError::Config(
+                    "key_publish_delay_seconds must not be negative".into(),
+                ));
+            }
+            s.key_publish_delay_seconds = v;
+        }
+        if let Some(v) = &o.api_audience {
+            capstan_core::ids::check_audience(v)
+                .map_err(|e| ServerError::Config(format!("api_audience: {e}")))?;
+            s.api_audience = v.clone();
+        }
+        if let Some(v) = o.db_max_connections {
+            s.db_max_connections = v.max(1);
+        }
+        if let Some(v) = o.request_timeout_seconds {
+            s.request_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = o.body_limit_bytes {
+            s.body_limit_bytes = v.max(1024);
+        }
+        if let Some(v) = o.sync_interval_ms {
+            s.sync_interval = Duration::from_millis(v.clamp(10, 1000));
+        }
+        Ok(s)
+    }
+}
+
+/// Validates `--services`; absent means every implemented service.
+pub fn parse_services(v: Option<&[String]>) -> Result<Vec<String>, ServerError> {
+    let Some(list) = v else {
+        return Ok(IMPLEMENTED.iter().map(|s| s.to_string()).collect());
+    };
+    let mut out: Vec<String> = Vec::new();
+    for raw in list {
+        let name = raw.trim();
+        if name.is_empty() {
+            continue;
+        }
+        if !SERVICES.contains(&name) {
+            return Err(ServerError::Config(format!(
+                "unknown service {name:?} in --services (known: {})",
+                SERVICES.join(",")
+            )));
+        }
+        if !out.iter().any(|s| s == name) {
+            out.push(name.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err(ServerError::Config("--services names no service".into()));
+    }
+    Ok(out)
+}
+
+/// Environment variables Capstan reads besides the flags' own.
+const EXTRA_ENV: [&str; 1] = ["CAPSTAN_MASTER_KEY"];
+
+/// Refuses `CAPSTAN_*` variables that no setting reads (a typo would otherwise be ignored).
+pub fn check_environment(vars: impl Iterator<Item = String>) -> Result<(), ServerError> {
+    let cmd = Cli::command();
+    let mut known: Vec<String> = EXTRA_ENV.iter().map(|s| s.to_string()).collect();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.push(env.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for v in vars {
+        if v.starts_with("CAPSTAN_") && !known.contains(&v) {
+            known.sort();
+            known.dedup();
+            return Err(ServerError::Config(format!(
+                "unknown environment variable {v} (known: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The master key from CAPSTAN_MASTER_KEY or the key file; `None` when neither is set.
+pub fn master_key_from(
+    env_value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<MasterKey>, ServerError> {
+    if let Some(v) = env_value.filter(|v| !v.trim().is_empty()) {
+        return MasterKey::parse(&v)
+            .map(Some)
+            .map_err(|e| ServerError::Config(format!("CAPSTAN_MASTER_KEY: {e}")));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ServerError::Config(format!("cannot read master key file {}: {e}", path.display()))
+        })?;
+        return MasterKey::parse(&text)
+            .map(Some)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_checked() {
+        assert_eq!(parse_services(None).unwrap(), ["auth"]);
+        let v = vec!["auth".to_string(), "policy".to_string()];
+        assert_eq!(parse_services(Some(&v)).unwrap(), ["auth", "policy"]);
+        let bad = vec!["auth".to_string(), "nope".to_string()];
+        assert!(parse_services(Some(&bad)).unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn unknown_env_vars_are_refused() {
+        let ok = ["CAPSTAN_LISTEN", "CAPSTAN_MASTER_KEY", "HOME"].map(String::from);
+        assert!(check_environment(ok.into_iter()).is_ok());
+        let bad = ["CAPSTAN_LISTN".to_string()];
+        assert!(check_environment(bad.into_iter()).is_err());
+    }
+
+    #[test]
+    fn file_layer_rejects_unknown_keys_and_yields_to_flags() {
+        let dir = std::env::temp_dir().join(format!("capstan-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\ntoken_ttl_seconds = 60\n").unwrap();
+        let o = Options {
+            config: Some(f.clone()),
+            token_ttl_seconds: Some(120),
+            ..Default::default()
+        };
+        let merged = o.with_file().unwrap();
+        assert_eq!(merged.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(merged.token_ttl_seconds, Some(120));
+        std::fs::write(&f, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let o = Options {
+            config: Some(f),
+            ..Default::default()
+        };
+        assert!(o.with_file().unwrap_err().to_string().contains("lisen"));
+    }
+}
