@@ -57,3 +57,75 @@ mod tests {
         assert_eq!(super::replace_database("postgres://h:1", "x"), "postgres://h:1/x");
     }
 }
+
+/// A migrated database of a test's own, removed by [`TestDatabase::cleanup`].
+pub struct TestDatabase {
+    /// Its URL (for a second server on the same database).
+    pub url: String,
+    /// An open handle.
+    pub db: crate::Db,
+    postgres: Option<(String, String)>,
+    sqlite_dir: Option<std::path::PathBuf>,
+}
+
+/// A name no other test run uses: the process id and per-process random bits.
+pub fn unique_name(prefix: &str) -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let salt = std::collections::hash_map::RandomState::new().hash_one(n);
+    format!("{prefix}_{}_{n}_{salt:016x}", std::process::id())
+}
+
+impl TestDatabase {
+    /// A fresh SQLite file in the temp directory.
+    pub async fn sqlite() -> Result<TestDatabase, DbError> {
+        let dir = std::env::temp_dir().join(unique_name("capstan_t"));
+        std::fs::create_dir_all(&dir).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let url = format!("sqlite://{}", dir.join("test.db").display());
+        let db = crate::Db::connect(&url, 4).await?;
+        db.migrate().await?;
+        Ok(TestDatabase {
+            url,
+            db,
+            postgres: None,
+            sqlite_dir: Some(dir),
+        })
+    }
+
+    /// A fresh Postgres database on the server `DATABASE_URL` points at; `None` when the
+    /// variable is unset (the caller reports the skip).
+    pub async fn postgres() -> Result<Option<TestDatabase>, DbError> {
+        let Ok(admin) = std::env::var("DATABASE_URL") else {
+            return Ok(None);
+        };
+        if !admin.starts_with("postgres") {
+            return Ok(None);
+        }
+        let name = unique_name("capstan_t");
+        let url = create_postgres_database(&admin, &name).await?;
+        let db = crate::Db::connect(&url, 8).await?;
+        db.migrate().await?;
+        Ok(Some(TestDatabase {
+            url,
+            db,
+            postgres: Some((admin, name)),
+            sqlite_dir: None,
+        }))
+    }
+
+    /// Closes the pool and removes the database.
+    pub async fn cleanup(self) {
+        match &self.db {
+            crate::Db::Postgres(p) => p.close().await,
+            crate::Db::Sqlite(p) => p.close().await,
+        }
+        if let Some((admin, name)) = &self.postgres {
+            let _ = drop_postgres_database(admin, name).await;
+        }
+        if let Some(dir) = &self.sqlite_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -104,6 +104,7 @@ impl App {
         router
             .merge(ops)
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), observe))
             .layer(axum::extract::DefaultBodyLimit::max(settings.body_limit_bytes))
             .layer(TimeoutLayer::with_status_code(
@@ -117,6 +118,14 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(json!({"error": "not_found", "message": "no such endpoint"})),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "method_not_allowed", "message": "this endpoint does not accept that method"})),
     )
         .into_response()
 }
