@@ -216,6 +216,17 @@ impl AuthService {
         Ok(keys)
     }
 
+    /// Checks that the master key opens the tenant's stored signing keys, so a server started
+    /// with the wrong key fails at once instead of on every request.
+    pub async fn check_master_key(&self, tenant: &TenantId) -> Result<(), AuthError> {
+        match self.tenant_keys(tenant).await {
+            Err(AuthError::Crypto(_)) => Err(AuthError::Crypto(
+                "the master key cannot decrypt the stored signing keys (wrong CAPSTAN_MASTER_KEY?)",
+            )),
+            r => r.map(|_| ()),
+        }
+    }
+
     /// A client from cache or storage; `None` if it does not exist (also cached).
     pub(crate) async fn client(
         &self,

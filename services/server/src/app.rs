@@ -54,15 +54,7 @@ impl App {
             db.migrate().await?;
         }
         let auth = if settings.services.iter().any(|s| s == "auth") {
-            let cfg = AuthConfig {
-                public_url,
-                default_token_ttl: settings.token_ttl_seconds,
-                max_token_ttl: settings.max_token_ttl_seconds,
-                key_publish_delay: settings.key_publish_delay_seconds,
-                leeway: AuthConfig::default().leeway,
-                api_audience: settings.api_audience.clone(),
-                sync_interval: settings.sync_interval,
-            };
+            let cfg = auth_config(settings, public_url);
             let store = Arc::new(SqlStore::new(db.clone()));
             let svc = AuthService::new(
                 cfg,
@@ -114,6 +106,19 @@ impl App {
     }
 }
 
+/// The issuer's settings, from the server's.
+pub fn auth_config(settings: &Settings, public_url: String) -> AuthConfig {
+    AuthConfig {
+        public_url,
+        default_token_ttl: settings.token_ttl_seconds,
+        max_token_ttl: settings.max_token_ttl_seconds,
+        key_publish_delay: settings.key_publish_delay_seconds,
+        leeway: AuthConfig::default().leeway,
+        api_audience: settings.api_audience.clone(),
+        sync_interval: settings.sync_interval,
+    }
+}
+
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -139,7 +144,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let id = format!("{:016x}", app.request_ids.fetch_add(1, Ordering::Relaxed));
-    let span = tracing::debug_span!("request", request.id = %id, http.route = %route, http.method = %method);
+    let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
     let start = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
@@ -260,11 +265,10 @@ impl Server {
         let app = Arc::new(App::build(settings, public_url.clone(), clock, rng, migrate).await?);
         let sync = match &app.auth {
             Some(auth) => {
-                auth.ensure_tenant(
-                    &capstan_core::ids::TenantId::default_tenant(),
-                    capstan_core::jwt::Alg::ES256,
-                )
-                .await?;
+                let default = capstan_core::ids::TenantId::default_tenant();
+                auth.ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
+                    .await?;
+                auth.check_master_key(&default).await?;
                 Some(auth.start_sync().await?)
             }
             None => None,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use capstan_auth::store::SqlStore;
-use capstan_auth::{AuthConfig, AuthService};
+use capstan_auth::AuthService;
 use capstan_core::authz::AdminOnly;
 use capstan_core::clock::SystemClock;
 use capstan_core::crypto::MasterKey;
@@ -16,7 +16,7 @@ use capstan_core::rng::SystemRng;
 use capstan_db::Db;
 use serde_json::json;
 
-use crate::app::Server;
+use crate::app::{auth_config, Server};
 use crate::config::{master_key_from, Options, Settings};
 use crate::error::ServerError;
 
@@ -73,31 +73,36 @@ async fn wait_for_signal() {
     }
 }
 
-/// A service over `db` for one-shot commands (bootstrap).
-fn auth_service(db: &Db, master: &MasterKey, public_url: String) -> Result<AuthService, ServerError> {
+/// A service over `db` for one-shot commands (bootstrap), configured like the server.
+fn auth_service(db: &Db, settings: &Settings, public_url: String) -> Result<AuthService, ServerError> {
     Ok(AuthService::new(
-        AuthConfig {
-            public_url,
-            ..AuthConfig::default()
-        },
+        auth_config(settings, public_url),
         Arc::new(SqlStore::new(db.clone())),
-        master,
+        &settings.master_key,
         Arc::new(SystemClock),
         Arc::new(SystemRng::new()),
         Arc::new(AdminOnly),
     )?)
 }
 
-fn credentials_json(public_url: &str, c: &capstan_auth::admin::ClientWithSecret) -> serde_json::Value {
-    let issuer = format!("{public_url}/t/{}", c.client.tenant);
-    json!({
+/// The admin credentials as printed (and written to `admin.json`). The issuer is included when
+/// the public URL is known.
+fn credentials_json(
+    public_url: Option<&str>,
+    c: &capstan_auth::admin::ClientWithSecret,
+) -> serde_json::Value {
+    let mut v = json!({
         "tenant": c.client.tenant,
         "client_id": c.client.client_id,
         "client_secret": c.client_secret,
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/oauth2/token"),
         "audience": c.client.audiences.first(),
-    })
+    });
+    if let Some(url) = public_url {
+        let issuer = format!("{}/t/{}", url.trim_end_matches('/'), c.client.tenant);
+        v["token_endpoint"] = json!(format!("{issuer}/oauth2/token"));
+        v["issuer"] = json!(issuer);
+    }
+    v
 }
 
 /// `capstan dev`.
@@ -126,7 +131,7 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
         let admin_path = data_dir.join("admin.json");
         if !auth.has_admin(&tenant).await? {
             let created = auth.create_admin_client(&tenant, "admin").await?;
-            let creds = credentials_json(&server.public_url, &created);
+            let creds = credentials_json(Some(&server.public_url), &created);
             write_private(&admin_path, &format!("{:#}\n", creds))?;
             println!("capstan dev: created the admin client (shown once; also in {}):", admin_path.display());
             println!("{creds:#}");
@@ -147,6 +152,7 @@ pub async fn serve(o: Options, no_migrate: bool) -> Result<(), ServerError> {
     let settings = Settings::resolve(&o, required_database_url(&o)?, master, SocketAddr::from(SERVE_LISTEN))?;
     let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(SystemRng::new()), !no_migrate).await?;
     tracing::info!(addr = %server.addr, public_url = %server.public_url, services = ?settings.services, "capstan serving");
+    println!("capstan serve: listening on {} (issuer {}/t/default)", server.addr, server.public_url);
     server.run_until(wait_for_signal()).await
 }
 
@@ -161,16 +167,11 @@ pub async fn migrate(o: Options) -> Result<(), ServerError> {
 /// `capstan bootstrap`.
 pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
     let master = required_master_key(&o)?;
-    let db = Db::connect(&required_database_url(&o)?, 2).await?;
+    let settings = Settings::resolve(&o, required_database_url(&o)?, master, SocketAddr::from(SERVE_LISTEN))?;
+    let db = Db::connect(&settings.database_url, 2).await?;
     db.migrate().await?;
-    let listen = o.listen.unwrap_or(SocketAddr::from(SERVE_LISTEN));
-    let public_url = o
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{listen}"))
-        .trim_end_matches('/')
-        .to_owned();
-    let auth = auth_service(&db, &master, public_url.clone())?;
+    let public_url = o.public_url.as_deref();
+    let auth = auth_service(&db, &settings, public_url.unwrap_or_default().to_owned())?;
     let tenant = TenantId::default_tenant();
     auth.ensure_tenant(&tenant, Alg::ES256).await?;
     if auth.has_admin(&tenant).await? && !force {
@@ -179,7 +180,7 @@ pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
         ));
     }
     let created = auth.create_admin_client(&tenant, "admin").await?;
-    println!("{:#}", credentials_json(&public_url, &created));
+    println!("{:#}", credentials_json(public_url, &created));
     Ok(())
 }
 

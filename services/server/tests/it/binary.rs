@@ -1,0 +1,251 @@
+//! The real `capstan` binary, as an operator runs it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use capstan_core::crypto::MasterKey;
+use capstan_core::rng::SystemRng;
+use capstan_db::testing::{create_postgres_database, drop_postgres_database, unique_name};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::verify_with_jwks;
+
+const BIN: &str = env!("CARGO_BIN_EXE_capstan");
+
+fn capstan(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("CAPSTAN_MASTER_KEY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("CAPSTAN_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+/// Starts a server command and waits for its "listening on ADDR" line; returns the child, the
+/// address and the lines printed before it.
+async fn start(mut cmd: Command) -> (Child, String, Vec<String>) {
+    let mut child = cmd.spawn().expect("spawn capstan");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_owned();
+                return Some(addr);
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await;
+    let Ok(Some(addr)) = found else {
+        let out = child.wait_with_output().await.unwrap();
+        panic!("capstan did not start: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, seen)
+}
+
+/// SIGTERM, then expects a clean exit.
+async fn terminate(mut child: Child) {
+    let pid = child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
+
+/// The README tour in miniature: the printed admin credential creates a client whose token
+/// verifies against the JWKS with a standard JWT library.
+async fn admin_creates_client_whose_token_verifies(base: &str, admin_id: &str, admin_secret: &str) {
+    let http = reqwest::Client::new();
+    let token_url = format!("{base}/t/default/oauth2/token");
+    let r: Value = http
+        .post(&token_url)
+        .basic_auth(admin_id, Some(admin_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin_token = r["access_token"].as_str().expect("admin token").to_owned();
+    let created: Value = http
+        .post(format!("{base}/v1/clients"))
+        .bearer_auth(&admin_token)
+        .json(&json!({"name": "orders", "scopes": ["orders:read"], "audiences": ["orders-api"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r: Value = http
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", created["client_id"].as_str().unwrap()),
+            ("client_secret", created["client_secret"].as_str().unwrap()),
+            ("scope", "orders:read"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["access_token"].as_str().expect("client token");
+    let jwks: Value = http
+        .get(format!("{base}/t/default/oauth2/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let claims = verify_with_jwks(&jwks, token, &format!("{base}/t/default"), "orders-api").unwrap();
+    assert_eq!(claims["sub"], created["client_id"]);
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn dev_runs_on_sqlite_and_reuses_its_admin() {
+    let dir = std::env::temp_dir().join(unique_name("capstan_dev"));
+    let data = dir.to_str().unwrap();
+    let (child, addr, printed) = start(capstan(&["dev", "--data-dir", data, "--listen", "127.0.0.1:0"])).await;
+    assert!(printed.iter().any(|l| l.contains("created the admin client")), "{printed:?}");
+    let admin: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("admin.json")).unwrap()).unwrap();
+    assert_eq!(mode(&dir.join("admin.json")), 0o600);
+    assert_eq!(mode(&dir.join("master.key")), 0o600);
+    let printed_all = printed.join("\n");
+    assert!(printed_all.contains(admin["client_secret"].as_str().unwrap()), "secret printed once");
+    let base = format!("http://{addr}");
+    let (id, secret) = (admin["client_id"].as_str().unwrap(), admin["client_secret"].as_str().unwrap());
+    admin_creates_client_whose_token_verifies(&base, id, secret).await;
+    terminate(child).await;
+
+    // Second start: same database, same admin, nothing new printed.
+    let (child, addr, printed) = start(capstan(&["dev", "--data-dir", data, "--listen", "127.0.0.1:0"])).await;
+    assert!(printed.iter().any(|l| l.contains("admin credentials are in")), "{printed:?}");
+    assert!(!printed.join("\n").contains(secret));
+    admin_creates_client_whose_token_verifies(&format!("http://{addr}"), id, secret).await;
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(unique_name("capstan_cfg"));
+    let data = dir.to_str().unwrap();
+    let db = format!("sqlite://{}/x.db", data);
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (vec!["serve", "--database-url", &db], vec![], "CAPSTAN_MASTER_KEY"),
+        (vec!["serve"], vec![("CAPSTAN_MASTER_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")], "database"),
+        (vec!["dev", "--data-dir", data, "--services", "auth,nope"], vec![], "unknown service \"nope\""),
+        (vec!["dev", "--data-dir", data], vec![("CAPSTAN_LISTN", "x")], "unknown environment variable CAPSTAN_LISTN"),
+        (vec!["serve", "--database-url", &db], vec![("CAPSTAN_MASTER_KEY", "short")], "master key"),
+        (vec!["migrate", "--database-url", "mysql://x"], vec![], "unsupported database url"),
+    ];
+    for (args, env, want) in cases {
+        let mut cmd = capstan(&args);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn migrate_bootstrap_serve_on_postgres() {
+    let Ok(admin_url) = std::env::var("DATABASE_URL") else {
+        eprintln!("SKIPPED on Postgres: DATABASE_URL is not set");
+        return;
+    };
+    let name = unique_name("capstan_t");
+    let url = create_postgres_database(&admin_url, &name).await.unwrap();
+    let key = MasterKey::generate(&SystemRng::new()).unwrap().to_base64();
+
+    // Several replicas migrating at once all succeed.
+    let runs: Vec<_> = (0..3)
+        .map(|_| capstan(&["migrate", "--database-url", &url]).output())
+        .collect();
+    for out in futures_join(runs).await {
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let bootstrap = |force: bool| {
+        let mut args = vec!["bootstrap", "--database-url", url.as_str()];
+        if force {
+            args.push("--force");
+        }
+        let mut c = capstan(&args);
+        c.env("CAPSTAN_MASTER_KEY", &key);
+        c.output()
+    };
+    let out = bootstrap(false).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let again = bootstrap(false).await.unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let forced = bootstrap(true).await.unwrap();
+    assert!(forced.status.success());
+
+    let mut cmd = capstan(&["serve", "--database-url", &url, "--listen", "127.0.0.1:0", "--no-migrate"]);
+    cmd.env("CAPSTAN_MASTER_KEY", &key);
+    let (child, addr, _) = start(cmd).await;
+    let base = format!("http://{addr}");
+    let ready: Value = reqwest::get(format!("{base}/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready, json!({"status": "ready", "database": "postgres"}));
+    admin_creates_client_whose_token_verifies(
+        &base,
+        creds["client_id"].as_str().unwrap(),
+        creds["client_secret"].as_str().unwrap(),
+    )
+    .await;
+    terminate(child).await;
+
+    // A server with the wrong master key refuses to start instead of failing every request.
+    let wrong = MasterKey::generate(&SystemRng::new()).unwrap().to_base64();
+    let mut cmd = capstan(&["serve", "--database-url", &url, "--listen", "127.0.0.1:0"]);
+    cmd.env("CAPSTAN_MASTER_KEY", &wrong);
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master key"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop_postgres_database(&admin_url, &name).await.unwrap();
+}
+
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

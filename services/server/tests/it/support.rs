@@ -1,0 +1,240 @@
+//! Booting servers and talking to them.
+
+use std::sync::Arc;
+
+use capstan_auth::AuthService;
+use capstan_core::clock::{Clock, ManualClock, SystemClock};
+use capstan_core::crypto::MasterKey;
+use capstan_core::ids::TenantId;
+use capstan_core::rng::SystemRng;
+use capstan_db::testing::TestDatabase;
+use capstan_server::{Server, Settings};
+use serde_json::{json, Value};
+
+/// A fresh database and the master key every server on it shares.
+pub struct Ctx {
+    pub db: TestDatabase,
+    pub master: MasterKey,
+}
+
+impl Ctx {
+    pub async fn sqlite() -> Ctx {
+        Ctx {
+            db: TestDatabase::sqlite().await.expect("sqlite"),
+            master: MasterKey::generate(&SystemRng::new()).unwrap(),
+        }
+    }
+
+    pub async fn postgres() -> Option<Ctx> {
+        match TestDatabase::postgres().await {
+            Ok(Some(db)) => Some(Ctx {
+                db,
+                master: MasterKey::generate(&SystemRng::new()).unwrap(),
+            }),
+            Ok(None) => {
+                eprintln!("SKIPPED on Postgres: DATABASE_URL is not set");
+                None
+            }
+            Err(e) => panic!("DATABASE_URL is set but Postgres is unusable: {e}"),
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings::new(self.db.url.clone(), self.master.clone())
+    }
+
+    /// A server on this database with a manual clock starting at the real time.
+    pub async fn server(&self) -> TestServer {
+        self.server_with(self.settings()).await
+    }
+
+    pub async fn server_with(&self, settings: Settings) -> TestServer {
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let server = Server::start(&settings, clock.clone(), Arc::new(SystemRng::new()), true)
+            .await
+            .expect("server starts");
+        // Requests go to the bound address; the issuer is the public URL (shared by a cluster).
+        let base = format!("http://{}", server.addr);
+        TestServer {
+            server,
+            clock,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn cleanup(self) {
+        self.db.cleanup().await;
+    }
+}
+
+/// Client credentials.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub id: String,
+    pub secret: String,
+}
+
+pub struct TestServer {
+    pub server: Server,
+    pub clock: Arc<ManualClock>,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub fn auth(&self) -> &Arc<AuthService> {
+        self.server.app.auth.as_ref().expect("auth runs")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A new admin client of the default tenant (as `capstan dev`/`bootstrap` make).
+    pub async fn admin(&self) -> Creds {
+        let c = self
+            .auth()
+            .create_admin_client(&TenantId::default_tenant(), "admin")
+            .await
+            .unwrap();
+        Creds {
+            id: c.client.client_id,
+            secret: c.client_secret,
+        }
+    }
+
+    /// POSTs a form to a tenant's OAuth endpoint with client_secret_basic.
+    pub async fn oauth(
+        &self,
+        tenant: &str,
+        endpoint: &str,
+        creds: &Creds,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/t/{tenant}/oauth2/{endpoint}")))
+            .basic_auth(&creds.id, Some(&creds.secret))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A client_credentials token (panics unless 200).
+    pub async fn token(&self, tenant: &str, creds: &Creds, form: &[(&str, &str)]) -> String {
+        let mut f = vec![("grant_type", "client_credentials")];
+        f.extend_from_slice(form);
+        let r = self.oauth(tenant, "token", creds, &f).await;
+        assert_eq!(r.status(), 200, "token request failed");
+        let body: Value = r.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn introspect(&self, tenant: &str, creds: &Creds, token: &str) -> Value {
+        let r = self
+            .oauth(tenant, "introspect", creds, &[("token", token)])
+            .await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Sends a `/v1` request with a bearer token; returns status and JSON body (Null if empty).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(bearer);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a client through the API as `admin_token`.
+    pub async fn create_client(&self, admin_token: &str, body: Value) -> Creds {
+        let (status, v) = self
+            .api(reqwest::Method::POST, "/v1/clients", admin_token, Some(body))
+            .await;
+        assert_eq!(status, 201, "{v}");
+        Creds {
+            id: v["client_id"].as_str().unwrap().to_owned(),
+            secret: v["client_secret"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// An admin token, plus a service client "orders" and its token.
+    pub async fn orders_client(&self) -> (String, Creds) {
+        let admin = self.admin().await;
+        let admin_token = self.token("default", &admin, &[]).await;
+        let c = self
+            .create_client(
+                &admin_token,
+                json!({"name": "orders", "scopes": ["orders:read", "orders:write"], "audiences": ["orders-api", "billing-api"]}),
+            )
+            .await;
+        (admin_token, c)
+    }
+
+    pub async fn jwks(&self, tenant: &str) -> Value {
+        self.http
+            .get(self.url(&format!("/t/{tenant}/oauth2/jwks")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await.unwrap();
+    }
+}
+
+/// Verifies a token with jsonwebtoken (a standard library) against the JWKS, as a resource
+/// server would.
+pub fn verify_with_jwks(
+    jwks: &Value,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+) -> Result<Value, jsonwebtoken::errors::Error> {
+    verify_with_jwks_at(jwks, token, issuer, audience, true)
+}
+
+/// As [`verify_with_jwks`]; with `check_time` false the library skips `exp`/`nbf`, for servers
+/// whose manual clock has moved away from the real one.
+pub fn verify_with_jwks_at(
+    jwks: &Value,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+    check_time: bool,
+) -> Result<Value, jsonwebtoken::errors::Error> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone()).unwrap();
+    let header = jsonwebtoken::decode_header(token)?;
+    let kid = header.kid.clone().unwrap_or_default();
+    let jwk = set
+        .find(&kid)
+        .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk)?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_audience(&[audience]);
+    v.set_issuer(&[issuer]);
+    v.validate_nbf = check_time;
+    v.validate_exp = check_time;
+    v.leeway = 0;
+    v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    Ok(jsonwebtoken::decode::<Value>(token, &key, &v)?.claims)
+}
