@@ -1,1 +1,492 @@
-fn main() {}
+//! `capstan-bench`: load generator and benchmarks.
+//!
+//! Starts the real `capstan serve` (built next to this binary) on a fresh Postgres database,
+//! measures its idle RSS, the raw JWT signing rate of this machine, then drives the HTTP API with
+//! a concurrent load generator on the same machine. Results go to stdout as a Markdown table for
+//! `docs/BENCHMARKS.md`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capstan_core::crypto::MasterKey;
+use capstan_core::jwt::{generate_key, AccessClaims, Alg, Audience, SigningKey};
+use capstan_core::rng::SystemRng;
+use capstan_db::testing::{create_postgres_database, drop_postgres_database, unique_name};
+use clap::{Parser, ValueEnum};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// Raw JWT signing rate (the physical limit), in-process.
+    Sign,
+    /// client_credentials over HTTP.
+    Tokens,
+    /// Token introspection over HTTP.
+    Introspect,
+    /// Everything above, plus idle RSS, in one run.
+    All,
+}
+
+/// Capstan benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "capstan-bench")]
+struct Args {
+    /// What to measure.
+    #[arg(value_enum, default_value = "all")]
+    which: Which,
+    /// Seconds per HTTP measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent connections, one request in flight on each.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Load-generator worker threads.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Signing algorithm of the benchmark tenant.
+    #[arg(long, default_value = "ES256")]
+    alg: String,
+    /// Postgres server to create the benchmark database on.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// The `capstan` binary [next to this one].
+    #[arg(long)]
+    capstan_bin: Option<PathBuf>,
+}
+
+struct Stats {
+    ops: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    u64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    if args.which == Which::Sign {
+        let (rate, threads) = sign_rate(&args.alg, Duration::from_secs(args.duration.min(5)))?;
+        println!(
+            "raw {} signing: {rate:.0} tokens/s on {threads} threads",
+            args.alg
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run(args))
+}
+
+/// Signs RFC 9068 claims as fast as possible on every core, for `dur`.
+fn sign_rate(alg: &str, dur: Duration) -> Result<(f64, usize), String> {
+    let alg = Alg::parse(alg).map_err(|e| e.to_string())?;
+    let generated = generate_key(alg, &SystemRng::new()).map_err(|e| e.to_string())?;
+    let key = SigningKey::from_pkcs8(&generated.kid, alg, generated.private_pkcs8.expose())
+        .map_err(|e| e.to_string())?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let claims = AccessClaims {
+        iss: "http://127.0.0.1:8470/t/default".into(),
+        sub: "svc_abcdefghijklmnopqrstuvwxyz".into(),
+        aud: Audience::One("bench-api".into()),
+        exp: 1_900_000_900,
+        iat: 1_900_000_000,
+        nbf: 1_900_000_000,
+        jti: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+        client_id: "svc_abcdefghijklmnopqrstuvwxyz".into(),
+        scope: "bench".into(),
+        tenant: "default".into(),
+    };
+    let start = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while start.elapsed() < dur {
+                        for _ in 0..64 {
+                            if key.sign(&claims).is_ok() {
+                                n += 1;
+                            }
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    Ok((total as f64 / start.elapsed().as_secs_f64(), threads))
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn capstan_bin(args: &Args) -> Result<PathBuf, String> {
+    if let Some(p) = &args.capstan_bin {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let p = me.with_file_name("capstan");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release -p capstan-server` or pass --capstan-bin",
+            p.display()
+        ))
+    }
+}
+
+async fn start_server(bin: &PathBuf, url: &str, key: &str) -> Result<Server, String> {
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--database-url",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
+        .env("CAPSTAN_MASTER_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(Server {
+                child,
+                base: format!("http://{addr}"),
+            });
+        }
+    }
+    Err("capstan serve exited before listening".into())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+    body: Value,
+) -> Result<Value, String> {
+    let r = http
+        .post(url)
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    r.json().await.map_err(|e| e.to_string())
+}
+
+async fn token(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    secret: &str,
+) -> Result<String, String> {
+    let v: Value = http
+        .post(format!("{base}/t/default/oauth2/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    v["access_token"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| format!("no token: {v}"))
+}
+
+/// One keep-alive HTTP/1.1 connection sending `request` back to back until `stop`, like wrk:
+/// the load generator must cost far less than the server, since both share the machine.
+async fn connection_loop(
+    addr: String,
+    request: Arc<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<u32>, u64) {
+    let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+    let mut errors = 0u64;
+    let Ok(mut stream) = TcpStream::connect(&addr).await else {
+        return (lat, 1);
+    };
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        if stream.write_all(&request).await.is_err() {
+            return (lat, errors + 1);
+        }
+        let mut filled = 0;
+        let ok = loop {
+            match stream.read(&mut buf[filled..]).await {
+                Ok(0) | Err(_) => return (lat, errors + 1),
+                Ok(n) => filled += n,
+            }
+            if let Some((status, total)) = response_length(&buf[..filled]) {
+                if filled >= total {
+                    break status == 200;
+                }
+                if total > buf.len() {
+                    buf.resize(total, 0);
+                }
+            }
+        };
+        if ok {
+            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        } else {
+            errors += 1;
+        }
+    }
+    (lat, errors)
+}
+
+/// Status and total length of a complete response head with `Content-Length`.
+fn response_length(buf: &[u8]) -> Option<(u16, usize)> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let status = head.get(9..12)?.parse().ok()?;
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    })?;
+    Some((status, head_end + len))
+}
+
+/// A form POST with Basic authentication, as raw bytes.
+fn form_request(addr: &str, path: &str, id: &str, secret: &str, form: &str) -> Vec<u8> {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {basic}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .into_bytes()
+}
+
+/// Runs `concurrency` connections sending `request` for `dur`; a request counts when it
+/// answers 200.
+async fn load(addr: &str, concurrency: usize, dur: Duration, request: Vec<u8>) -> Stats {
+    let stop = Arc::new(AtomicBool::new(false));
+    let request = Arc::new(request);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            tokio::spawn(connection_loop(
+                addr.to_owned(),
+                request.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e)) = t.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Stats {
+        ops: all.len() as u64,
+        secs,
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        errors,
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let bin = capstan_bin(&args)?;
+    let name = unique_name("capstan_bench");
+    let url = create_postgres_database(&args.database_url, &name)
+        .await
+        .map_err(|e| format!("cannot create the benchmark database: {e}"))?;
+    let result = bench(&args, &bin, &url).await;
+    let _ = drop_postgres_database(&args.database_url, &name).await;
+    result
+}
+
+async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
+    let key = MasterKey::generate(&SystemRng::new())
+        .map_err(|e| e.to_string())?
+        .to_base64();
+    let boot = Command::new(bin)
+        .args(["bootstrap", "--database-url", url])
+        .env("CAPSTAN_MASTER_KEY", &key)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin: Value = serde_json::from_slice(&boot.stdout).map_err(|_| {
+        format!(
+            "bootstrap failed: {}",
+            String::from_utf8_lossy(&boot.stderr)
+        )
+    })?;
+    let mut server = start_server(bin, url, &key).await?;
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let admin_token = token(
+        &http,
+        &base,
+        admin["client_id"].as_str().unwrap_or_default(),
+        admin["client_secret"].as_str().unwrap_or_default(),
+    )
+    .await?;
+    if args.alg != "ES256" {
+        post_json(
+            &http,
+            &format!("{base}/v1/keys/rotate"),
+            &admin_token,
+            json!({"alg": args.alg, "publish_delay_seconds": 0}),
+        )
+        .await?;
+    }
+    // Idle RSS: after start-up and a few requests, with nothing in flight.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = server.child.id().unwrap_or(0);
+    let idle_rss = rss_kib(pid);
+
+    let c = post_json(
+        &http,
+        &format!("{base}/v1/clients"),
+        &admin_token,
+        json!({"name": "bench", "scopes": ["bench"], "audiences": ["bench-api"]}),
+    )
+    .await?;
+    let id = c["client_id"].as_str().ok_or("no client id")?.to_owned();
+    let secret = c["client_secret"]
+        .as_str()
+        .ok_or("no client secret")?
+        .to_owned();
+    let dur = Duration::from_secs(args.duration);
+    let addr = base.trim_start_matches("http://");
+
+    let (sign, threads) = sign_rate(&args.alg, Duration::from_secs(3))?;
+    let mut rows = vec![format!(
+        "| raw {} signing, in-process, {threads} threads | {sign:.0}/s | – | – | – |",
+        args.alg
+    )];
+    if matches!(args.which, Which::Tokens | Which::All) {
+        let req = form_request(
+            addr,
+            "/t/default/oauth2/token",
+            &id,
+            &secret,
+            "grant_type=client_credentials",
+        );
+        let st = load(addr, args.concurrency, dur, req).await;
+        rows.push(format!(
+            "| client_credentials over HTTP, c={} | {:.0}/s ({:.0}% of raw signing) | {} µs | {} µs | {} |",
+            args.concurrency, st.rate(), 100.0 * st.rate() / sign, st.p50_us, st.p99_us, st.errors
+        ));
+    }
+    if matches!(args.which, Which::Introspect | Which::All) {
+        let t = token(&http, &base, &id, &secret).await?;
+        let req = form_request(
+            addr,
+            "/t/default/oauth2/introspect",
+            &id,
+            &secret,
+            &format!("token={t}"),
+        );
+        let st = load(addr, args.concurrency, dur, req).await;
+        rows.push(format!(
+            "| introspection over HTTP, c={} | {:.0}/s | {} µs | {} µs | {} |",
+            args.concurrency,
+            st.rate(),
+            st.p50_us,
+            st.p99_us,
+            st.errors
+        ));
+    }
+    let busy_rss = rss_kib(pid);
+    let _ = server.child.kill().await;
+    println!("| benchmark | throughput | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    let mib = |k: Option<u64>| {
+        k.map_or("n/a".to_owned(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    println!(
+        "| capstan serve RSS, idle after start | {} | | | |",
+        mib(idle_rss)
+    );
+    println!(
+        "| capstan serve RSS, after the load | {} | | | |",
+        mib(busy_rss)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}

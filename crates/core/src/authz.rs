@@ -42,7 +42,12 @@ pub struct AdminOnly;
 
 #[async_trait]
 impl Authorizer for AdminOnly {
-    async fn authorize(&self, caller: &Caller, _action: &str, resource: &str) -> Result<(), Denied> {
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        _action: &str,
+        resource: &str,
+    ) -> Result<(), Denied> {
         let denied = |reason: &str| {
             Err(Denied {
                 reason: reason.into(),

@@ -147,7 +147,8 @@ impl Sealer {
             return Err(CoreError::Crypto("sealed blob has an unknown format"));
         }
         let (nonce, ct) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CoreError::Crypto("nonce"))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CoreError::Crypto("nonce"))?;
         let mut buf = ct.to_vec();
         let plain = self
             .0

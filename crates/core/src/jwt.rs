@@ -273,7 +273,11 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
         let fail = |_| CoreError::Crypto("signing failed");
         let sig = match &self.pair {
-            Pair::Ecdsa(k) => k.sign(&self.sys, out.as_bytes()).map_err(fail)?.as_ref().to_vec(),
+            Pair::Ecdsa(k) => k
+                .sign(&self.sys, out.as_bytes())
+                .map_err(fail)?
+                .as_ref()
+                .to_vec(),
             Pair::Ed(k) => k.sign(out.as_bytes()).as_ref().to_vec(),
             Pair::Rsa(k) => {
                 let mut sig = vec![0u8; k.public().modulus_len()];
@@ -517,7 +521,10 @@ mod tests {
             };
             let got = verify(&token, |kid| (kid == g.kid).then_some(&vk), expect).unwrap();
             assert_eq!(got, claims(1000));
-            let late = Expect { now: 1060, ..expect };
+            let late = Expect {
+                now: 1060,
+                ..expect
+            };
             assert_eq!(
                 verify(&token, |_| Some(&vk), late),
                 Err(TokenError::Expired)

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::sqlite::SqliteSynchronous;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 pub mod testing;
 
@@ -156,7 +156,10 @@ impl Db {
 
     /// Round-trips a trivial query.
     pub async fn ping(&self) -> Result<(), DbError> {
-        on_pool!(self, |p| sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        on_pool!(self, |p| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -169,14 +172,16 @@ impl Db {
         now: i64,
     ) -> Result<(), DbError> {
         on_pool!(self, |p| {
-            sqlx::query("INSERT INTO core_changes (tenant, topic, key, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(tenant)
-                .bind(topic)
-                .bind(key)
-                .bind(now)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+            sqlx::query(
+                "INSERT INTO core_changes (tenant, topic, key, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(tenant)
+            .bind(topic)
+            .bind(key)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
         })?;
         Ok(())
     }

@@ -42,22 +42,6 @@ pub fn replace_database(admin_url: &str, name: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            super::replace_database("postgres://u@h:5432/postgres", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            super::replace_database("postgres://u@h/postgres?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(super::replace_database("postgres://h:1", "x"), "postgres://h:1/x");
-    }
-}
-
 /// A migrated database of a test's own, removed by [`TestDatabase::cleanup`].
 pub struct TestDatabase {
     /// Its URL (for a second server on the same database).
@@ -127,5 +111,24 @@ impl TestDatabase {
         if let Some(dir) = &self.sqlite_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::replace_database("postgres://h:1", "x"),
+            "postgres://h:1/x"
+        );
     }
 }

@@ -232,7 +232,8 @@ impl AuthService {
             .create_client(&client)
             .await
             .map_err(|e| conflict_or(e, "client id already exists".into()))?;
-        self.publish(tenant, TOPIC_CLIENT, client.id.as_str()).await?;
+        self.publish(tenant, TOPIC_CLIENT, client.id.as_str())
+            .await?;
         Ok(ClientWithSecret {
             client: ClientView::from(&client),
             client_secret: secret.expose().clone(),
@@ -268,8 +269,12 @@ impl AuthService {
     ) -> Result<CreatedTenant, AuthError> {
         let id = TenantId::parse(&req.id)?;
         let system = TenantId::default_tenant();
-        self.guard(caller, "auth:CreateTenant", &crn("auth", &system, &format!("tenants/{id}")))
-            .await?;
+        self.guard(
+            caller,
+            "auth:CreateTenant",
+            &crn("auth", &system, &format!("tenants/{id}")),
+        )
+        .await?;
         let alg = match req.signing_alg.as_deref() {
             Some(a) => Alg::parse(a)?,
             None => Alg::ES256,
@@ -277,7 +282,9 @@ impl AuthService {
         if !self.ensure_tenant(&id, alg).await? {
             return Err(AuthError::Conflict(format!("tenant {id:?} already exists")));
         }
-        let admin_client = self.create_admin_client(&id, &format!("{id}-admin")).await?;
+        let admin_client = self
+            .create_admin_client(&id, &format!("{id}-admin"))
+            .await?;
         let tenant = self
             .store
             .get_tenant(&id)
@@ -292,8 +299,12 @@ impl AuthService {
     /// `GET /v1/tenants`.
     pub async fn list_tenants(&self, caller: &Caller) -> Result<Vec<TenantView>, AuthError> {
         let system = TenantId::default_tenant();
-        self.guard(caller, "auth:ListTenants", &crn("auth", &system, "tenants/*"))
-            .await?;
+        self.guard(
+            caller,
+            "auth:ListTenants",
+            &crn("auth", &system, "tenants/*"),
+        )
+        .await?;
         let tenants = self.store.list_tenants().await?;
         Ok(tenants.iter().map(|t| self.tenant_view(t)).collect())
     }
@@ -304,15 +315,24 @@ impl AuthService {
         caller: &Caller,
         req: NewClient,
     ) -> Result<ClientWithSecret, AuthError> {
-        self.guard(caller, "auth:CreateClient", &crn("auth", &caller.tenant, "clients/*"))
-            .await?;
-        self.create_client_unchecked(&caller.tenant, req, false).await
+        self.guard(
+            caller,
+            "auth:CreateClient",
+            &crn("auth", &caller.tenant, "clients/*"),
+        )
+        .await?;
+        self.create_client_unchecked(&caller.tenant, req, false)
+            .await
     }
 
     /// `GET /v1/clients`.
     pub async fn list_clients(&self, caller: &Caller) -> Result<Vec<ClientView>, AuthError> {
-        self.guard(caller, "auth:ListClients", &crn("auth", &caller.tenant, "clients/*"))
-            .await?;
+        self.guard(
+            caller,
+            "auth:ListClients",
+            &crn("auth", &caller.tenant, "clients/*"),
+        )
+        .await?;
         let clients = self.store.list_clients(&caller.tenant).await?;
         Ok(clients.iter().map(ClientView::from).collect())
     }
@@ -323,8 +343,12 @@ impl AuthService {
 
     /// `GET /v1/clients/{id}`.
     pub async fn get_client(&self, caller: &Caller, id: &str) -> Result<ClientView, AuthError> {
-        self.guard(caller, "auth:GetClient", &crn("auth", &caller.tenant, &format!("clients/{id}")))
-            .await?;
+        self.guard(
+            caller,
+            "auth:GetClient",
+            &crn("auth", &caller.tenant, &format!("clients/{id}")),
+        )
+        .await?;
         let pid = Self::client_id(id)?;
         let c = self
             .store
@@ -346,7 +370,8 @@ impl AuthService {
         if !self.store.delete_client(&caller.tenant, &pid).await? {
             return Err(AuthError::NotFound(format!("client {id:?} not found")));
         }
-        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str()).await
+        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str())
+            .await
     }
 
     /// `POST /v1/clients/{id}/secret`: a new secret; the old one keeps working for the grace
@@ -388,7 +413,8 @@ impl AuthService {
                 now,
             )
             .await?;
-        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str()).await?;
+        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str())
+            .await?;
         client.secret_hash = new_hash;
         client.previous_secret = previous;
         Ok(ClientWithSecret {
@@ -397,7 +423,12 @@ impl AuthService {
         })
     }
 
-    async fn add_key(&self, tenant: &TenantId, alg: Alg, delay: i64) -> Result<StoredKey, AuthError> {
+    async fn add_key(
+        &self,
+        tenant: &TenantId,
+        alg: Alg,
+        delay: i64,
+    ) -> Result<StoredKey, AuthError> {
         let generated = generate_key(alg, self.rng.as_ref())?;
         let now = self.now();
         let sealed = self.sealer.seal(
@@ -421,8 +452,12 @@ impl AuthService {
 
     /// `POST /v1/keys/rotate`: publishes a new key now; it signs after the publish delay.
     pub async fn rotate_key(&self, caller: &Caller, req: RotateKey) -> Result<KeyView, AuthError> {
-        self.guard(caller, "auth:RotateSigningKey", &crn("auth", &caller.tenant, "keys/*"))
-            .await?;
+        self.guard(
+            caller,
+            "auth:RotateSigningKey",
+            &crn("auth", &caller.tenant, "keys/*"),
+        )
+        .await?;
         let delay = req
             .publish_delay_seconds
             .unwrap_or(self.cfg.key_publish_delay);
@@ -448,8 +483,12 @@ impl AuthService {
 
     /// `GET /v1/keys`: the tenant's published keys.
     pub async fn list_keys(&self, caller: &Caller) -> Result<Vec<KeyView>, AuthError> {
-        self.guard(caller, "auth:ListSigningKeys", &crn("auth", &caller.tenant, "keys/*"))
-            .await?;
+        self.guard(
+            caller,
+            "auth:ListSigningKeys",
+            &crn("auth", &caller.tenant, "keys/*"),
+        )
+        .await?;
         let keys = self.tenant_keys(&caller.tenant).await?;
         Ok(keys
             .published(self.now(), self.cfg.max_token_ttl)
@@ -513,7 +552,9 @@ fn validate_client(req: &NewClient, max_ttl: i64) -> Result<(), AuthError> {
         return bad(format!("name: must be 1 to {MAX_NAME} characters"));
     }
     if req.scopes.len() > MAX_LIST || req.audiences.len() > MAX_LIST {
-        return bad(format!("scopes, audiences: at most {MAX_LIST} entries each"));
+        return bad(format!(
+            "scopes, audiences: at most {MAX_LIST} entries each"
+        ));
     }
     for (i, s) in req.scopes.iter().enumerate() {
         check_scope_token(s).map_err(|e| AuthError::BadRequest(format!("scopes[{i}]: {e}")))?;

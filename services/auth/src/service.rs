@@ -94,6 +94,9 @@ pub struct AuthMetrics {
     pub revocations: AtomicU64,
 }
 
+/// Clients by tenant and id; `None` caches a miss.
+type ClientCache = HashMap<(TenantId, PrincipalId), Option<Arc<Client>>>;
+
 /// Cursor state of the feed poller.
 #[derive(Default)]
 struct SyncState {
@@ -117,7 +120,7 @@ pub struct AuthService {
     pub(crate) sealer: Sealer,
     pub(crate) hasher: SecretHasher,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
-    clients: RwLock<HashMap<(TenantId, PrincipalId), Option<Arc<Client>>>>,
+    clients: RwLock<ClientCache>,
     /// Bumped on every invalidation, so a load that raced one is not cached.
     generation: AtomicU64,
     revoked: RwLock<HashMap<String, UnixTime>>,
@@ -311,7 +314,7 @@ impl AuthService {
                 }
                 polls += 1;
                 // Housekeeping about once a minute.
-                if polls % (60_000 / (every.as_millis().max(1) as u64)).max(1) == 0 {
+                if polls.is_multiple_of((60_000 / (every.as_millis().max(1) as u64)).max(1)) {
                     if let Err(e) = me.housekeeping().await {
                         tracing::warn!(error = %e, "housekeeping failed");
                     }

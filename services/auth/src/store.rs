@@ -31,8 +31,11 @@ pub trait ClientStore: Send + Sync {
     /// Creates the principal and the client; [`DbError::Conflict`] if the id exists.
     async fn create_client(&self, c: &Client) -> Result<(), DbError>;
     /// Reads a client of a tenant.
-    async fn get_client(&self, tenant: &TenantId, id: &PrincipalId)
-        -> Result<Option<Client>, DbError>;
+    async fn get_client(
+        &self,
+        tenant: &TenantId,
+        id: &PrincipalId,
+    ) -> Result<Option<Client>, DbError>;
     /// The tenant's clients, oldest first.
     async fn list_clients(&self, tenant: &TenantId) -> Result<Vec<Client>, DbError>;
     /// Deletes a client and its principal; false if there was none.
@@ -71,8 +74,7 @@ pub trait RevocationStore: Send + Sync {
         now: UnixTime,
     ) -> Result<(), DbError>;
     /// Revocations with `seq > after`, oldest first.
-    async fn revocations_after(&self, after: i64, limit: i64)
-        -> Result<Vec<Revocation>, DbError>;
+    async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>, DbError>;
     /// Drops revocations of tokens that expired before `now`.
     async fn prune_revocations(&self, now: UnixTime) -> Result<u64, DbError>;
 }
@@ -120,13 +122,15 @@ fn tenant_from_row((id, alg, created_at): TenantRow) -> Result<Tenant, DbError> 
 impl TenantStore for SqlStore {
     async fn create_tenant(&self, t: &Tenant) -> Result<(), DbError> {
         on_pool!(&self.db, |p| {
-            sqlx::query("INSERT INTO core_tenants (id, signing_alg, created_at) VALUES ($1, $2, $3)")
-                .bind(t.id.as_str())
-                .bind(t.signing_alg.as_str())
-                .bind(t.created_at)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+            sqlx::query(
+                "INSERT INTO core_tenants (id, signing_alg, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(t.id.as_str())
+            .bind(t.signing_alg.as_str())
+            .bind(t.created_at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
         })?;
         Ok(())
     }
@@ -190,7 +194,9 @@ impl ClientRow {
             tenant: TenantId::parse(&self.tenant).map_err(|_| corrupt("tenant id"))?,
             name: self.name,
             secret_hash: self.secret_hash,
-            previous_secret: self.previous_secret_hash.zip(self.previous_secret_expires_at),
+            previous_secret: self
+                .previous_secret_hash
+                .zip(self.previous_secret_expires_at),
             scopes: list(&self.scopes)?,
             audiences: list(&self.audiences)?,
             token_ttl_seconds: self.token_ttl_seconds,
@@ -250,7 +256,8 @@ impl ClientStore for SqlStore {
         tenant: &TenantId,
         id: &PrincipalId,
     ) -> Result<Option<Client>, DbError> {
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM auth_clients WHERE tenant = $1 AND id = $2");
+        let sql =
+            format!("SELECT {CLIENT_COLUMNS} FROM auth_clients WHERE tenant = $1 AND id = $2");
         let row: Option<ClientRow> = on_pool!(&self.db, |p| {
             sqlx::query_as(&sql)
                 .bind(tenant.as_str())
@@ -266,7 +273,10 @@ impl ClientStore for SqlStore {
             "SELECT {CLIENT_COLUMNS} FROM auth_clients WHERE tenant = $1 ORDER BY created_at, id"
         );
         let rows: Vec<ClientRow> = on_pool!(&self.db, |p| {
-            sqlx::query_as(&sql).bind(tenant.as_str()).fetch_all(p).await
+            sqlx::query_as(&sql)
+                .bind(tenant.as_str())
+                .fetch_all(p)
+                .await
         })?;
         rows.into_iter().map(ClientRow::into_client).collect()
     }
@@ -361,17 +371,20 @@ impl KeyStore for SqlStore {
             .await
         })?;
         rows.into_iter()
-            .map(|(tenant, kid, alg, jwk, sealed, created_at, activates_at)| {
-                Ok(StoredKey {
-                    tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id"))?,
-                    kid,
-                    alg: Alg::parse(&alg).map_err(|_| corrupt("key alg"))?,
-                    public_jwk: serde_json::from_str::<Jwk>(&jwk).map_err(|_| corrupt("jwk"))?,
-                    private_key_sealed: sealed,
-                    created_at,
-                    activates_at,
-                })
-            })
+            .map(
+                |(tenant, kid, alg, jwk, sealed, created_at, activates_at)| {
+                    Ok(StoredKey {
+                        tenant: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id"))?,
+                        kid,
+                        alg: Alg::parse(&alg).map_err(|_| corrupt("key alg"))?,
+                        public_jwk: serde_json::from_str::<Jwk>(&jwk)
+                            .map_err(|_| corrupt("jwk"))?,
+                        private_key_sealed: sealed,
+                        created_at,
+                        activates_at,
+                    })
+                },
+            )
             .collect()
     }
 }
@@ -401,11 +414,7 @@ impl RevocationStore for SqlStore {
         Ok(())
     }
 
-    async fn revocations_after(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Revocation>, DbError> {
+    async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>, DbError> {
         let rows: Vec<(i64, String, String, i64)> = on_pool!(&self.db, |p| {
             sqlx::query_as(
                 "SELECT seq, tenant, jti, expires_at FROM auth_revocations WHERE seq > $1 \

@@ -106,9 +106,10 @@ impl AuthService {
         let client = self.client(tenant, &id).await?.ok_or_else(invalid_client)?;
         let secret = creds.client_secret.as_str();
         let current = self.hasher.verify(secret, &client.secret_hash);
-        let previous = client.previous_secret.as_ref().is_some_and(|(hash, until)| {
-            self.now() < *until && self.hasher.verify(secret, hash)
-        });
+        let previous = client
+            .previous_secret
+            .as_ref()
+            .is_some_and(|(hash, until)| self.now() < *until && self.hasher.verify(secret, hash));
         if current || previous {
             Ok(client)
         } else {
@@ -269,7 +270,8 @@ impl AuthService {
     /// tenant with the API audience.
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Caller, AuthError> {
         let unauthenticated = |e: &dyn std::fmt::Display| AuthError::Unauthenticated(e.to_string());
-        let peek = jwt::peek_claims(token).ok_or_else(|| unauthenticated(&TokenError::Malformed))?;
+        let peek =
+            jwt::peek_claims(token).ok_or_else(|| unauthenticated(&TokenError::Malformed))?;
         let tenant =
             TenantId::parse(&peek.tenant).map_err(|_| unauthenticated(&TokenError::Malformed))?;
         let claims = self
@@ -285,7 +287,12 @@ impl AuthService {
         Ok(Caller {
             tenant,
             principal,
-            scopes: claims.scope.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+            scopes: claims
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
             admin,
         })
     }

@@ -98,7 +98,9 @@ impl App {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), observe))
-            .layer(axum::extract::DefaultBodyLimit::max(settings.body_limit_bytes))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                settings.body_limit_bytes,
+            ))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 settings.request_timeout,
@@ -184,8 +186,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         return unavailable("database unreachable".into());
     }
     match app.db.pending_migrations().await {
-        Ok(p) if p.is_empty() => Json(json!({"status": "ready", "database": app.db.backend()}))
-            .into_response(),
+        Ok(p) if p.is_empty() => {
+            Json(json!({"status": "ready", "database": app.db.backend()})).into_response()
+        }
         Ok(p) => unavailable(format!("{} migration(s) not applied", p.len())),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: cannot read migrations");
@@ -198,9 +201,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app
-        .metrics
-        .render(app.auth.as_ref().map(|a| &a.metrics));
+    let text = app.metrics.render(app.auth.as_ref().map(|a| &a.metrics));
     (
         [(
             axum::http::header::CONTENT_TYPE,

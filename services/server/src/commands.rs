@@ -74,7 +74,11 @@ async fn wait_for_signal() {
 }
 
 /// A service over `db` for one-shot commands (bootstrap), configured like the server.
-fn auth_service(db: &Db, settings: &Settings, public_url: String) -> Result<AuthService, ServerError> {
+fn auth_service(
+    db: &Db,
+    settings: &Settings,
+    public_url: String,
+) -> Result<AuthService, ServerError> {
     Ok(AuthService::new(
         auth_config(settings, public_url),
         Arc::new(SqlStore::new(db.clone())),
@@ -107,7 +111,10 @@ fn credentials_json(
 
 /// `capstan dev`.
 pub async fn dev(o: Options) -> Result<(), ServerError> {
-    let data_dir = o.data_dir.clone().unwrap_or_else(|| PathBuf::from(".capstan"));
+    let data_dir = o
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".capstan"));
     std::fs::create_dir_all(&data_dir)?;
     let rng = SystemRng::new();
     let key_path = data_dir.join("master.key");
@@ -121,9 +128,10 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
             k
         }
     };
-    let database_url = o.database_url.clone().unwrap_or_else(|| {
-        format!("sqlite://{}", data_dir.join("capstan.db").display())
-    });
+    let database_url = o
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("capstan.db").display()));
     let settings = Settings::resolve(&o, database_url, master, SocketAddr::from(DEV_LISTEN))?;
     let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(rng), true).await?;
     if let Some(auth) = &server.app.auth {
@@ -133,10 +141,16 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
             let created = auth.create_admin_client(&tenant, "admin").await?;
             let creds = credentials_json(Some(&server.public_url), &created);
             write_private(&admin_path, &format!("{:#}\n", creds))?;
-            println!("capstan dev: created the admin client (shown once; also in {}):", admin_path.display());
+            println!(
+                "capstan dev: created the admin client (shown once; also in {}):",
+                admin_path.display()
+            );
             println!("{creds:#}");
         } else {
-            println!("capstan dev: admin credentials are in {}", admin_path.display());
+            println!(
+                "capstan dev: admin credentials are in {}",
+                admin_path.display()
+            );
         }
     }
     println!(
@@ -149,10 +163,24 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
 /// `capstan serve`.
 pub async fn serve(o: Options, no_migrate: bool) -> Result<(), ServerError> {
     let master = required_master_key(&o)?;
-    let settings = Settings::resolve(&o, required_database_url(&o)?, master, SocketAddr::from(SERVE_LISTEN))?;
-    let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(SystemRng::new()), !no_migrate).await?;
+    let settings = Settings::resolve(
+        &o,
+        required_database_url(&o)?,
+        master,
+        SocketAddr::from(SERVE_LISTEN),
+    )?;
+    let server = Server::start(
+        &settings,
+        Arc::new(SystemClock),
+        Arc::new(SystemRng::new()),
+        !no_migrate,
+    )
+    .await?;
     tracing::info!(addr = %server.addr, public_url = %server.public_url, services = ?settings.services, "capstan serving");
-    println!("capstan serve: listening on {} (issuer {}/t/default)", server.addr, server.public_url);
+    println!(
+        "capstan serve: listening on {} (issuer {}/t/default)",
+        server.addr, server.public_url
+    );
     server.run_until(wait_for_signal()).await
 }
 
@@ -167,7 +195,12 @@ pub async fn migrate(o: Options) -> Result<(), ServerError> {
 /// `capstan bootstrap`.
 pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
     let master = required_master_key(&o)?;
-    let settings = Settings::resolve(&o, required_database_url(&o)?, master, SocketAddr::from(SERVE_LISTEN))?;
+    let settings = Settings::resolve(
+        &o,
+        required_database_url(&o)?,
+        master,
+        SocketAddr::from(SERVE_LISTEN),
+    )?;
     let db = Db::connect(&settings.database_url, 2).await?;
     db.migrate().await?;
     let public_url = o.public_url.as_deref();
@@ -183,4 +216,3 @@ pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
     println!("{:#}", credentials_json(public_url, &created));
     Ok(())
 }
-

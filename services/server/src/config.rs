@@ -1,5 +1,5 @@
-//! Configuration: command-line flags > `CAPSTAN_*` environment variables > TOML file (`--config`)
-//! > defaults. One [`Options`] struct is both the clap flag set and the file schema, so the three
+//! Configuration, highest precedence first: command-line flags, `CAPSTAN_*` environment
+//! variables, the TOML file (`--config`), defaults. One [`Options`] struct is both the clap flag set and the file schema, so the three
 //! layers cannot drift apart; unknown file keys and unknown `CAPSTAN_*` variables are errors.
 //! Every setting is listed in `docs/configuration.md`.
 
@@ -141,15 +141,30 @@ impl Options {
         let text = std::fs::read_to_string(&path).map_err(|e| {
             ServerError::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        let file: Options = toml::from_str(&text).map_err(|e| {
-            ServerError::Config(format!("config file {}: {e}", path.display()))
-        })?;
-        Ok(merge_fields!(self, file, [
-            listen, public_url, database_url, data_dir, master_key_file, services, log_format,
-            log, token_ttl_seconds, max_token_ttl_seconds, key_publish_delay_seconds,
-            api_audience, db_max_connections, request_timeout_seconds, body_limit_bytes,
-            sync_interval_ms
-        ]))
+        let file: Options = toml::from_str(&text)
+            .map_err(|e| ServerError::Config(format!("config file {}: {e}", path.display())))?;
+        Ok(merge_fields!(
+            self,
+            file,
+            [
+                listen,
+                public_url,
+                database_url,
+                data_dir,
+                master_key_file,
+                services,
+                log_format,
+                log,
+                token_ttl_seconds,
+                max_token_ttl_seconds,
+                key_publish_delay_seconds,
+                api_audience,
+                db_max_connections,
+                request_timeout_seconds,
+                body_limit_bytes,
+                sync_interval_ms
+            ]
+        ))
     }
 }
 
@@ -340,7 +355,10 @@ pub fn master_key_from(
     }
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ServerError::Config(format!("cannot read master key file {}: {e}", path.display()))
+            ServerError::Config(format!(
+                "cannot read master key file {}: {e}",
+                path.display()
+            ))
         })?;
         return MasterKey::parse(&text)
             .map(Some)
@@ -359,7 +377,10 @@ mod tests {
         let v = vec!["auth".to_string(), "policy".to_string()];
         assert_eq!(parse_services(Some(&v)).unwrap(), ["auth", "policy"]);
         let bad = vec!["auth".to_string(), "nope".to_string()];
-        assert!(parse_services(Some(&bad)).unwrap_err().to_string().contains("nope"));
+        assert!(parse_services(Some(&bad))
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
     }
 
     #[test]

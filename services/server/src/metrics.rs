@@ -45,7 +45,10 @@ impl HttpMetrics {
     pub fn render(&self, auth: Option<&AuthMetrics>) -> String {
         let map = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP capstan_http_requests_total HTTP requests by route, method and status.");
+        let _ = writeln!(
+            out,
+            "# HELP capstan_http_requests_total HTTP requests by route, method and status."
+        );
         let _ = writeln!(out, "# TYPE capstan_http_requests_total counter");
         for ((route, method), s) in map.iter() {
             for (status, n) in &s.by_status {
@@ -55,7 +58,10 @@ impl HttpMetrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP capstan_http_errors_total HTTP responses with status >= 400, by class.");
+        let _ = writeln!(
+            out,
+            "# HELP capstan_http_errors_total HTTP responses with status >= 400, by class."
+        );
         let _ = writeln!(out, "# TYPE capstan_http_errors_total counter");
         for ((route, method), s) in map.iter() {
             for (class, lo, hi) in [("4xx", 400, 499), ("5xx", 500, 599)] {
@@ -69,7 +75,10 @@ impl HttpMetrics {
             }
         }
         let _ = writeln!(out, "# HELP capstan_http_request_duration_seconds HTTP request latency by route and method.");
-        let _ = writeln!(out, "# TYPE capstan_http_request_duration_seconds histogram");
+        let _ = writeln!(
+            out,
+            "# TYPE capstan_http_request_duration_seconds histogram"
+        );
         for ((route, method), s) in map.iter() {
             let labels = format!("route=\"{route}\",method=\"{method}\"");
             let mut cumulative = 0;
@@ -85,15 +94,39 @@ impl HttpMetrics {
                 "capstan_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
                 s.count
             );
-            let _ = writeln!(out, "capstan_http_request_duration_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(out, "capstan_http_request_duration_seconds_count{{{labels}}} {}", s.count);
+            let _ = writeln!(
+                out,
+                "capstan_http_request_duration_seconds_sum{{{labels}}} {}",
+                s.sum
+            );
+            let _ = writeln!(
+                out,
+                "capstan_http_request_duration_seconds_count{{{labels}}} {}",
+                s.count
+            );
         }
         if let Some(a) = auth {
             for (name, help, v) in [
-                ("capstan_tokens_issued_total", "Access tokens issued.", &a.tokens_issued),
-                ("capstan_token_errors_total", "Token requests refused with an OAuth2 error.", &a.token_errors),
-                ("capstan_introspections_total", "Introspection requests answered.", &a.introspections),
-                ("capstan_revocations_total", "Access tokens revoked.", &a.revocations),
+                (
+                    "capstan_tokens_issued_total",
+                    "Access tokens issued.",
+                    &a.tokens_issued,
+                ),
+                (
+                    "capstan_token_errors_total",
+                    "Token requests refused with an OAuth2 error.",
+                    &a.token_errors,
+                ),
+                (
+                    "capstan_introspections_total",
+                    "Introspection requests answered.",
+                    &a.introspections,
+                ),
+                (
+                    "capstan_revocations_total",
+                    "Access tokens revoked.",
+                    &a.revocations,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}");
                 let _ = writeln!(out, "# TYPE {name} counter");
@@ -114,10 +147,15 @@ mod tests {
         m.observe("/x", "GET", 200, 0.0007);
         m.observe("/x", "GET", 500, 0.2);
         let text = m.render(None);
-        assert!(text.contains("capstan_http_requests_total{route=\"/x\",method=\"GET\",status=\"200\"} 1"));
-        assert!(text.contains("capstan_http_errors_total{route=\"/x\",method=\"GET\",class=\"5xx\"} 1"));
+        assert!(text
+            .contains("capstan_http_requests_total{route=\"/x\",method=\"GET\",status=\"200\"} 1"));
+        assert!(
+            text.contains("capstan_http_errors_total{route=\"/x\",method=\"GET\",class=\"5xx\"} 1")
+        );
         assert!(text.contains("le=\"0.001\"} 1"));
         assert!(text.contains("le=\"0.25\"} 2"));
-        assert!(text.contains("capstan_http_request_duration_seconds_count{route=\"/x\",method=\"GET\"} 2"));
+        assert!(text.contains(
+            "capstan_http_request_duration_seconds_count{route=\"/x\",method=\"GET\"} 2"
+        ));
     }
 }

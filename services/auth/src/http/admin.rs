@@ -12,7 +12,7 @@ use axum::Json;
 use capstan_core::authz::Caller;
 use serde::de::DeserializeOwned;
 
-use super::error::body_rejection;
+use super::error::body_or_return;
 use crate::admin::{
     ClientView, ClientWithSecret, CreatedTenant, KeyView, NewClient, NewTenant, RotateKey,
     RotateSecret, TenantView,
@@ -36,7 +36,9 @@ impl FromRequestParts<Arc<AuthService>> for Bearer {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| AuthError::Unauthenticated("a bearer access token is required".into()))?;
+            .ok_or_else(|| {
+                AuthError::Unauthenticated("a bearer access token is required".into())
+            })?;
         let token = match value.split_once(' ') {
             Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
             _ => {
@@ -68,15 +70,6 @@ fn respond<T: serde::Serialize>(status: StatusCode, r: Result<T, AuthError>) -> 
         Ok(v) => (status, Json(v)).into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-macro_rules! body_or_return {
-    ($b:expr) => {
-        match $b {
-            Ok(b) => b,
-            Err(r) => return body_rejection(r),
-        }
-    };
 }
 
 /// Create a tenant with a first signing key and an administrator client.
@@ -165,7 +158,11 @@ pub(crate) async fn rotate_secret(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = body_or_return!(body);
-    let r = async { svc.rotate_secret(&caller, &id, json_or_default(&body)?).await }.await;
+    let r = async {
+        svc.rotate_secret(&caller, &id, json_or_default(&body)?)
+            .await
+    }
+    .await;
     respond(StatusCode::OK, r)
 }
 

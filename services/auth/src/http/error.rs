@@ -80,15 +80,34 @@ impl IntoResponse for AuthError {
                 .into_response(),
             AuthError::Db(e) => {
                 tracing::error!(error = %e, "storage failure");
-                body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
             AuthError::Crypto(e) => {
                 tracing::error!(error = %e, "crypto failure");
-                body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }
 }
+
+/// Reads a `Result<Bytes, BytesRejection>` extractor, or returns the JSON error response.
+macro_rules! body_or_return {
+    ($b:expr) => {
+        match $b {
+            Ok(b) => b,
+            Err(r) => return $crate::http::error::body_rejection(r),
+        }
+    };
+}
+pub(crate) use body_or_return;
 
 /// The error for a body that could not be read (too large, or the connection failed).
 pub(crate) fn body_rejection(r: axum::extract::rejection::BytesRejection) -> Response {

@@ -13,7 +13,7 @@ use base64::Engine;
 use capstan_core::ids::TenantId;
 use serde_json::json;
 
-use super::error::{body_rejection, no_store};
+use super::error::{body_or_return, no_store};
 use crate::error::AuthError;
 use crate::tokens::{ClientCredentials, Introspection, TokenResponse};
 use crate::AuthService;
@@ -66,7 +66,9 @@ async fn metadata(svc: &AuthService, raw: &str) -> Result<Response, AuthError> {
     params(("tenant" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "Provider metadata"), (status = 404, description = "Unknown tenant")))]
 pub(crate) async fn openid_configuration(State(svc): Svc, Path(t): Path<String>) -> Response {
-    metadata(&svc, &t).await.unwrap_or_else(IntoResponse::into_response)
+    metadata(&svc, &t)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// RFC 8414 authorization server metadata of a tenant.
@@ -74,7 +76,9 @@ pub(crate) async fn openid_configuration(State(svc): Svc, Path(t): Path<String>)
     params(("tenant" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "Server metadata"), (status = 404, description = "Unknown tenant")))]
 pub(crate) async fn oauth_metadata(State(svc): Svc, Path(t): Path<String>) -> Response {
-    metadata(&svc, &t).await.unwrap_or_else(IntoResponse::into_response)
+    metadata(&svc, &t)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The tenant's published signing keys (RFC 7517).
@@ -172,8 +176,7 @@ fn credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, Au
                 .map_err(|_| oauth_err("invalid_client", "malformed Authorization header"))?;
             match v.split_once(' ') {
                 Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => {
-                    let malformed =
-                        || oauth_err("invalid_client", "malformed Basic credentials");
+                    let malformed = || oauth_err("invalid_client", "malformed Basic credentials");
                     let raw = STANDARD.decode(rest.trim()).map_err(|_| malformed())?;
                     let raw = String::from_utf8(raw).map_err(|_| malformed())?;
                     let (id, secret) = raw.split_once(':').ok_or_else(malformed)?;
@@ -211,10 +214,6 @@ fn credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, Au
             "client authentication is required (client_secret_basic or client_secret_post)",
         )),
     }
-}
-
-fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    body.map_err(body_rejection)
 }
 
 async fn token_inner(
@@ -255,10 +254,7 @@ pub(crate) async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match read_body(body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = body_or_return!(body);
     match token_inner(&svc, &t, &headers, &body).await {
         Ok(tok) => no_store(Json(tok).into_response()),
         Err(e) => {
@@ -297,10 +293,7 @@ pub(crate) async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match read_body(body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = body_or_return!(body);
     let result = async {
         let (id, _client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
         let token = form
@@ -326,10 +319,7 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match read_body(body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = body_or_return!(body);
     let result = async {
         let (id, client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
         let token = form

@@ -98,8 +98,14 @@ async fn tenants_round_trip_and_conflict(db: Db) {
     assert_eq!(ids, ["alpha", "beta"]);
     let dup = store.create_tenant(&got).await;
     assert!(matches!(dup, Err(DbError::Conflict)), "{dup:?}");
-    assert!(store.set_signing_alg(&tid("alpha"), Alg::RS256).await.unwrap());
-    assert!(!store.set_signing_alg(&tid("nope"), Alg::RS256).await.unwrap());
+    assert!(store
+        .set_signing_alg(&tid("alpha"), Alg::RS256)
+        .await
+        .unwrap());
+    assert!(!store
+        .set_signing_alg(&tid("nope"), Alg::RS256)
+        .await
+        .unwrap());
     let got = store.get_tenant(&tid("alpha")).await.unwrap().unwrap();
     assert_eq!(got.signing_alg, Alg::RS256);
 }
@@ -114,8 +120,14 @@ async fn clients_are_tenant_scoped(db: Db) {
     for c in [&c1, &c2, &c3] {
         store.create_client(c).await.unwrap();
     }
-    assert_eq!(store.get_client(&tid("a"), &c1.id).await.unwrap().unwrap(), c1);
-    assert_eq!(store.get_client(&tid("a"), &c2.id).await.unwrap().unwrap(), c2);
+    assert_eq!(
+        store.get_client(&tid("a"), &c1.id).await.unwrap().unwrap(),
+        c1
+    );
+    assert_eq!(
+        store.get_client(&tid("a"), &c2.id).await.unwrap().unwrap(),
+        c2
+    );
     // Another tenant's client is invisible.
     assert!(store.get_client(&tid("b"), &c1.id).await.unwrap().is_none());
     let names: Vec<String> = store
@@ -209,7 +221,10 @@ async fn change_feed_orders_and_prunes(db: Db) {
     db.publish_change("a", "tenant", "a", 20).await.unwrap();
     let all = db.changes_after(0, 10).await.unwrap();
     assert_eq!(all.len(), 2);
-    assert_eq!((all[0].topic.as_str(), all[0].key.as_str()), ("client", "svc_x"));
+    assert_eq!(
+        (all[0].topic.as_str(), all[0].key.as_str()),
+        ("client", "svc_x")
+    );
     assert_eq!(db.latest_change().await.unwrap(), all[1].seq);
     assert_eq!(db.changes_after(all[0].seq, 10).await.unwrap().len(), 1);
     assert_eq!(db.changes_after(0, 1).await.unwrap().len(), 1);

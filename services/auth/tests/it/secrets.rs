@@ -68,7 +68,10 @@ async fn secrets_and_private_keys_are_never_stored_in_clear(db: Db) {
     assert!(!client_cells.is_empty());
     for cell in &client_cells {
         assert!(!contains(cell, &secret), "client secret stored in clear");
-        assert!(!contains(cell, &secret[4..]), "client secret body stored in clear");
+        assert!(
+            !contains(cell, &secret[4..]),
+            "client secret body stored in clear"
+        );
     }
 
     let key_cells = raw_cells(
@@ -81,10 +84,11 @@ async fn secrets_and_private_keys_are_never_stored_in_clear(db: Db) {
     let sealed = &key_cells[1];
     // A PKCS#8 P-256 key embeds its public point; the sealed blob must not show it, and must not
     // parse as a private key.
-    let x = URL_SAFE_NO_PAD
-        .decode(jwk["x"].as_str().unwrap())
-        .unwrap();
-    assert!(!contains(sealed, &x), "public point visible: key stored in clear");
+    let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+    assert!(
+        !contains(sealed, &x),
+        "public point visible: key stored in clear"
+    );
     let kid = jwk["kid"].as_str().unwrap();
     assert!(SigningKey::from_pkcs8(kid, Alg::ES256, sealed).is_err());
 }

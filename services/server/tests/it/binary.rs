@@ -48,7 +48,10 @@ async fn start(mut cmd: Command) -> (Child, String, Vec<String>) {
     .await;
     let Ok(Some(addr)) = found else {
         let out = child.wait_with_output().await.unwrap();
-        panic!("capstan did not start: {}", String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "capstan did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -58,7 +61,10 @@ async fn start(mut cmd: Command) -> (Child, String, Vec<String>) {
 /// SIGTERM, then expects a clean exit.
 async fn terminate(mut child: Child) {
     let pid = child.id().unwrap().to_string();
-    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(st.success());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -116,7 +122,8 @@ async fn admin_creates_client_whose_token_verifies(base: &str, admin_id: &str, a
         .json()
         .await
         .unwrap();
-    let claims = verify_with_jwks(&jwks, token, &format!("{base}/t/default"), "orders-api").unwrap();
+    let claims =
+        verify_with_jwks(&jwks, token, &format!("{base}/t/default"), "orders-api").unwrap();
     assert_eq!(claims["sub"], created["client_id"]);
 }
 
@@ -129,21 +136,52 @@ fn mode(path: &Path) -> u32 {
 async fn dev_runs_on_sqlite_and_reuses_its_admin() {
     let dir = std::env::temp_dir().join(unique_name("capstan_dev"));
     let data = dir.to_str().unwrap();
-    let (child, addr, printed) = start(capstan(&["dev", "--data-dir", data, "--listen", "127.0.0.1:0"])).await;
-    assert!(printed.iter().any(|l| l.contains("created the admin client")), "{printed:?}");
-    let admin: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("admin.json")).unwrap()).unwrap();
+    let (child, addr, printed) = start(capstan(&[
+        "dev",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+    ]))
+    .await;
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("created the admin client")),
+        "{printed:?}"
+    );
+    let admin: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("admin.json")).unwrap()).unwrap();
     assert_eq!(mode(&dir.join("admin.json")), 0o600);
     assert_eq!(mode(&dir.join("master.key")), 0o600);
     let printed_all = printed.join("\n");
-    assert!(printed_all.contains(admin["client_secret"].as_str().unwrap()), "secret printed once");
+    assert!(
+        printed_all.contains(admin["client_secret"].as_str().unwrap()),
+        "secret printed once"
+    );
     let base = format!("http://{addr}");
-    let (id, secret) = (admin["client_id"].as_str().unwrap(), admin["client_secret"].as_str().unwrap());
+    let (id, secret) = (
+        admin["client_id"].as_str().unwrap(),
+        admin["client_secret"].as_str().unwrap(),
+    );
     admin_creates_client_whose_token_verifies(&base, id, secret).await;
     terminate(child).await;
 
     // Second start: same database, same admin, nothing new printed.
-    let (child, addr, printed) = start(capstan(&["dev", "--data-dir", data, "--listen", "127.0.0.1:0"])).await;
-    assert!(printed.iter().any(|l| l.contains("admin credentials are in")), "{printed:?}");
+    let (child, addr, printed) = start(capstan(&[
+        "dev",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+    ]))
+    .await;
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("admin credentials are in")),
+        "{printed:?}"
+    );
     assert!(!printed.join("\n").contains(secret));
     admin_creates_client_whose_token_verifies(&format!("http://{addr}"), id, secret).await;
     terminate(child).await;
@@ -155,13 +193,42 @@ async fn bad_configuration_is_refused_with_a_clear_message() {
     let dir = std::env::temp_dir().join(unique_name("capstan_cfg"));
     let data = dir.to_str().unwrap();
     let db = format!("sqlite://{}/x.db", data);
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
-        (vec!["serve", "--database-url", &db], vec![], "CAPSTAN_MASTER_KEY"),
-        (vec!["serve"], vec![("CAPSTAN_MASTER_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")], "database"),
-        (vec!["dev", "--data-dir", data, "--services", "auth,nope"], vec![], "unknown service \"nope\""),
-        (vec!["dev", "--data-dir", data], vec![("CAPSTAN_LISTN", "x")], "unknown environment variable CAPSTAN_LISTN"),
-        (vec!["serve", "--database-url", &db], vec![("CAPSTAN_MASTER_KEY", "short")], "master key"),
-        (vec!["migrate", "--database-url", "mysql://x"], vec![], "unsupported database url"),
+    // (arguments, environment, expected words on stderr)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["serve", "--database-url", &db],
+            vec![],
+            "CAPSTAN_MASTER_KEY",
+        ),
+        (
+            vec!["serve"],
+            vec![(
+                "CAPSTAN_MASTER_KEY",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            )],
+            "database",
+        ),
+        (
+            vec!["dev", "--data-dir", data, "--services", "auth,nope"],
+            vec![],
+            "unknown service \"nope\"",
+        ),
+        (
+            vec!["dev", "--data-dir", data],
+            vec![("CAPSTAN_LISTN", "x")],
+            "unknown environment variable CAPSTAN_LISTN",
+        ),
+        (
+            vec!["serve", "--database-url", &db],
+            vec![("CAPSTAN_MASTER_KEY", "short")],
+            "master key",
+        ),
+        (
+            vec!["migrate", "--database-url", "mysql://x"],
+            vec![],
+            "unsupported database url",
+        ),
     ];
     for (args, env, want) in cases {
         let mut cmd = capstan(&args);
@@ -192,7 +259,11 @@ async fn migrate_bootstrap_serve_on_postgres() {
         .collect();
     for out in futures_join(runs).await {
         let out = out.unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     let bootstrap = |force: bool| {
@@ -205,7 +276,11 @@ async fn migrate_bootstrap_serve_on_postgres() {
         c.output()
     };
     let out = bootstrap(false).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let creds: Value = serde_json::from_slice(&out.stdout).unwrap();
     let again = bootstrap(false).await.unwrap();
     assert!(!again.status.success());
@@ -213,11 +288,23 @@ async fn migrate_bootstrap_serve_on_postgres() {
     let forced = bootstrap(true).await.unwrap();
     assert!(forced.status.success());
 
-    let mut cmd = capstan(&["serve", "--database-url", &url, "--listen", "127.0.0.1:0", "--no-migrate"]);
+    let mut cmd = capstan(&[
+        "serve",
+        "--database-url",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-migrate",
+    ]);
     cmd.env("CAPSTAN_MASTER_KEY", &key);
     let (child, addr, _) = start(cmd).await;
     let base = format!("http://{addr}");
-    let ready: Value = reqwest::get(format!("{base}/readyz")).await.unwrap().json().await.unwrap();
+    let ready: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready, json!({"status": "ready", "database": "postgres"}));
     admin_creates_client_whose_token_verifies(
         &base,
@@ -233,13 +320,17 @@ async fn migrate_bootstrap_serve_on_postgres() {
     cmd.env("CAPSTAN_MASTER_KEY", &wrong);
     let out = cmd.output().await.unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("master key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("master key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop_postgres_database(&admin_url, &name).await.unwrap();
 }
 
-async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output>
+async fn futures_join<F>(fs: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();

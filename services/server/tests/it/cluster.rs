@@ -20,7 +20,10 @@ where
         if check().await {
             return start.elapsed();
         }
-        assert!(start.elapsed() < Duration::from_secs(3), "{what}: not seen after 3 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{what}: not seen after 3 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -40,8 +43,13 @@ async fn changes_on_one_server_reach_another_within_a_second(ctx: &Ctx) {
 
     // Revocation on A.
     let token = a.token("default", &orders, &[]).await;
-    assert!(active(&b, &admin, &token).await, "B sees A's token as active first");
-    let r = a.oauth("default", "revoke", &orders, &[("token", &token)]).await;
+    assert!(
+        active(&b, &admin, &token).await,
+        "B sees A's token as active first"
+    );
+    let r = a
+        .oauth("default", "revoke", &orders, &[("token", &token)])
+        .await;
     assert_eq!(r.status(), 200);
     let took = within("revocation", || async { !active(&b, &admin, &token).await }).await;
     assert!(took < Duration::from_secs(1), "revocation took {took:?}");
@@ -49,34 +57,76 @@ async fn changes_on_one_server_reach_another_within_a_second(ctx: &Ctx) {
     // Client deletion on A (B has the client cached: it just introspected its token).
     let t2 = a.token("default", &orders, &[]).await;
     assert!(active(&b, &admin, &t2).await);
-    let (status, _) = a.api(Method::DELETE, &format!("/v1/clients/{}", orders.id), &admin_token, None).await;
+    let (status, _) = a
+        .api(
+            Method::DELETE,
+            &format!("/v1/clients/{}", orders.id),
+            &admin_token,
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
-    let took = within("client deletion", || async { !active(&b, &admin, &t2).await }).await;
+    let took = within("client deletion", || async {
+        !active(&b, &admin, &t2).await
+    })
+    .await;
     assert!(took < Duration::from_secs(1), "deletion took {took:?}");
 
     // Secret rotation on A: B refuses the old secret.
     let (_, svc) = a.orders_client().await;
     b.token("default", &svc, &[]).await;
-    let (status, _) = a.api(Method::POST, &format!("/v1/clients/{}/secret", svc.id), &admin_token, None).await;
+    let (status, _) = a
+        .api(
+            Method::POST,
+            &format!("/v1/clients/{}/secret", svc.id),
+            &admin_token,
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let took = within("secret rotation", || async {
-        b.oauth("default", "token", &svc, &[("grant_type", "client_credentials")]).await.status() == 401
+        b.oauth(
+            "default",
+            "token",
+            &svc,
+            &[("grant_type", "client_credentials")],
+        )
+        .await
+        .status()
+            == 401
     })
     .await;
-    assert!(took < Duration::from_secs(1), "secret rotation took {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "secret rotation took {took:?}"
+    );
 
     // Key rotation on A is published by B.
     let before = b.jwks("default").await["keys"].as_array().unwrap().len();
-    let (status, key) = a.api(Method::POST, "/v1/keys/rotate", &admin_token, Some(json!({}))).await;
+    let (status, key) = a
+        .api(
+            Method::POST,
+            "/v1/keys/rotate",
+            &admin_token,
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 201);
     let kid = key["kid"].as_str().unwrap().to_owned();
     let took = within("key rotation", || async {
         let jwks: Value = b.jwks("default").await;
-        jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid.as_str())
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid.as_str())
     })
     .await;
     assert!(took < Duration::from_secs(1), "key rotation took {took:?}");
-    assert_eq!(b.jwks("default").await["keys"].as_array().unwrap().len(), before + 1);
+    assert_eq!(
+        b.jwks("default").await["keys"].as_array().unwrap().len(),
+        before + 1
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

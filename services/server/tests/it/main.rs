@@ -3,6 +3,9 @@
 //! Each test boots the real server on port 0 against a fresh database — SQLite, and Postgres when
 //! `DATABASE_URL` is set — with a manual clock, and drives it over HTTP like a user would.
 
+// Tests may unwrap and panic: a failure is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod admin;
 mod binary;
 mod cluster;

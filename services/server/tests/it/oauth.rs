@@ -2,9 +2,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use capstan_auth::tokens::Inactive;
 use capstan_core::ids::TenantId;
 use capstan_core::jwt::TokenError;
-use capstan_auth::tokens::Inactive;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -48,7 +48,11 @@ async fn client_token_verifies_against_jwks_for_every_algorithm(ctx: &Ctx) {
     assert_eq!(oidc, meta);
 
     let token = s
-        .token("default", &orders, &[("scope", "orders:read"), ("audience", "orders-api")])
+        .token(
+            "default",
+            &orders,
+            &[("scope", "orders:read"), ("audience", "orders-api")],
+        )
         .await;
     let jwks: Value = s
         .http
@@ -65,7 +69,10 @@ async fn client_token_verifies_against_jwks_for_every_algorithm(ctx: &Ctx) {
     assert_eq!(claims["scope"], "orders:read");
     assert_eq!(claims["tenant"], "default");
     assert_eq!(claims["aud"], "orders-api");
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
     assert!(claims["jti"].as_str().unwrap().len() >= 22);
     // client_secret_post works too, and a token without scope/audience gets all allowed ones.
     let r = s
@@ -84,19 +91,36 @@ async fn client_token_verifies_against_jwks_for_every_algorithm(ctx: &Ctx) {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["scope"], "orders:read orders:write");
-    let claims = verify_with_jwks(&jwks, body["access_token"].as_str().unwrap(), &issuer, "billing-api").unwrap();
+    let claims = verify_with_jwks(
+        &jwks,
+        body["access_token"].as_str().unwrap(),
+        &issuer,
+        "billing-api",
+    )
+    .unwrap();
     assert_eq!(claims["aud"], json!(["orders-api", "billing-api"]));
 
     // EdDSA and RS256 tenants.
     for alg in ["EdDSA", "RS256"] {
         let id = format!("t-{}", alg.to_lowercase());
         let (status, created) = s
-            .api(Method::POST, "/v1/tenants", &admin_token, Some(json!({"id": id, "signing_alg": alg})))
+            .api(
+                Method::POST,
+                "/v1/tenants",
+                &admin_token,
+                Some(json!({"id": id, "signing_alg": alg})),
+            )
             .await;
         assert_eq!(status, 201, "{created}");
         let tadmin = Creds {
-            id: created["admin_client"]["client_id"].as_str().unwrap().into(),
-            secret: created["admin_client"]["client_secret"].as_str().unwrap().into(),
+            id: created["admin_client"]["client_id"]
+                .as_str()
+                .unwrap()
+                .into(),
+            secret: created["admin_client"]["client_secret"]
+                .as_str()
+                .unwrap()
+                .into(),
         };
         let t = s.token(&id, &tadmin, &[]).await;
         let jwks = s.jwks(&id).await;
@@ -104,7 +128,13 @@ async fn client_token_verifies_against_jwks_for_every_algorithm(ctx: &Ctx) {
         let claims = verify_with_jwks(&jwks, &t, &s.url(&format!("/t/{id}")), "capstan").unwrap();
         assert_eq!(claims["tenant"], id.as_str());
         // The other tenant's JWKS does not verify it.
-        assert!(verify_with_jwks(&s.jwks("default").await, &t, &s.url(&format!("/t/{id}")), "capstan").is_err());
+        assert!(verify_with_jwks(
+            &s.jwks("default").await,
+            &t,
+            &s.url(&format!("/t/{id}")),
+            "capstan"
+        )
+        .is_err());
         // The tenant admin acts in its own tenant only.
         let tt = s.token(&id, &tadmin, &[]).await;
         let (status, list) = s.api(Method::GET, "/v1/clients", &tt, None).await;
@@ -129,61 +159,171 @@ async fn token_endpoint_errors_follow_rfc6749(ctx: &Ctx) {
     let (_, orders) = s.orders_client().await;
     let url = s.url("/t/default/oauth2/token");
 
-    let wrong = Creds { id: orders.id.clone(), secret: "cps_wrong".into() };
-    let (status, code, h) = oauth_error(s.oauth("default", "token", &wrong, &[("grant_type", "client_credentials")]).await).await;
+    let wrong = Creds {
+        id: orders.id.clone(),
+        secret: "cps_wrong".into(),
+    };
+    let (status, code, h) = oauth_error(
+        s.oauth(
+            "default",
+            "token",
+            &wrong,
+            &[("grant_type", "client_credentials")],
+        )
+        .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (401, "invalid_client"));
     assert!(h["www-authenticate"].to_str().unwrap().starts_with("Basic"));
     assert_eq!(h["cache-control"], "no-store");
 
-    let unknown = Creds { id: "svc_nosuchclient".into(), secret: orders.secret.clone() };
-    let (status, code, _) = oauth_error(s.oauth("default", "token", &unknown, &[("grant_type", "client_credentials")]).await).await;
+    let unknown = Creds {
+        id: "svc_nosuchclient".into(),
+        secret: orders.secret.clone(),
+    };
+    let (status, code, _) = oauth_error(
+        s.oauth(
+            "default",
+            "token",
+            &unknown,
+            &[("grant_type", "client_credentials")],
+        )
+        .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (401, "invalid_client"));
 
-    let (status, code, _) = oauth_error(s.oauth("default", "token", &orders, &[("grant_type", "password")]).await).await;
+    let (status, code, _) = oauth_error(
+        s.oauth("default", "token", &orders, &[("grant_type", "password")])
+            .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (400, "unsupported_grant_type"));
 
-    let (status, code, _) = oauth_error(s.oauth("default", "token", &orders, &[("grant_type", "client_credentials"), ("scope", "orders:read admin")]).await).await;
+    let (status, code, _) = oauth_error(
+        s.oauth(
+            "default",
+            "token",
+            &orders,
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "orders:read admin"),
+            ],
+        )
+        .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (400, "invalid_scope"));
 
-    let (status, code, _) = oauth_error(s.oauth("default", "token", &orders, &[("grant_type", "client_credentials"), ("audience", "payments-api")]).await).await;
+    let (status, code, _) = oauth_error(
+        s.oauth(
+            "default",
+            "token",
+            &orders,
+            &[
+                ("grant_type", "client_credentials"),
+                ("audience", "payments-api"),
+            ],
+        )
+        .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (400, "invalid_target"));
 
-    let (status, code, _) = oauth_error(s.oauth("default", "token", &orders, &[("scope", "orders:read")]).await).await;
+    let (status, code, _) = oauth_error(
+        s.oauth("default", "token", &orders, &[("scope", "orders:read")])
+            .await,
+    )
+    .await;
     assert_eq!((status, code.as_str()), (400, "invalid_request"));
 
     // No client authentication at all.
-    let r = s.http.post(&url).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let r = s
+        .http
+        .post(&url)
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
     let (status, code, _) = oauth_error(r).await;
     assert_eq!((status, code.as_str()), (401, "invalid_client"));
 
     // Two authentication methods at once.
-    let r = s.http.post(&url).basic_auth(&orders.id, Some(&orders.secret))
-        .form(&[("grant_type", "client_credentials"), ("client_id", orders.id.as_str()), ("client_secret", orders.secret.as_str())])
-        .send().await.unwrap();
+    let r = s
+        .http
+        .post(&url)
+        .basic_auth(&orders.id, Some(&orders.secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", orders.id.as_str()),
+            ("client_secret", orders.secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
     let (status, code, _) = oauth_error(r).await;
     assert_eq!((status, code.as_str()), (400, "invalid_request"));
 
     // Repeated parameter, wrong content type, broken Basic header.
-    let r = s.http.post(&url).basic_auth(&orders.id, Some(&orders.secret))
+    let r = s
+        .http
+        .post(&url)
+        .basic_auth(&orders.id, Some(&orders.secret))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials&grant_type=client_credentials").send().await.unwrap();
+        .body("grant_type=client_credentials&grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(oauth_error(r).await.1, "invalid_request");
-    let r = s.http.post(&url).basic_auth(&orders.id, Some(&orders.secret))
-        .json(&json!({"grant_type": "client_credentials"})).send().await.unwrap();
+    let r = s
+        .http
+        .post(&url)
+        .basic_auth(&orders.id, Some(&orders.secret))
+        .json(&json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(oauth_error(r).await.1, "invalid_request");
-    let r = s.http.post(&url).header("authorization", "Basic !!!notbase64")
-        .form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let r = s
+        .http
+        .post(&url)
+        .header("authorization", "Basic !!!notbase64")
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
     let (status, code, _) = oauth_error(r).await;
     assert_eq!((status, code.as_str()), (401, "invalid_client"));
 
     // Unknown tenant.
-    let r = s.oauth("nosuch", "token", &orders, &[("grant_type", "client_credentials")]).await;
+    let r = s
+        .oauth(
+            "nosuch",
+            "token",
+            &orders,
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
     assert_eq!(r.status(), 404);
     // The client exists only in its own tenant.
     let (admin_token, _) = s.orders_client().await;
-    let (st, _) = s.api(Method::POST, "/v1/tenants", &admin_token, Some(json!({"id": "other"}))).await;
+    let (st, _) = s
+        .api(
+            Method::POST,
+            "/v1/tenants",
+            &admin_token,
+            Some(json!({"id": "other"})),
+        )
+        .await;
     assert_eq!(st, 201);
-    let r = s.oauth("other", "token", &orders, &[("grant_type", "client_credentials")]).await;
+    let r = s
+        .oauth(
+            "other",
+            "token",
+            &orders,
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
     assert_eq!(oauth_error(r).await.0, 401);
     s.shutdown().await;
 }
@@ -196,38 +336,72 @@ async fn forged_expired_early_wrong_audience_and_revoked_tokens_are_rejected(ctx
     let s = ctx.server().await;
     let (_, orders) = s.orders_client().await;
     let tenant = TenantId::default_tenant();
-    let token = s.token("default", &orders, &[("audience", "orders-api")]).await;
+    let token = s
+        .token("default", &orders, &[("audience", "orders-api")])
+        .await;
     let parts: Vec<&str> = token.split('.').collect();
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
     let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     let kid = header["kid"].as_str().unwrap();
     let verify = |t: String| {
         let auth = s.auth().clone();
-        async move { auth.verify_token(&TenantId::default_tenant(), &t, None).await }
+        async move {
+            auth.verify_token(&TenantId::default_tenant(), &t, None)
+                .await
+        }
     };
     assert!(verify(token.clone()).await.is_ok());
-    assert_eq!(s.introspect("default", &orders, &token).await["active"], true);
+    assert_eq!(
+        s.introspect("default", &orders, &token).await["active"],
+        true
+    );
 
     // alg=none with the real claims.
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})),
+        parts[1]
+    );
     // HS256 keyed with the public key (the classic algorithm-confusion attack).
     let jwks = s.jwks("default").await;
     let public = serde_json::to_vec(&jwks["keys"][0]).unwrap();
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some(kid.to_owned());
     hs.typ = Some("at+jwt".into());
-    let hs256 = jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&public)).unwrap();
+    let hs256 = jsonwebtoken::encode(
+        &hs,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
     let x = jwks["keys"][0]["x"].as_str().unwrap().as_bytes().to_vec();
-    let hs256_x = jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&x)).unwrap();
+    let hs256_x =
+        jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&x)).unwrap();
     // A tampered payload under the real signature.
     let mut more = claims.clone();
     more["scope"] = json!("orders:read orders:write admin");
     let tampered = format!("{}.{}.{}", parts[0], b64(&more), parts[2]);
     // Not an access token type.
-    let jwt_typ = format!("{}.{}.{}", b64(&json!({"alg": "ES256", "typ": "JWT", "kid": kid})), parts[1], parts[2]);
-    for (what, forged) in [("alg none", none), ("HS256 with public JWK", hs256), ("HS256 with x", hs256_x), ("tampered", tampered), ("typ JWT", jwt_typ), ("garbage", "a.b.c".into())] {
+    let jwt_typ = format!(
+        "{}.{}.{}",
+        b64(&json!({"alg": "ES256", "typ": "JWT", "kid": kid})),
+        parts[1],
+        parts[2]
+    );
+    for (what, forged) in [
+        ("alg none", none),
+        ("HS256 with public JWK", hs256),
+        ("HS256 with x", hs256_x),
+        ("tampered", tampered),
+        ("typ JWT", jwt_typ),
+        ("garbage", "a.b.c".into()),
+    ] {
         assert!(verify(forged.clone()).await.is_err(), "{what} verified");
-        assert_eq!(s.introspect("default", &orders, &forged).await, json!({"active": false}), "{what}");
+        assert_eq!(
+            s.introspect("default", &orders, &forged).await,
+            json!({"active": false}),
+            "{what}"
+        );
         let (status, _) = s.api(Method::GET, "/v1/clients", &forged, None).await;
         assert_eq!(status, 401, "{what}");
     }
@@ -236,19 +410,36 @@ async fn forged_expired_early_wrong_audience_and_revoked_tokens_are_rejected(ctx
     // the admin API (which wants audience "capstan").
     let auth = s.auth().clone();
     assert_eq!(
-        auth.verify_token(&tenant, &token, Some("billing-api")).await,
+        auth.verify_token(&tenant, &token, Some("billing-api"))
+            .await,
         Err(Inactive::Token(TokenError::WrongAudience))
     );
-    assert!(auth.verify_token(&tenant, &token, Some("orders-api")).await.is_ok());
-    let r = s.oauth("default", "introspect", &orders, &[("token", &token), ("audience", "billing-api")]).await;
+    assert!(auth
+        .verify_token(&tenant, &token, Some("orders-api"))
+        .await
+        .is_ok());
+    let r = s
+        .oauth(
+            "default",
+            "introspect",
+            &orders,
+            &[("token", &token), ("audience", "billing-api")],
+        )
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"active": false}));
     let (status, body) = s.api(Method::GET, "/v1/clients", &token, None).await;
     assert_eq!(status, 401, "{body}");
 
     // nbf in the future: the clock stands before the token was issued (beyond the leeway).
     s.clock.advance(-60);
-    assert_eq!(verify(token.clone()).await, Err(Inactive::Token(TokenError::NotYetValid)));
-    assert_eq!(s.introspect("default", &orders, &token).await["active"], false);
+    assert_eq!(
+        verify(token.clone()).await,
+        Err(Inactive::Token(TokenError::NotYetValid))
+    );
+    assert_eq!(
+        s.introspect("default", &orders, &token).await["active"],
+        false
+    );
     s.clock.advance(60);
     assert!(verify(token.clone()).await.is_ok());
 
@@ -256,28 +447,68 @@ async fn forged_expired_early_wrong_audience_and_revoked_tokens_are_rejected(ctx
     s.clock.advance(904);
     assert!(verify(token.clone()).await.is_ok());
     s.clock.advance(1);
-    assert_eq!(verify(token.clone()).await, Err(Inactive::Token(TokenError::Expired)));
-    assert_eq!(s.introspect("default", &orders, &token).await["active"], false);
+    assert_eq!(
+        verify(token.clone()).await,
+        Err(Inactive::Token(TokenError::Expired))
+    );
+    assert_eq!(
+        s.introspect("default", &orders, &token).await["active"],
+        false
+    );
 
     // Revoked.
     let fresh = s.token("default", &orders, &[]).await;
-    assert_eq!(s.introspect("default", &orders, &fresh).await["active"], true);
-    let r = s.oauth("default", "revoke", &orders, &[("token", &fresh), ("token_type_hint", "access_token")]).await;
+    assert_eq!(
+        s.introspect("default", &orders, &fresh).await["active"],
+        true
+    );
+    let r = s
+        .oauth(
+            "default",
+            "revoke",
+            &orders,
+            &[("token", &fresh), ("token_type_hint", "access_token")],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(verify(fresh.clone()).await, Err(Inactive::Revoked));
-    assert_eq!(s.introspect("default", &orders, &fresh).await, json!({"active": false}));
+    assert_eq!(
+        s.introspect("default", &orders, &fresh).await,
+        json!({"active": false})
+    );
     // Revoking again, or revoking garbage, is still 200 (RFC 7009 §2.2).
-    assert_eq!(s.oauth("default", "revoke", &orders, &[("token", &fresh)]).await.status(), 200);
-    assert_eq!(s.oauth("default", "revoke", &orders, &[("token", "nonsense")]).await.status(), 200);
+    assert_eq!(
+        s.oauth("default", "revoke", &orders, &[("token", &fresh)])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.oauth("default", "revoke", &orders, &[("token", "nonsense")])
+            .await
+            .status(),
+        200
+    );
     // Introspection and revocation require client authentication.
-    let anon = s.http.post(s.url("/t/default/oauth2/introspect")).form(&[("token", fresh.as_str())]).send().await.unwrap();
+    let anon = s
+        .http
+        .post(s.url("/t/default/oauth2/introspect"))
+        .form(&[("token", fresh.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anon.status(), 401);
     // A client may not revoke another client's token.
     let (admin_token, other) = s.orders_client().await;
     let theirs = s.token("default", &other, &[]).await;
-    let r = s.oauth("default", "revoke", &orders, &[("token", &theirs)]).await;
+    let r = s
+        .oauth("default", "revoke", &orders, &[("token", &theirs)])
+        .await;
     assert_eq!(oauth_error(r).await.1, "unauthorized_client");
-    assert_eq!(s.introspect("default", &orders, &theirs).await["active"], true);
+    assert_eq!(
+        s.introspect("default", &orders, &theirs).await["active"],
+        true
+    );
     let _ = admin_token;
     s.shutdown().await;
 }
@@ -286,35 +517,71 @@ async fn rotation_publishes_before_signing_and_keeps_old_keys_until_expiry(ctx: 
     let s = ctx.server().await;
     let (admin_token, orders) = s.orders_client().await;
     let issuer = s.url("/t/default");
-    let old_token = s.token("default", &orders, &[("audience", "orders-api")]).await;
-    let old_kid = jsonwebtoken::decode_header(&old_token).unwrap().kid.unwrap();
+    let old_token = s
+        .token("default", &orders, &[("audience", "orders-api")])
+        .await;
+    let old_kid = jsonwebtoken::decode_header(&old_token)
+        .unwrap()
+        .kid
+        .unwrap();
 
-    let (status, key) = s.api(Method::POST, "/v1/keys/rotate", &admin_token, Some(json!({}))).await;
+    let (status, key) = s
+        .api(
+            Method::POST,
+            "/v1/keys/rotate",
+            &admin_token,
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 201, "{key}");
     let new_kid = key["kid"].as_str().unwrap().to_owned();
-    assert_eq!(key["activates_at"].as_i64().unwrap() - key["created_at"].as_i64().unwrap(), 600);
+    assert_eq!(
+        key["activates_at"].as_i64().unwrap() - key["created_at"].as_i64().unwrap(),
+        600
+    );
 
     // Published at once, not signing yet.
     let jwks = s.jwks("default").await;
-    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
     assert!(kids.contains(&new_kid.as_str()) && kids.contains(&old_kid.as_str()));
     let t = s.token("default", &orders, &[]).await;
-    assert_eq!(jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(), old_kid);
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(),
+        old_kid
+    );
 
     // After the publish delay the new key signs; the old token still verifies.
     s.clock.advance(600);
-    let t = s.token("default", &orders, &[("audience", "orders-api")]).await;
-    assert_eq!(jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(), new_kid);
+    let t = s
+        .token("default", &orders, &[("audience", "orders-api")])
+        .await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(),
+        new_kid
+    );
     let jwks = s.jwks("default").await;
     verify_with_jwks_at(&jwks, &t, &issuer, "orders-api", false).unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
-    assert_eq!(s.introspect("default", &orders, &old_token).await["active"], true);
+    assert_eq!(
+        s.introspect("default", &orders, &old_token).await["active"],
+        true
+    );
 
     // Once every token of the old key could have expired (max TTL after it was superseded), it
     // leaves the JWKS; tokens of the new key still verify.
     s.clock.advance(86_400);
     let jwks = s.jwks("default").await;
-    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
     assert_eq!(kids, [new_kid.as_str()]);
     let t = s.token("default", &orders, &[]).await;
     assert_eq!(s.introspect("default", &orders, &t).await["active"], true);
@@ -326,7 +593,12 @@ async fn rotation_publishes_before_signing_and_keeps_old_keys_until_expiry(ctx: 
     let admin = s.admin().await;
     let admin_token = s.token("default", &admin, &[]).await;
     let (status, key) = s
-        .api(Method::POST, "/v1/keys/rotate", &admin_token, Some(json!({"alg": "EdDSA", "publish_delay_seconds": 0})))
+        .api(
+            Method::POST,
+            "/v1/keys/rotate",
+            &admin_token,
+            Some(json!({"alg": "EdDSA", "publish_delay_seconds": 0})),
+        )
         .await;
     assert_eq!(status, 201, "{key}");
     let t = s.token("default", &orders, &[]).await;
@@ -343,21 +615,48 @@ async fn secret_rotation_grace_period(ctx: &Ctx) {
     let s = ctx.server().await;
     let (admin_token, orders) = s.orders_client().await;
     let path = format!("/v1/clients/{}/secret", orders.id);
-    let (status, rotated) = s.api(Method::POST, &path, &admin_token, Some(json!({"grace_period_seconds": 300}))).await;
+    let (status, rotated) = s
+        .api(
+            Method::POST,
+            &path,
+            &admin_token,
+            Some(json!({"grace_period_seconds": 300})),
+        )
+        .await;
     assert_eq!(status, 200, "{rotated}");
-    let fresh = Creds { id: orders.id.clone(), secret: rotated["client_secret"].as_str().unwrap().into() };
+    let fresh = Creds {
+        id: orders.id.clone(),
+        secret: rotated["client_secret"].as_str().unwrap().into(),
+    };
     assert_ne!(fresh.secret, orders.secret);
     s.token("default", &fresh, &[]).await;
     s.token("default", &orders, &[]).await;
     s.clock.advance(300);
-    let r = s.oauth("default", "token", &orders, &[("grant_type", "client_credentials")]).await;
+    let r = s
+        .oauth(
+            "default",
+            "token",
+            &orders,
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
     assert_eq!(r.status(), 401);
     s.token("default", &fresh, &[]).await;
     // Without a grace period the old secret stops at once.
     let (_, again) = s.api(Method::POST, &path, &admin_token, None).await;
-    let r = s.oauth("default", "token", &fresh, &[("grant_type", "client_credentials")]).await;
+    let r = s
+        .oauth(
+            "default",
+            "token",
+            &fresh,
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
     assert_eq!(r.status(), 401);
-    let newest = Creds { id: orders.id.clone(), secret: again["client_secret"].as_str().unwrap().into() };
+    let newest = Creds {
+        id: orders.id.clone(),
+        secret: again["client_secret"].as_str().unwrap().into(),
+    };
     s.token("default", &newest, &[]).await;
     s.shutdown().await;
 }
@@ -368,12 +667,36 @@ async fn deleted_client_tokens_become_inactive(ctx: &Ctx) {
     let t = s.token("default", &orders, &[]).await;
     let admin = s.admin().await;
     assert_eq!(s.introspect("default", &admin, &t).await["active"], true);
-    let (status, _) = s.api(Method::DELETE, &format!("/v1/clients/{}", orders.id), &admin_token, None).await;
+    let (status, _) = s
+        .api(
+            Method::DELETE,
+            &format!("/v1/clients/{}", orders.id),
+            &admin_token,
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
-    assert_eq!(s.introspect("default", &admin, &t).await, json!({"active": false}));
-    let r = s.oauth("default", "token", &orders, &[("grant_type", "client_credentials")]).await;
+    assert_eq!(
+        s.introspect("default", &admin, &t).await,
+        json!({"active": false})
+    );
+    let r = s
+        .oauth(
+            "default",
+            "token",
+            &orders,
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
     assert_eq!(r.status(), 401);
-    let (status, _) = s.api(Method::GET, &format!("/v1/clients/{}", orders.id), &admin_token, None).await;
+    let (status, _) = s
+        .api(
+            Method::GET,
+            &format!("/v1/clients/{}", orders.id),
+            &admin_token,
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     s.shutdown().await;
 }

@@ -163,7 +163,12 @@ impl TestServer {
     /// Creates a client through the API as `admin_token`.
     pub async fn create_client(&self, admin_token: &str, body: Value) -> Creds {
         let (status, v) = self
-            .api(reqwest::Method::POST, "/v1/clients", admin_token, Some(body))
+            .api(
+                reqwest::Method::POST,
+                "/v1/clients",
+                admin_token,
+                Some(body),
+            )
             .await;
         assert_eq!(status, 201, "{v}");
         Creds {
