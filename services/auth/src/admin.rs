@@ -12,7 +12,7 @@ use capstan_db::DbError;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthError;
-use crate::model::{Client, StoredKey, Tenant};
+use crate::model::{activation_time, Client, StoredKey, Tenant};
 use crate::service::{key_aad, AuthService, TOPIC_CLIENT, TOPIC_TENANT};
 
 /// Limits on client definitions.
@@ -431,6 +431,7 @@ impl AuthService {
     ) -> Result<StoredKey, AuthError> {
         let generated = generate_key(alg, self.rng.as_ref())?;
         let now = self.now();
+        let activates_at = activation_time(&self.store.list_keys(tenant).await?, now, delay);
         let sealed = self.sealer.seal(
             self.rng.as_ref(),
             generated.private_pkcs8.expose(),
@@ -443,7 +444,7 @@ impl AuthService {
             public_jwk: generated.public,
             private_key_sealed: sealed,
             created_at: now,
-            activates_at: now + delay,
+            activates_at,
         };
         self.store.insert_key(&key).await?;
         self.publish(tenant, TOPIC_TENANT, tenant.as_str()).await?;

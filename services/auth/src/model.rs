@@ -87,7 +87,7 @@ pub fn issuer_url(public_url: &str, tenant: &TenantId) -> String {
 /// before any token carries its `kid`.
 pub fn published_keys(keys: &[StoredKey], now: UnixTime, max_ttl: i64) -> Vec<&StoredKey> {
     let mut sorted: Vec<&StoredKey> = keys.iter().collect();
-    sorted.sort_by_key(|k| (k.activates_at, k.created_at));
+    sorted.sort_by(|a, b| order(a).cmp(&order(b)));
     let mut out = Vec::new();
     for (i, k) in sorted.iter().enumerate() {
         let superseded_at = sorted[i + 1..]
@@ -106,7 +106,19 @@ pub fn published_keys(keys: &[StoredKey], now: UnixTime, max_ttl: i64) -> Vec<&S
 pub fn active_key(keys: &[StoredKey], now: UnixTime) -> Option<&StoredKey> {
     keys.iter()
         .filter(|k| k.activates_at <= now)
-        .max_by_key(|k| (k.activates_at, k.created_at))
+        .max_by(|a, b| order(a).cmp(&order(b)))
+}
+
+/// Keys in activation order; the kid breaks ties so every server picks the same signer.
+fn order(k: &StoredKey) -> (UnixTime, UnixTime, &str) {
+    (k.activates_at, k.created_at, k.kid.as_str())
+}
+
+/// When a key rotated in at `now` with `delay` starts signing: after the delay, and strictly
+/// after the newest existing key, so two rotations in one second still take effect in order.
+pub fn activation_time(existing: &[StoredKey], now: UnixTime, delay: i64) -> UnixTime {
+    let after_newest = existing.iter().map(|k| k.activates_at + 1).max();
+    (now + delay).max(after_newest.unwrap_or(UnixTime::MIN))
 }
 
 #[cfg(test)]
@@ -137,6 +149,24 @@ mod tests {
 
     fn kids(v: Vec<&StoredKey>) -> Vec<&str> {
         v.into_iter().map(|k| k.kid.as_str()).collect()
+    }
+
+    #[test]
+    fn rotations_in_one_second_activate_in_order() {
+        let mut keys = vec![key("a", 100, 100)];
+        let t = activation_time(&keys, 100, 0);
+        assert_eq!(t, 101);
+        keys.push(key("b", 100, t));
+        let t = activation_time(&keys, 100, 0);
+        assert_eq!(t, 102);
+        keys.push(key("c", 100, t));
+        assert_eq!(active_key(&keys, 102).unwrap().kid, "c");
+        assert_eq!(active_key(&keys, 101).unwrap().kid, "b");
+        // A delay beyond the newest key wins.
+        assert_eq!(activation_time(&keys, 100, 600), 700);
+        // Equal activation times (concurrent rotations on two servers): the kid decides.
+        let tied = vec![key("y", 5, 10), key("x", 5, 10)];
+        assert_eq!(active_key(&tied, 10).unwrap().kid, "y");
     }
 
     #[test]

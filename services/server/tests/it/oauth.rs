@@ -608,6 +608,28 @@ async fn rotation_publishes_before_signing_and_keeps_old_keys_until_expiry(ctx: 
     let (status, keys) = s.api(Method::GET, "/v1/keys", &admin_token, None).await;
     assert_eq!(status, 200);
     assert_eq!(keys.as_array().unwrap().len(), 2);
+
+    // Two rotations in the same second take effect in order, one second apart.
+    let rotate = |alg: &'static str| {
+        s.api(
+            Method::POST,
+            "/v1/keys/rotate",
+            &admin_token,
+            Some(json!({"alg": alg, "publish_delay_seconds": 0})),
+        )
+    };
+    let (_, rs) = rotate("RS256").await;
+    let (_, es) = rotate("ES256").await;
+    assert_eq!(
+        es["activates_at"].as_i64().unwrap(),
+        rs["activates_at"].as_i64().unwrap() + 1
+    );
+    s.clock.advance(2);
+    let t = s.token("default", &orders, &[]).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(),
+        es["kid"].as_str().unwrap()
+    );
     s.shutdown().await;
 }
 
