@@ -160,15 +160,19 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
     server.run_until(wait_for_signal()).await
 }
 
+/// Settings of the production commands: a database URL and a master key are required.
+fn production_settings(o: &Options) -> Result<Settings, ServerError> {
+    Settings::resolve(
+        o,
+        required_database_url(o)?,
+        required_master_key(o)?,
+        SocketAddr::from(SERVE_LISTEN),
+    )
+}
+
 /// `capstan serve`.
 pub async fn serve(o: Options, no_migrate: bool) -> Result<(), ServerError> {
-    let master = required_master_key(&o)?;
-    let settings = Settings::resolve(
-        &o,
-        required_database_url(&o)?,
-        master,
-        SocketAddr::from(SERVE_LISTEN),
-    )?;
+    let settings = production_settings(&o)?;
     let server = Server::start(
         &settings,
         Arc::new(SystemClock),
@@ -194,13 +198,7 @@ pub async fn migrate(o: Options) -> Result<(), ServerError> {
 
 /// `capstan bootstrap`.
 pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
-    let master = required_master_key(&o)?;
-    let settings = Settings::resolve(
-        &o,
-        required_database_url(&o)?,
-        master,
-        SocketAddr::from(SERVE_LISTEN),
-    )?;
+    let settings = production_settings(&o)?;
     let db = Db::connect(&settings.database_url, 2).await?;
     db.migrate().await?;
     let public_url = o.public_url.as_deref();

@@ -136,14 +136,8 @@ fn mode(path: &Path) -> u32 {
 async fn dev_runs_on_sqlite_and_reuses_its_admin() {
     let dir = std::env::temp_dir().join(unique_name("capstan_dev"));
     let data = dir.to_str().unwrap();
-    let (child, addr, printed) = start(capstan(&[
-        "dev",
-        "--data-dir",
-        data,
-        "--listen",
-        "127.0.0.1:0",
-    ]))
-    .await;
+    let dev = || capstan(&["dev", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+    let (child, addr, printed) = start(dev()).await;
     assert!(
         printed
             .iter()
@@ -168,14 +162,7 @@ async fn dev_runs_on_sqlite_and_reuses_its_admin() {
     terminate(child).await;
 
     // Second start: same database, same admin, nothing new printed.
-    let (child, addr, printed) = start(capstan(&[
-        "dev",
-        "--data-dir",
-        data,
-        "--listen",
-        "127.0.0.1:0",
-    ]))
-    .await;
+    let (child, addr, printed) = start(dev()).await;
     assert!(
         printed
             .iter()

@@ -193,49 +193,36 @@ async fn token_endpoint_errors_follow_rfc6749(ctx: &Ctx) {
     .await;
     assert_eq!((status, code.as_str()), (401, "invalid_client"));
 
-    let (status, code, _) = oauth_error(
-        s.oauth("default", "token", &orders, &[("grant_type", "password")])
-            .await,
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (400, "unsupported_grant_type"));
-
-    let (status, code, _) = oauth_error(
-        s.oauth(
-            "default",
-            "token",
-            &orders,
-            &[
-                ("grant_type", "client_credentials"),
-                ("scope", "orders:read admin"),
-            ],
-        )
-        .await,
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (400, "invalid_scope"));
-
-    let (status, code, _) = oauth_error(
-        s.oauth(
-            "default",
-            "token",
-            &orders,
-            &[
-                ("grant_type", "client_credentials"),
-                ("audience", "payments-api"),
-            ],
-        )
-        .await,
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (400, "invalid_target"));
-
-    let (status, code, _) = oauth_error(
-        s.oauth("default", "token", &orders, &[("scope", "orders:read")])
-            .await,
-    )
-    .await;
-    assert_eq!((status, code.as_str()), (400, "invalid_request"));
+    // Authenticated requests that break a rule: (form, status, RFC 6749 error code).
+    let cc = ("grant_type", "client_credentials");
+    type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("grant_type", "password")],
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            vec![cc, ("scope", "orders:read admin")],
+            400,
+            "invalid_scope",
+        ),
+        (
+            vec![cc, ("audience", "payments-api")],
+            400,
+            "invalid_target",
+        ),
+        (vec![("scope", "orders:read")], 400, "invalid_request"),
+    ];
+    for (form, want_status, want_code) in cases {
+        let (status, code, _) =
+            oauth_error(s.oauth("default", "token", &orders, &form).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (want_status, want_code),
+            "{form:?}"
+        );
+    }
 
     // No client authentication at all.
     let r = s
