@@ -327,3 +327,93 @@ where
     }
     out
 }
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body) from `stream`.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_when_configured() {
+    use tokio::io::AsyncWriteExt;
+    // A minimal OTLP/HTTP receiver that reports what reaches it.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", receiver.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(16);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = receiver.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(req) = read_request(&mut stream).await {
+                    let _ = tx.send(req).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if stream.write_all(ok).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let dir = std::env::temp_dir().join(unique_name("capstan_otel"));
+    let mut cmd = capstan(&[
+        "dev",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("CAPSTAN_LOG", "info");
+    let (child, addr, _) = start(cmd).await;
+    for _ in 0..3 {
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+    }
+    let (head, body) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an OTLP export arrives")
+        .unwrap();
+    assert!(head.starts_with("POST /v1/traces "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    assert!(!body.is_empty());
+    // The spans name the service and the route.
+    assert!(contains_bytes(&body, b"capstan"), "service.name missing");
+    assert!(contains_bytes(&body, b"/healthz"), "route missing");
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
