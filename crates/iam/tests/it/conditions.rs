@@ -1,6 +1,6 @@
 //! "Conditions" and "Policy variables".
 
-use capstan_policy::{Context, Limits, Policy, PolicyKind};
+use capstan_iam::{Context, Limits, Policy, PolicyKind};
 use serde_json::{json, Value};
 
 use crate::{allow, allowed, identity};

@@ -1,6 +1,6 @@
 //! Document validation: errors with JSON paths, warnings, limits.
 
-use capstan_policy::{Issue, Limits, Policy, PolicyKind};
+use capstan_iam::{Issue, Limits, Policy, PolicyKind};
 use serde_json::{json, Value};
 
 fn errors(doc: &str, kind: PolicyKind) -> Vec<Issue> {

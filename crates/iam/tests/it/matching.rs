@@ -1,6 +1,6 @@
 //! "Matching": actions, resources, principals, key names.
 
-use capstan_policy::{evaluate, Applicable, Context, Decision, Request};
+use capstan_iam::{evaluate, Applicable, Context, Decision, Request};
 use serde_json::json;
 
 use crate::{allow, allowed, identity, resource_policy, src};

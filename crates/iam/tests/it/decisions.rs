@@ -1,6 +1,6 @@
 //! "Decision procedure": explicit deny, guardrails, identity ∪ resource, boundary, implicit deny.
 
-use capstan_policy::{evaluate, Applicable, Context, Decision, Matched, Reason, Request};
+use capstan_iam::{evaluate, Applicable, Context, Decision, Matched, Reason, Request};
 use serde_json::json;
 
 use crate::{allow, identity, resource_policy, src};

@@ -10,7 +10,7 @@ mod matching;
 mod properties;
 mod validation;
 
-use capstan_policy::{
+use capstan_iam::{
     evaluate, Applicable, Context, Decision, Limits, Outcome, Policy, PolicyKind, Request, Source,
 };
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! Properties that must hold for any policies and request.
 
-use capstan_policy::{
+use capstan_iam::{
     evaluate, Applicable, Context, Decision, Limits, Policy, PolicyKind, Request, Source,
 };
 use proptest::prelude::*;
