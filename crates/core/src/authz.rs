@@ -15,10 +15,14 @@ pub struct Caller {
     pub tenant: TenantId,
     /// The principal (`sub`).
     pub principal: PrincipalId,
+    /// The OAuth2 client the token was issued to.
+    pub client_id: String,
     /// The scopes the token carries.
     pub scopes: Vec<String>,
-    /// Whether the principal is an administrator of its tenant.
+    /// Whether the principal is an administrator of its tenant (the `AdminOnly` seam).
     pub admin: bool,
+    /// The peer address of the request, when known.
+    pub source_ip: Option<String>,
 }
 
 /// Why a call was refused.
@@ -33,6 +37,39 @@ pub struct Denied {
 pub trait Authorizer: Send + Sync + 'static {
     /// `Ok(())` to allow, `Err(Denied)` to refuse.
     async fn authorize(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), Denied>;
+
+    /// Makes `principal` an administrator of `tenant` (called when an admin client is created:
+    /// `capstan dev`, `capstan bootstrap`, a new tenant). The default does nothing.
+    async fn grant_administrator(
+        &self,
+        _tenant: &TenantId,
+        _principal: &PrincipalId,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The facts of a verified access token, for services that authorize on behalf of one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Principal (`sub`).
+    pub principal: PrincipalId,
+    /// Client id.
+    pub client_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+}
+
+/// Verifies access tokens issued by Capstan.
+#[async_trait]
+pub trait TokenVerifier: Send + Sync + 'static {
+    /// The facts of a token of any audience, or why it is not valid.
+    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, String>;
+
+    /// The caller of a Capstan API: the token must carry the API audience.
+    async fn authenticate_caller(&self, token: &str) -> Result<Caller, String>;
 }
 
 /// Allows administrators, on resources of their own tenant only. Tenants themselves are

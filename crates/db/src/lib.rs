@@ -221,3 +221,43 @@ impl Db {
         Ok(r)
     }
 }
+
+/// A reader's position in the change feed.
+///
+/// Late commits can land below the cursor (Postgres sequences are assigned before commit), so
+/// every poll re-reads [`FeedCursor::LOOKBACK`] positions behind it and skips the ones it has
+/// already returned.
+#[derive(Debug, Default)]
+pub struct FeedCursor {
+    cursor: i64,
+    seen: std::collections::BTreeSet<i64>,
+}
+
+impl FeedCursor {
+    /// How far behind the cursor each poll looks.
+    pub const LOOKBACK: i64 = 64;
+
+    /// A cursor at the feed's current end: only later changes are returned.
+    pub async fn at_end(db: &Db) -> Result<FeedCursor, DbError> {
+        Ok(FeedCursor {
+            cursor: db.latest_change().await?,
+            seen: Default::default(),
+        })
+    }
+
+    /// Changes not returned before, oldest first.
+    pub async fn poll(&mut self, db: &Db) -> Result<Vec<Change>, DbError> {
+        let floor = self.cursor - Self::LOOKBACK;
+        let changes = db.changes_after(floor.max(0), 10_000).await?;
+        let mut fresh = Vec::new();
+        for c in changes {
+            if c.seq <= floor || !self.seen.insert(c.seq) {
+                continue;
+            }
+            self.cursor = self.cursor.max(c.seq);
+            fresh.push(c);
+        }
+        self.seen = self.seen.split_off(&(self.cursor - Self::LOOKBACK));
+        Ok(fresh)
+    }
+}

@@ -629,6 +629,11 @@ impl Parser<'_> {
     }
 }
 
+/// A resource pattern without variables (resource-policy keys).
+pub(crate) fn compile_resource(s: &str) -> Result<ResourcePattern, String> {
+    resource_pattern(s, false)
+}
+
 fn resource_pattern(s: &str, variables: bool) -> Result<ResourcePattern, String> {
     if s == "*" {
         return Ok(ResourcePattern::Any);

@@ -38,8 +38,8 @@ pub struct Source<'a> {
 pub struct Applicable<'a> {
     /// Policies attached to the principal and its groups.
     pub identity: Vec<Source<'a>>,
-    /// The resource's policy.
-    pub resource: Option<Source<'a>>,
+    /// The policies of resources (CRN patterns) that match the requested resource.
+    pub resource: Vec<Source<'a>>,
     /// The principal's permissions boundary.
     pub boundary: Option<Source<'a>>,
     /// The tenant's guardrails.
@@ -185,6 +185,24 @@ fn collect(src: &Source<'_>, prep: &Prepared<'_>, effect: Effect, out: &mut Vec<
         }
     }
     out.len() > before
+}
+
+/// Whether a CRN pattern (as written in `Resource` or as a resource-policy key) matches `crn`.
+/// Variables are not expanded here.
+pub fn crn_matches(pattern: &str, crn: &str) -> bool {
+    match crate::document::compile_resource(pattern) {
+        Ok(p) => {
+            let ctx = Context::new();
+            let req = Request {
+                principal: "",
+                action: "",
+                resource: crn,
+                context: &ctx,
+            };
+            resource_matches(&p, &Prepared::new(&req))
+        }
+        Err(_) => false,
+    }
 }
 
 /// Decides `req` against the applicable policies.

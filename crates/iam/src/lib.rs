@@ -15,4 +15,6 @@ mod time;
 
 pub use context::Context;
 pub use document::{Effect, Issue, Limits, Parsed, Policy, PolicyKind, Statement, Version};
-pub use eval::{evaluate, Applicable, Decision, Matched, Outcome, Reason, Request, Source};
+pub use eval::{
+    crn_matches, evaluate, Applicable, Decision, Matched, Outcome, Reason, Request, Source,
+};

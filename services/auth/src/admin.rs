@@ -258,7 +258,16 @@ impl AuthService {
             audiences: vec![self.cfg.api_audience.clone()],
             token_ttl_seconds: None,
         };
-        self.create_client_unchecked(tenant, req, true).await
+        let created = self.create_client_unchecked(tenant, req, true).await?;
+        let principal = PrincipalId::parse(&created.client.client_id)?;
+        self.authorizer
+            .grant_administrator(tenant, &principal)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot grant administrator access");
+                AuthError::Crypto("cannot grant administrator access")
+            })?;
+        Ok(created)
     }
 
     /// `POST /v1/tenants`.

@@ -5,7 +5,7 @@
 //! feed; every server polls the feeds (default every 250 ms) and drops or adds cache entries, so a
 //! change made on one server is enforced by all of them within a second.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use capstan_core::crypto::{MasterKey, Sealer, SecretHasher};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{SigningKey, VerifyingKey};
 use capstan_core::rng::Rng;
+use capstan_db::FeedCursor;
 
 use crate::error::AuthError;
 use crate::model::{active_key, published_keys, Client, StoredKey, Tenant};
@@ -100,15 +101,13 @@ type ClientCache = HashMap<(TenantId, PrincipalId), Option<Arc<Client>>>;
 /// Cursor state of the feed poller.
 #[derive(Default)]
 struct SyncState {
-    change_cursor: i64,
+    changes: FeedCursor,
     revocation_cursor: i64,
-    /// Feed positions already applied inside the look-back window.
-    seen_changes: BTreeSet<i64>,
 }
 
-/// Late commits can land below the cursor (Postgres sequences are assigned before commit), so
-/// every poll re-reads this many positions behind it.
-const LOOKBACK: i64 = 64;
+/// Revocations are idempotent, so their poll simply re-reads this many positions behind the
+/// cursor to catch late commits.
+const LOOKBACK: i64 = FeedCursor::LOOKBACK;
 
 /// The OAuth2 issuer.
 pub struct AuthService {
@@ -296,9 +295,11 @@ impl AuthService {
         let now = self.now();
         self.store.prune_revocations(now - self.cfg.leeway).await?;
         {
-            let latest = self.store.db().latest_change().await?;
-            let mut s = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
-            s.change_cursor = latest;
+            let cursor = FeedCursor::at_end(self.store.db()).await?;
+            self.sync
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .changes = cursor;
         }
         self.poll_revocations().await?;
         let me = Arc::clone(self);
@@ -330,26 +331,22 @@ impl AuthService {
     }
 
     async fn poll_changes(&self) -> Result<(), AuthError> {
-        let cursor = self
-            .sync
+        // The cursor leaves the lock while the query runs; only this task polls.
+        let mut cursor = std::mem::take(
+            &mut self
+                .sync
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .changes,
+        );
+        let polled = cursor.poll(self.store.db()).await;
+        self.sync
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .change_cursor;
-        let changes = self
-            .store
-            .db()
-            .changes_after((cursor - LOOKBACK).max(0), 10_000)
-            .await?;
-        let mut s = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
-        for c in changes {
-            if c.seq <= cursor - LOOKBACK || !s.seen_changes.insert(c.seq) {
-                continue;
-            }
+            .changes = cursor;
+        for c in polled? {
             self.invalidate(&c.tenant, &c.topic, &c.key);
-            s.change_cursor = s.change_cursor.max(c.seq);
         }
-        let floor = s.change_cursor - LOOKBACK;
-        s.seen_changes = s.seen_changes.split_off(&floor);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use capstan_core::authz::Caller;
+use capstan_core::authz::{Caller, TokenVerifier, VerifiedToken};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{self, AccessClaims, Audience, Expect, TokenError};
 use capstan_core::rng::random_b64;
@@ -287,14 +287,46 @@ impl AuthService {
         Ok(Caller {
             tenant,
             principal,
-            scopes: claims
-                .scope
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
+            client_id: claims.client_id,
+            scopes: split_scopes(&claims.scope),
             admin,
+            source_ip: None,
         })
+    }
+}
+
+fn split_scopes(scope: &str) -> Vec<String> {
+    scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for AuthService {
+    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, String> {
+        let peek = jwt::peek_claims(token).ok_or_else(|| TokenError::Malformed.to_string())?;
+        let tenant =
+            TenantId::parse(&peek.tenant).map_err(|_| TokenError::Malformed.to_string())?;
+        let claims = self
+            .verify_token(&tenant, token, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let principal =
+            PrincipalId::parse(&claims.sub).map_err(|_| TokenError::BadSignature.to_string())?;
+        Ok(VerifiedToken {
+            tenant,
+            principal,
+            client_id: claims.client_id,
+            scopes: split_scopes(&claims.scope),
+        })
+    }
+
+    async fn authenticate_caller(&self, token: &str) -> Result<Caller, String> {
+        self.authenticate_bearer(token)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

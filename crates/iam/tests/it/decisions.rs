@@ -64,7 +64,7 @@ fn the_procedure_step_by_step() {
 
     // Resource policy allow alone is enough (identity ∪ resource).
     let (d, _, m) = run(&Applicable {
-        resource: Some(src("rp", &rp_allow)),
+        resource: vec![src("rp", &rp_allow)],
         ..Default::default()
     });
     assert_eq!(d, Decision::Allow);
@@ -83,7 +83,7 @@ fn the_procedure_step_by_step() {
             "resource",
             Applicable {
                 identity: vec![src("all", &allow_all)],
-                resource: Some(src("rp", &rp_deny)),
+                resource: vec![src("rp", &rp_deny)],
                 ..Default::default()
             },
         ),

@@ -106,7 +106,7 @@ fn principals_in_resource_policies_only_whole_star_is_a_wildcard() {
             "Principal": principal_element, "Action": "orders:GetOrder", "Resource": R}});
         let rp = resource_policy(doc);
         let applicable = Applicable {
-            resource: Some(src("rp", &rp)),
+            resource: vec![src("rp", &rp)],
             ..Default::default()
         };
         evaluate(
@@ -141,7 +141,7 @@ fn principals_in_resource_policies_only_whole_star_is_a_wildcard() {
         "NotPrincipal": {"Capstan": "svc_b"}, "Action": "orders:GetOrder", "Resource": R}});
     let rp = resource_policy(doc);
     let app = Applicable {
-        resource: Some(src("rp", &rp)),
+        resource: vec![src("rp", &rp)],
         ..Default::default()
     };
     let d = |who| {
@@ -174,4 +174,15 @@ fn condition_key_names_are_case_insensitive() {
     // Values stay case-sensitive.
     let ctx = Context::new().with("capstan:principaltag/team", ["Pay"]);
     assert!(!allowed(&p, "orders:GetOrder", R, &ctx));
+}
+
+#[test]
+fn crn_patterns_for_resource_policies() {
+    use capstan_iam::crn_matches;
+    assert!(crn_matches("crn:capstan:orders:acme:order/*", R));
+    assert!(crn_matches("*", R));
+    assert!(crn_matches(R, R));
+    assert!(!crn_matches("crn:capstan:orders:acme:order/4", R));
+    assert!(!crn_matches("crn:capstan:orders:other:order/*", R));
+    assert!(!crn_matches("not a crn", R));
 }

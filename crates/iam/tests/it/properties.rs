@@ -105,11 +105,14 @@ fn decide(c: &Case, extra_identity: Option<&Policy>, resource: Option<&Policy>) 
     }
     let app = Applicable {
         identity,
-        resource: resource.map(|p| Source {
-            name: "rp",
-            version: 1,
-            policy: p,
-        }),
+        resource: resource
+            .into_iter()
+            .map(|p| Source {
+                name: "rp",
+                version: 1,
+                policy: p,
+            })
+            .collect(),
         boundary: c.boundary.as_ref().map(|p| Source {
             name: "b",
             version: 1,
