@@ -92,3 +92,7 @@ CREATE TABLE policy_decisions (
     at              BIGINT NOT NULL
 );
 CREATE INDEX policy_decisions_tenant_at ON policy_decisions (tenant, at);
+
+-- Administrators created before the policy engine existed keep their access.
+INSERT INTO policy_attachments (tenant, target_kind, target, policy)
+SELECT tenant, 'principal', id, 'AdministratorAccess' FROM auth_clients WHERE is_admin;

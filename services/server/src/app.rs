@@ -14,10 +14,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use capstan_auth::store::SqlStore;
 use capstan_auth::{AuthConfig, AuthService};
-use capstan_core::authz::AdminOnly;
 use capstan_core::clock::Clock;
 use capstan_core::rng::Rng;
 use capstan_db::Db;
+use capstan_policy::{PolicyConfig, PolicyService};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -35,6 +35,10 @@ pub struct App {
     pub db: Db,
     /// The issuer, when the auth service runs.
     pub auth: Option<Arc<AuthService>>,
+    /// The policy engine; it guards every API, so it exists whenever auth or policy runs.
+    pub policy: Option<Arc<PolicyService>>,
+    /// Whether the policy API is served.
+    serve_policy_api: bool,
     /// HTTP metrics.
     pub metrics: HttpMetrics,
     request_ids: AtomicU64,
@@ -53,20 +57,26 @@ impl App {
         if migrate {
             db.migrate().await?;
         }
-        let auth = if settings.services.iter().any(|s| s == "auth") {
-            let cfg = auth_config(settings, public_url);
+        let runs = |name: &str| settings.services.iter().any(|s| s == name);
+        let (auth, policy) = if runs("auth") || runs("policy") {
+            let policy = Arc::new(PolicyService::new(
+                db.clone(),
+                clock.clone(),
+                policy_config(settings),
+            ));
             let store = Arc::new(SqlStore::new(db.clone()));
-            let svc = AuthService::new(
-                cfg,
+            let auth = Arc::new(AuthService::new(
+                auth_config(settings, public_url),
                 store,
                 &settings.master_key,
                 clock,
                 rng,
-                Arc::new(AdminOnly),
-            )?;
-            Some(Arc::new(svc))
+                policy.clone(),
+            )?);
+            policy.set_verifier(auth.clone());
+            (Some(auth), Some(policy))
         } else {
-            None
+            (None, None)
         };
         for s in &settings.services {
             if !crate::config::IMPLEMENTED.contains(&s.as_str()) {
@@ -75,6 +85,8 @@ impl App {
         }
         Ok(App {
             db,
+            serve_policy_api: settings.services.iter().any(|s| s == "policy"),
+            policy,
             auth,
             metrics: HttpMetrics::default(),
             request_ids: AtomicU64::new(1),
@@ -86,6 +98,9 @@ impl App {
         let mut router = Router::new();
         if let Some(auth) = &self.auth {
             router = router.merge(capstan_auth::http::router(auth.clone()));
+        }
+        if let (Some(policy), true) = (&self.policy, self.serve_policy_api) {
+            router = router.merge(capstan_policy::http::router(policy.clone()));
         }
         let ops = Router::new()
             .route("/healthz", get(healthz))
@@ -105,6 +120,15 @@ impl App {
                 StatusCode::REQUEST_TIMEOUT,
                 settings.request_timeout,
             ))
+    }
+}
+
+/// The policy service's settings, from the server's.
+pub fn policy_config(settings: &Settings) -> PolicyConfig {
+    PolicyConfig {
+        decision_retention: settings.decision_retention_seconds,
+        sync_interval: settings.sync_interval,
+        ..PolicyConfig::default()
     }
 }
 
@@ -223,6 +247,7 @@ struct OpsApi;
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {
     let mut doc = OpsApi::openapi();
     doc.merge(capstan_auth::http::AuthApi::openapi());
+    doc.merge(capstan_policy::http::PolicyApi::openapi());
     doc
 }
 
@@ -243,7 +268,7 @@ pub struct Server {
     pub app: Arc<App>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
-    sync: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -264,24 +289,28 @@ impl Server {
             .trim_end_matches('/')
             .to_owned();
         let app = Arc::new(App::build(settings, public_url.clone(), clock, rng, migrate).await?);
-        let sync = match &app.auth {
-            Some(auth) => {
-                let default = capstan_core::ids::TenantId::default_tenant();
-                auth.ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
-                    .await?;
-                auth.check_master_key(&default).await?;
-                Some(auth.start_sync().await?)
-            }
-            None => None,
-        };
+        let mut tasks = Vec::new();
+        if let Some(policy) = &app.policy {
+            tasks.extend(policy.start().await?);
+        }
+        if let Some(auth) = &app.auth {
+            let default = capstan_core::ids::TenantId::default_tenant();
+            auth.ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
+                .await?;
+            auth.check_master_key(&default).await?;
+            tasks.push(auth.start_sync().await?);
+        }
         let router = app.router(settings);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
         });
         Ok(Server {
             addr,
@@ -289,7 +318,7 @@ impl Server {
             app,
             shutdown: Some(tx),
             task,
-            sync,
+            tasks,
         })
     }
 
@@ -298,8 +327,11 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(s) = self.sync.take() {
-            s.abort();
+        if let Some(p) = &self.app.policy {
+            p.flush_decisions().await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
         match (&mut self.task).await {
             Ok(r) => r.map_err(ServerError::Io),

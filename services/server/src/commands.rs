@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use capstan_auth::store::SqlStore;
 use capstan_auth::AuthService;
-use capstan_core::authz::AdminOnly;
 use capstan_core::clock::SystemClock;
 use capstan_core::crypto::MasterKey;
 use capstan_core::ids::TenantId;
 use capstan_core::jwt::Alg;
 use capstan_core::rng::SystemRng;
 use capstan_db::Db;
+use capstan_policy::PolicyService;
 use serde_json::json;
 
-use crate::app::{auth_config, Server};
+use crate::app::{auth_config, policy_config, Server};
 use crate::config::{master_key_from, Options, Settings};
 use crate::error::ServerError;
 
@@ -73,19 +73,25 @@ async fn wait_for_signal() {
     }
 }
 
-/// A service over `db` for one-shot commands (bootstrap), configured like the server.
+/// The issuer for one-shot commands (bootstrap), configured like the server, with the policy
+/// engine as its authorizer so a new admin gets `AdministratorAccess`.
 fn auth_service(
     db: &Db,
     settings: &Settings,
     public_url: String,
 ) -> Result<AuthService, ServerError> {
+    let policy = Arc::new(PolicyService::new(
+        db.clone(),
+        Arc::new(SystemClock),
+        policy_config(settings),
+    ));
     Ok(AuthService::new(
         auth_config(settings, public_url),
         Arc::new(SqlStore::new(db.clone())),
         &settings.master_key,
         Arc::new(SystemClock),
         Arc::new(SystemRng::new()),
-        Arc::new(AdminOnly),
+        policy,
     )?)
 }
 

@@ -124,6 +124,9 @@ pub struct Options {
     /// How often caches poll the database for changes made by other servers, in ms [250].
     #[arg(long, env = "CAPSTAN_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
+    /// How long the decision log keeps entries, in days [7].
+    #[arg(long, env = "CAPSTAN_DECISION_RETENTION_DAYS")]
+    pub decision_retention_days: Option<i64>,
 }
 
 macro_rules! merge_fields {
@@ -162,7 +165,8 @@ impl Options {
                 db_max_connections,
                 request_timeout_seconds,
                 body_limit_bytes,
-                sync_interval_ms
+                sync_interval_ms,
+                decision_retention_days
             ]
         ))
     }
@@ -171,7 +175,7 @@ impl Options {
 /// The services Capstan is made of.
 pub const SERVICES: [&str; 5] = ["auth", "policy", "identity", "config", "trace"];
 /// Those this build implements.
-pub const IMPLEMENTED: [&str; 1] = ["auth"];
+pub const IMPLEMENTED: [&str; 2] = ["auth", "policy"];
 
 /// Fully resolved settings of a running server.
 #[derive(Debug, Clone)]
@@ -202,6 +206,8 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     /// Cache sync interval.
     pub sync_interval: Duration,
+    /// Decision-log retention.
+    pub decision_retention_seconds: i64,
 }
 
 impl Settings {
@@ -221,6 +227,7 @@ impl Settings {
             request_timeout: Duration::from_secs(30),
             body_limit_bytes: 64 * 1024,
             sync_interval: Duration::from_millis(250),
+            decision_retention_seconds: 7 * 86_400,
         }
     }
 
@@ -281,6 +288,9 @@ impl Settings {
         }
         if let Some(v) = o.body_limit_bytes {
             s.body_limit_bytes = v.max(1024);
+        }
+        if let Some(v) = o.decision_retention_days {
+            s.decision_retention_seconds = positive("decision_retention_days", v)? * 86_400;
         }
         if let Some(v) = o.sync_interval_ms {
             s.sync_interval = Duration::from_millis(v.clamp(10, 1000));
@@ -373,7 +383,7 @@ mod tests {
 
     #[test]
     fn services_are_checked() {
-        assert_eq!(parse_services(None).unwrap(), ["auth"]);
+        assert_eq!(parse_services(None).unwrap(), ["auth", "policy"]);
         let v = vec!["auth".to_string(), "policy".to_string()];
         assert_eq!(parse_services(Some(&v)).unwrap(), ["auth", "policy"]);
         let bad = vec!["auth".to_string(), "nope".to_string()];

@@ -12,6 +12,9 @@ pub enum ServerError {
     /// Issuer failure.
     #[error(transparent)]
     Auth(#[from] capstan_auth::AuthError),
+    /// Policy service failure.
+    #[error(transparent)]
+    Policy(#[from] capstan_policy::PolicyError),
     /// I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),

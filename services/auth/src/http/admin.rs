@@ -47,7 +47,12 @@ impl FromRequestParts<Arc<AuthService>> for Bearer {
                 ))
             }
         };
-        Ok(Bearer(svc.authenticate_bearer(token).await?))
+        let mut caller = svc.authenticate_bearer(token).await?;
+        caller.source_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|axum::extract::ConnectInfo(a)| a.ip().to_string());
+        Ok(Bearer(caller))
     }
 }
 

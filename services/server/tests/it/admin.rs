@@ -217,7 +217,7 @@ async fn malformed_requests_get_4xx_with_a_message_never_5xx(ctx: &Ctx) {
 async fn only_admins_of_the_tenant_may_call_the_admin_api(ctx: &Ctx) {
     let s = ctx.server().await;
     let (admin, _) = s.orders_client().await;
-    // A service client that holds a token for the Capstan API, but is no administrator.
+    // A service client that holds a token for the Capstan API, but has no policy.
     let user = s
         .create_client(&admin, json!({"name": "ci", "audiences": ["capstan"]}))
         .await;
@@ -233,7 +233,7 @@ async fn only_admins_of_the_tenant_may_call_the_admin_api(ctx: &Ctx) {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"], "forbidden");
     assert_eq!(body["action"], "auth:CreateClient");
-    assert_eq!(body["reason"], "not_admin");
+    assert_eq!(body["reason"], "implicit_deny");
     assert!(body["resource"]
         .as_str()
         .unwrap()

@@ -10,6 +10,7 @@ mod admin;
 mod binary;
 mod cluster;
 mod oauth;
+mod policy;
 mod support;
 
 /// Generates one test per backend for each named `async fn(Ctx)`.

@@ -1,0 +1,570 @@
+//! The policy service: a per-tenant snapshot of everything that decides authorizations, built
+//! from storage, cached, and dropped on every server when the change feed says it changed.
+//!
+//! A decision looks up only what applies to the request: the policies attached to the principal
+//! and to its groups (membership resolved transitively by casbin's role manager, with the tenant
+//! as domain), the resource policies whose CRN pattern matches, the principal's boundary and the
+//! tenant's guardrails. Evaluation itself is `capstan_iam::evaluate`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use capstan_core::authz::{crn_tenant, Authorizer, Caller, Denied, TokenVerifier};
+use capstan_core::clock::Clock;
+use capstan_core::ids::{PrincipalId, TenantId};
+use capstan_db::{Db, FeedCursor};
+use capstan_iam::{
+    crn_matches, evaluate, Applicable, Context, Decision, Limits, Outcome, Policy, PolicyKind,
+    Request, Source,
+};
+use casbin::{DefaultRoleManager, RoleManager};
+use tokio::sync::mpsc;
+
+use crate::builtin;
+use crate::error::PolicyError;
+use crate::store::{DecisionRecord, PolicyStore};
+
+/// Feed topic of policy changes (key: tenant).
+pub const TOPIC_POLICY: &str = "policy";
+
+/// Group names as members of other groups.
+pub const GROUP_PREFIX: &str = "group:";
+
+/// Settings of the policy service.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Document limits.
+    pub limits: Limits,
+    /// How long decisions are kept (seconds).
+    pub decision_retention: i64,
+    /// How often caches poll the change feed.
+    pub sync_interval: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            limits: Limits::default(),
+            decision_retention: 7 * 86_400,
+            sync_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A compiled policy and the version it came from.
+#[derive(Debug)]
+pub(crate) struct Versioned {
+    pub version: u32,
+    pub policy: Arc<Policy>,
+}
+
+/// One tenant's authorization state, compiled.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub revision: i64,
+    pub policies: HashMap<String, Versioned>,
+    pub principal_policies: HashMap<String, Vec<String>>,
+    pub group_policies: HashMap<String, Vec<String>>,
+    /// Every group a principal belongs to, directly or through nested groups.
+    pub groups_of: HashMap<String, Vec<String>>,
+    pub boundaries: HashMap<String, String>,
+    pub tags: HashMap<String, Vec<(String, String)>>,
+    pub resource_policies: Vec<(String, Policy)>,
+    pub guardrails: Vec<(String, Policy)>,
+}
+
+impl Snapshot {
+    fn policy<'a>(&'a self, name: &'a str) -> Option<Source<'a>> {
+        if let Some(v) = self.policies.get(name) {
+            return Some(Source {
+                name,
+                version: v.version,
+                policy: &v.policy,
+            });
+        }
+        builtin::compiled().get(name).map(|p| Source {
+            name,
+            version: 1,
+            policy: p,
+        })
+    }
+
+    /// The policies that apply to `principal` acting on `resource`.
+    pub fn applicable<'a>(&'a self, principal: &str, resource: &str) -> Applicable<'a> {
+        let mut names: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        let direct = self.principal_policies.get(principal).into_iter().flatten();
+        let via_groups = self
+            .groups_of
+            .get(principal)
+            .into_iter()
+            .flatten()
+            .flat_map(|g| self.group_policies.get(g).into_iter().flatten());
+        for n in direct.chain(via_groups) {
+            if seen.insert(n.as_str()) {
+                names.push(n);
+            }
+        }
+        Applicable {
+            identity: names.into_iter().filter_map(|n| self.policy(n)).collect(),
+            resource: self
+                .resource_policies
+                .iter()
+                .filter(|(pattern, _)| crn_matches(pattern, resource))
+                .map(|(pattern, p)| Source {
+                    name: pattern,
+                    version: 1,
+                    policy: p,
+                })
+                .collect(),
+            boundary: self.boundaries.get(principal).and_then(|b| self.policy(b)),
+            guardrails: self
+                .guardrails
+                .iter()
+                .map(|(name, p)| Source {
+                    name,
+                    version: 1,
+                    policy: p,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn compile(text: &str, kind: PolicyKind) -> Option<Policy> {
+    // Stored documents were validated on the way in; limits are not re-applied so a lowered
+    // limit never disables a stored policy.
+    let limits = Limits {
+        max_chars: usize::MAX,
+        max_statements: usize::MAX,
+        max_values: usize::MAX,
+        max_depth: usize::MAX,
+    };
+    match Policy::parse(text, kind, &limits) {
+        Ok(p) => Some(p.policy),
+        Err(e) => {
+            tracing::error!(errors = ?e, "stored policy does not compile; ignoring it");
+            None
+        }
+    }
+}
+
+/// What the decision-log writer receives.
+enum LogMsg {
+    Record(DecisionRecord),
+    /// Answered once everything sent before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The principal facts a decision's context is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    /// Principal id.
+    pub principal: String,
+    /// OAuth2 client id, when acting through a token.
+    pub client_id: Option<String>,
+    /// Token scopes, when acting through a token.
+    pub scopes: Option<Vec<String>>,
+    /// Peer address.
+    pub source_ip: Option<String>,
+}
+
+/// The policy service.
+pub struct PolicyService {
+    pub(crate) store: PolicyStore,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cfg: PolicyConfig,
+    pub(crate) verifier: OnceLock<Arc<dyn TokenVerifier>>,
+    cache: RwLock<HashMap<TenantId, Arc<Snapshot>>>,
+    generation: AtomicU64,
+    log: mpsc::Sender<LogMsg>,
+    log_rx: std::sync::Mutex<Option<mpsc::Receiver<LogMsg>>>,
+    /// Decisions dropped because the log queue was full.
+    pub dropped_decisions: AtomicU64,
+}
+
+impl PolicyService {
+    /// Builds the service; [`PolicyService::start`] runs its background tasks.
+    pub fn new(db: Db, clock: Arc<dyn Clock>, cfg: PolicyConfig) -> PolicyService {
+        let (tx, rx) = mpsc::channel(65_536);
+        PolicyService {
+            store: PolicyStore::new(db),
+            clock,
+            cfg,
+            verifier: OnceLock::new(),
+            cache: RwLock::default(),
+            generation: AtomicU64::new(0),
+            log: tx,
+            log_rx: std::sync::Mutex::new(Some(rx)),
+            dropped_decisions: AtomicU64::new(0),
+        }
+    }
+
+    /// Connects the token verifier (the issuer), which is built after this service.
+    pub fn set_verifier(&self, v: Arc<dyn TokenVerifier>) {
+        let _ = self.verifier.set(v);
+    }
+
+    /// The limits documents are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.cfg.limits
+    }
+
+    pub(crate) async fn snapshot(&self, tenant: &TenantId) -> Result<Arc<Snapshot>, PolicyError> {
+        if let Some(s) = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+        {
+            return Ok(s.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let rows = self.store.load(tenant.as_str()).await?;
+        let mut snap = Snapshot {
+            revision: rows.revision,
+            ..Default::default()
+        };
+        for (name, version, doc) in rows.defaults {
+            if let Some(policy) = compile(&doc, PolicyKind::Identity) {
+                let version = u32::try_from(version).unwrap_or(u32::MAX);
+                snap.policies.insert(
+                    name,
+                    Versioned {
+                        version,
+                        policy: Arc::new(policy),
+                    },
+                );
+            }
+        }
+        for (kind, target, policy) in rows.attachments {
+            let map = if kind == "group" {
+                &mut snap.group_policies
+            } else {
+                &mut snap.principal_policies
+            };
+            map.entry(target).or_default().push(policy);
+        }
+        // Group membership, transitively, through casbin's role manager.
+        let mut rm = DefaultRoleManager::new(10);
+        let domain = Some(tenant.as_str());
+        let mut members = HashSet::new();
+        for (group, member) in &rows.members {
+            rm.add_link(member, &format!("{GROUP_PREFIX}{group}"), domain);
+            members.insert(member.clone());
+        }
+        for m in members.iter().filter(|m| !m.starts_with(GROUP_PREFIX)) {
+            let mut groups = Vec::new();
+            let mut queue = vec![m.clone()];
+            let mut seen = HashSet::new();
+            while let Some(n) = queue.pop() {
+                for g in rm.get_roles(&n, domain) {
+                    if seen.insert(g.clone()) {
+                        if let Some(name) = g.strip_prefix(GROUP_PREFIX) {
+                            groups.push(name.to_owned());
+                        }
+                        queue.push(g);
+                    }
+                }
+            }
+            snap.groups_of.insert(m.clone(), groups);
+        }
+        snap.boundaries = rows.boundaries.into_iter().collect();
+        for (p, k, v) in rows.tags {
+            snap.tags.entry(p).or_default().push((k, v));
+        }
+        snap.resource_policies = rows
+            .resource_policies
+            .into_iter()
+            .filter_map(|(r, d)| compile(&d, PolicyKind::Resource).map(|p| (r, p)))
+            .collect();
+        snap.guardrails = rows
+            .guardrails
+            .into_iter()
+            .filter_map(|(n, d)| compile(&d, PolicyKind::Identity).map(|p| (n, p)))
+            .collect();
+        let snap = Arc::new(snap);
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(tenant.clone(), snap.clone());
+        }
+        Ok(snap)
+    }
+
+    fn invalidate(&self, tenant: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(t) = TenantId::parse(tenant) {
+            self.cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&t);
+        }
+    }
+
+    /// Records a change: new revision, local cache dropped, other servers told.
+    pub(crate) async fn changed(&self, tenant: &TenantId) -> Result<i64, PolicyError> {
+        let rev = self.store.bump_revision(tenant.as_str()).await?;
+        self.invalidate(tenant.as_str());
+        self.store
+            .db()
+            .publish_change(
+                tenant.as_str(),
+                TOPIC_POLICY,
+                tenant.as_str(),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(rev)
+    }
+
+    /// The request context: the caller's keys, then Capstan's own (which cannot be overridden).
+    pub(crate) fn context(
+        &self,
+        snap: &Snapshot,
+        tenant: &TenantId,
+        subject: &Subject,
+        extra: Option<&Context>,
+    ) -> Context {
+        let mut ctx = extra.cloned().unwrap_or_default();
+        let now = self.clock.now();
+        ctx.set("capstan:principal", [subject.principal.as_str()]);
+        ctx.set("capstan:tenant", [tenant.as_str()]);
+        ctx.set("capstan:CurrentTime", [iso8601(now)]);
+        ctx.set("capstan:EpochTime", [now.to_string()]);
+        if let Some(c) = &subject.client_id {
+            ctx.set("capstan:ClientId", [c.as_str()]);
+        }
+        if let Some(s) = &subject.scopes {
+            ctx.set("capstan:TokenScopes", s.iter().map(String::as_str));
+        }
+        if let Some(ip) = &subject.source_ip {
+            ctx.set("capstan:SourceIp", [ip.as_str()]);
+        }
+        for (k, v) in snap.tags.get(&subject.principal).into_iter().flatten() {
+            ctx.set(&format!("capstan:PrincipalTag/{k}"), [v.as_str()]);
+        }
+        ctx
+    }
+
+    /// Decides one request and logs it.
+    pub async fn decide(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+        action: &str,
+        resource: &str,
+        extra: Option<&Context>,
+    ) -> Result<(Outcome, i64), PolicyError> {
+        let snap = self.snapshot(tenant).await?;
+        let ctx = self.context(&snap, tenant, subject, extra);
+        let outcome = evaluate(
+            &Request {
+                principal: &subject.principal,
+                action,
+                resource,
+                context: &ctx,
+            },
+            &snap.applicable(&subject.principal, resource),
+        );
+        self.record(
+            tenant,
+            &subject.principal,
+            action,
+            resource,
+            &outcome,
+            snap.revision,
+        );
+        Ok((outcome, snap.revision))
+    }
+
+    fn record(
+        &self,
+        tenant: &TenantId,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        o: &Outcome,
+        revision: i64,
+    ) {
+        let matched: Vec<serde_json::Value> = o
+            .matched
+            .iter()
+            .map(|m| serde_json::json!({"policy": m.policy, "version": m.version, "sid": m.sid}))
+            .collect();
+        let rec = DecisionRecord {
+            tenant: tenant.to_string(),
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            decision: if o.decision == Decision::Allow {
+                "Allow"
+            } else {
+                "Deny"
+            }
+            .to_owned(),
+            reason: o.reason.as_str().to_owned(),
+            policy_revision: revision,
+            context: serde_json::json!({ "matched": matched }).to_string(),
+            at: self.clock.now(),
+        };
+        if self.log.try_send(LogMsg::Record(rec)).is_err() {
+            self.dropped_decisions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the decision-log writer and the change-feed poller.
+    pub async fn start(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, PolicyError> {
+        let mut tasks = Vec::new();
+        let rx = self
+            .log_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut rx) = rx {
+            let store = self.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut msgs = Vec::with_capacity(512);
+                let mut batch = Vec::with_capacity(512);
+                while rx.recv_many(&mut msgs, 512).await > 0 {
+                    let mut flushes = Vec::new();
+                    for m in msgs.drain(..) {
+                        match m {
+                            LogMsg::Record(r) => batch.push(r),
+                            LogMsg::Flush(done) => flushes.push(done),
+                        }
+                    }
+                    if let Err(e) = store.insert_decisions(&batch).await {
+                        tracing::warn!(error = %e, dropped = batch.len(), "cannot write decisions");
+                    }
+                    batch.clear();
+                    for f in flushes {
+                        let _ = f.send(());
+                    }
+                }
+            }));
+        }
+        let mut cursor = FeedCursor::at_end(self.store.db()).await?;
+        let me = Arc::clone(self);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.cfg.sync_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut polls: u64 = 0;
+            loop {
+                tick.tick().await;
+                match cursor.poll(me.store.db()).await {
+                    Ok(changes) => {
+                        for c in changes.iter().filter(|c| c.topic == TOPIC_POLICY) {
+                            me.invalidate(&c.tenant);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "policy cache sync failed"),
+                }
+                polls += 1;
+                if polls.is_multiple_of(3_600) {
+                    let before = me.clock.now() - me.cfg.decision_retention;
+                    if let Err(e) = me.store.prune_decisions(before).await {
+                        tracing::warn!(error = %e, "cannot prune decisions");
+                    }
+                }
+            }
+        }));
+        Ok(tasks)
+    }
+
+    /// Waits until every decision logged so far is written (before reading the log, and at
+    /// shutdown).
+    pub async fn flush_decisions(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.log.send(LogMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// `2026-11-24T10:20:30Z`.
+pub(crate) fn iso8601(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[async_trait]
+impl Authorizer for PolicyService {
+    async fn authorize(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), Denied> {
+        let denied = |reason: &str| {
+            Err(Denied {
+                reason: reason.into(),
+            })
+        };
+        // Tenants are isolated before any policy is read.
+        if crn_tenant(resource) != Some(caller.tenant.as_str()) {
+            return denied("other_tenant");
+        }
+        let subject = Subject {
+            principal: caller.principal.to_string(),
+            client_id: Some(caller.client_id.clone()),
+            scopes: Some(caller.scopes.clone()),
+            source_ip: caller.source_ip.clone(),
+        };
+        match self
+            .decide(&caller.tenant, &subject, action, resource, None)
+            .await
+        {
+            Ok((o, _)) if o.decision == Decision::Allow => Ok(()),
+            Ok((o, _)) => denied(o.reason.as_str()),
+            Err(e) => {
+                // An evaluation error is a Deny.
+                tracing::error!(error = %e, "authorization failed");
+                denied("error")
+            }
+        }
+    }
+
+    async fn grant_administrator(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<(), String> {
+        self.store
+            .attach(
+                tenant.as_str(),
+                "principal",
+                principal.as_str(),
+                builtin::ADMINISTRATOR,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.changed(tenant).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_dates() {
+        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::iso8601(1_795_478_400), "2026-11-24T00:00:00Z");
+        assert_eq!(super::iso8601(951_782_400 + 3_661), "2000-02-29T01:01:01Z");
+    }
+}

@@ -1,0 +1,675 @@
+//! Storage of the policy service over [`capstan_db::Db`]. Every query is tenant-scoped, and every
+//! change bumps the tenant's policy revision.
+
+use capstan_db::{on_pool, Db, DbError};
+
+/// A stored managed policy version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// Version number (1, 2, …).
+    pub version: i64,
+    /// JSON text.
+    pub document: String,
+    /// Whether it is the default version.
+    pub is_default: bool,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// Everything that decides a tenant's authorizations, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct TenantRows {
+    /// Revision counter.
+    pub revision: i64,
+    /// Default versions: (name, version, document).
+    pub defaults: Vec<(String, i64, String)>,
+    /// (group, member).
+    pub members: Vec<(String, String)>,
+    /// (target kind, target, policy).
+    pub attachments: Vec<(String, String, String)>,
+    /// (principal, policy).
+    pub boundaries: Vec<(String, String)>,
+    /// (principal, key, value).
+    pub tags: Vec<(String, String, String)>,
+    /// (resource pattern, document).
+    pub resource_policies: Vec<(String, String)>,
+    /// (name, document).
+    pub guardrails: Vec<(String, String)>,
+}
+
+/// One decision-log record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// Principal.
+    pub principal: String,
+    /// Action.
+    pub action: String,
+    /// Resource.
+    pub resource: String,
+    /// `Allow` or `Deny`.
+    pub decision: String,
+    /// Reason code.
+    pub reason: String,
+    /// The tenant's policy revision the decision used.
+    pub policy_revision: i64,
+    /// Extra facts (JSON): matched statements, caller context.
+    pub context: String,
+    /// When.
+    pub at: i64,
+}
+
+/// How many versions of a managed policy are kept.
+pub const KEEP_VERSIONS: i64 = 5;
+
+/// The policy service's SQL store.
+#[derive(Debug, Clone)]
+pub struct PolicyStore {
+    db: Db,
+}
+
+fn affected(r: Result<u64, sqlx::Error>) -> Result<bool, DbError> {
+    Ok(r? > 0)
+}
+
+impl PolicyStore {
+    /// Wraps a migrated database.
+    pub fn new(db: Db) -> Self {
+        PolicyStore { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Increments and returns the tenant's revision.
+    pub async fn bump_revision(&self, tenant: &str) -> Result<i64, DbError> {
+        let (rev,): (i64,) = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "INSERT INTO policy_revisions (tenant, revision) VALUES ($1, 1) \
+                 ON CONFLICT (tenant) DO UPDATE SET revision = policy_revisions.revision + 1 \
+                 RETURNING revision",
+            )
+            .bind(tenant)
+            .fetch_one(p)
+            .await
+        })?;
+        Ok(rev)
+    }
+
+    /// Stores a new version of a managed policy, makes it the default and keeps the newest
+    /// [`KEEP_VERSIONS`]. Returns the version.
+    pub async fn put_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        document: &str,
+        now: i64,
+    ) -> Result<i64, DbError> {
+        let version = on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            // The first statement writes, so SQLite takes the write lock at once (a transaction
+            // that reads first cannot be upgraded after another connection committed).
+            let (version,): (i64,) = sqlx::query_as(
+                "INSERT INTO policy_versions (tenant, name, version, document, created_at) \
+                 SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4 FROM policy_versions \
+                 WHERE tenant = $1 AND name = $2 RETURNING version",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(document)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO policy_defaults (tenant, name, version) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, name) DO UPDATE SET version = excluded.version",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM policy_versions WHERE tenant = $1 AND name = $2 AND version <= $3",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(version - KEEP_VERSIONS)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<i64, sqlx::Error>(version)
+        })?;
+        Ok(version)
+    }
+
+    /// A version (the default one when `version` is `None`).
+    pub async fn get_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<StoredVersion>, DbError> {
+        let row: Option<(i64, String, i64, i64)> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT v.version, v.document, v.created_at, d.version FROM policy_versions v \
+                 JOIN policy_defaults d ON d.tenant = v.tenant AND d.name = v.name \
+                 WHERE v.tenant = $1 AND v.name = $2 AND v.version = COALESCE($3, d.version)",
+            )
+            .bind(tenant)
+            .bind(name)
+            .bind(version)
+            .fetch_optional(p)
+            .await
+        })?;
+        Ok(
+            row.map(|(version, document, created_at, default)| StoredVersion {
+                version,
+                document,
+                is_default: version == default,
+                created_at,
+            }),
+        )
+    }
+
+    /// Every managed policy: (name, default version, stored versions).
+    pub async fn list_policies(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, i64, Vec<i64>)>, DbError> {
+        let rows: Vec<(String, i64, i64)> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT v.name, d.version, v.version FROM policy_versions v \
+                 JOIN policy_defaults d ON d.tenant = v.tenant AND d.name = v.name \
+                 WHERE v.tenant = $1 ORDER BY v.name, v.version",
+            )
+            .bind(tenant)
+            .fetch_all(p)
+            .await
+        })?;
+        let mut out: Vec<(String, i64, Vec<i64>)> = Vec::new();
+        for (name, default, version) in rows {
+            match out.last_mut() {
+                Some(last) if last.0 == name => last.2.push(version),
+                _ => out.push((name, default, vec![version])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a managed policy with all its versions.
+    pub async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
+        let n = on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM policy_versions WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM policy_defaults WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        Ok(n > 0)
+    }
+
+    /// How many principals and groups use a policy (attachments and boundaries).
+    pub async fn uses(&self, tenant: &str, policy: &str) -> Result<i64, DbError> {
+        let (n,): (i64,) = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM policy_attachments WHERE tenant = $1 AND policy = $2) \
+                 + (SELECT COUNT(*) FROM policy_boundaries WHERE tenant = $1 AND policy = $2)",
+            )
+            .bind(tenant)
+            .bind(policy)
+            .fetch_one(p)
+            .await
+        })?;
+        Ok(n)
+    }
+
+    /// Creates a group (idempotent); true when it was new.
+    pub async fn put_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
+        affected(on_pool!(&self.db, |p| {
+            sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
+                .bind(tenant)
+                .bind(name)
+                .bind(now)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        }))
+    }
+
+    /// Deletes a group, its memberships (as a group and as a member) and its attachments.
+    pub async fn delete_group(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
+        let as_member = format!("group:{name}");
+        let n = on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND (group_name = $2 OR member = $3)")
+                .bind(tenant)
+                .bind(name)
+                .bind(&as_member)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = 'group' AND target = $2")
+                .bind(tenant)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("DELETE FROM policy_groups WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Whether a group exists.
+    pub async fn group_exists(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
+        let row: Option<(String,)> = on_pool!(&self.db, |p| {
+            sqlx::query_as("SELECT name FROM policy_groups WHERE tenant = $1 AND name = $2")
+                .bind(tenant)
+                .bind(name)
+                .fetch_optional(p)
+                .await
+        })?;
+        Ok(row.is_some())
+    }
+
+    /// Adds a member (idempotent).
+    pub async fn add_member(&self, tenant: &str, group: &str, member: &str) -> Result<(), DbError> {
+        on_pool!(&self.db, |p| {
+            sqlx::query("INSERT INTO policy_group_members (tenant, group_name, member) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(tenant)
+                .bind(group)
+                .bind(member)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Removes a member; false if it was none.
+    pub async fn remove_member(
+        &self,
+        tenant: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<bool, DbError> {
+        affected(on_pool!(&self.db, |p| {
+            sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND group_name = $2 AND member = $3")
+                .bind(tenant)
+                .bind(group)
+                .bind(member)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        }))
+    }
+
+    /// Attaches a policy to a principal or group (idempotent).
+    pub async fn attach(
+        &self,
+        tenant: &str,
+        kind: &str,
+        target: &str,
+        policy: &str,
+    ) -> Result<(), DbError> {
+        on_pool!(&self.db, |p| {
+            sqlx::query("INSERT INTO policy_attachments (tenant, target_kind, target, policy) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(tenant)
+                .bind(kind)
+                .bind(target)
+                .bind(policy)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Detaches; false if it was not attached.
+    pub async fn detach(
+        &self,
+        tenant: &str,
+        kind: &str,
+        target: &str,
+        policy: &str,
+    ) -> Result<bool, DbError> {
+        affected(on_pool!(&self.db, |p| {
+            sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = $2 AND target = $3 AND policy = $4")
+                .bind(tenant)
+                .bind(kind)
+                .bind(target)
+                .bind(policy)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        }))
+    }
+
+    /// Sets a principal's permissions boundary.
+    pub async fn set_boundary(
+        &self,
+        tenant: &str,
+        principal: &str,
+        policy: &str,
+    ) -> Result<(), DbError> {
+        on_pool!(&self.db, |p| {
+            sqlx::query(
+                "INSERT INTO policy_boundaries (tenant, principal, policy) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, principal) DO UPDATE SET policy = excluded.policy",
+            )
+            .bind(tenant)
+            .bind(principal)
+            .bind(policy)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Removes a principal's boundary; false if it had none.
+    pub async fn delete_boundary(&self, tenant: &str, principal: &str) -> Result<bool, DbError> {
+        affected(on_pool!(&self.db, |p| {
+            sqlx::query("DELETE FROM policy_boundaries WHERE tenant = $1 AND principal = $2")
+                .bind(tenant)
+                .bind(principal)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        }))
+    }
+
+    /// Replaces a principal's tags.
+    pub async fn set_tags(
+        &self,
+        tenant: &str,
+        principal: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), DbError> {
+        on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM policy_tags WHERE tenant = $1 AND principal = $2")
+                .bind(tenant)
+                .bind(principal)
+                .execute(&mut *tx)
+                .await?;
+            for (k, v) in tags {
+                sqlx::query("INSERT INTO policy_tags (tenant, principal, key, value) VALUES ($1, $2, $3, $4)")
+                    .bind(tenant)
+                    .bind(principal)
+                    .bind(k)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// Upserts a document keyed by name in `policy_resource_policies` (`resource`) or
+    /// `policy_guardrails` (`name`).
+    pub async fn put_keyed(
+        &self,
+        table: Keyed,
+        tenant: &str,
+        key: &str,
+        document: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let (t, k) = table.names();
+        let sql = format!(
+            "INSERT INTO {t} (tenant, {k}, document, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, {k}) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at"
+        );
+        on_pool!(&self.db, |p| {
+            sqlx::query(&sql)
+                .bind(tenant)
+                .bind(key)
+                .bind(document)
+                .bind(now)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Reads a keyed document.
+    pub async fn get_keyed(
+        &self,
+        table: Keyed,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(String, i64)>, DbError> {
+        let (t, k) = table.names();
+        let sql = format!("SELECT document, updated_at FROM {t} WHERE tenant = $1 AND {k} = $2");
+        Ok(on_pool!(&self.db, |p| {
+            sqlx::query_as(&sql)
+                .bind(tenant)
+                .bind(key)
+                .fetch_optional(p)
+                .await
+        })?)
+    }
+
+    /// Deletes a keyed document; false if there was none.
+    pub async fn delete_keyed(
+        &self,
+        table: Keyed,
+        tenant: &str,
+        key: &str,
+    ) -> Result<bool, DbError> {
+        let (t, k) = table.names();
+        let sql = format!("DELETE FROM {t} WHERE tenant = $1 AND {k} = $2");
+        affected(on_pool!(&self.db, |p| {
+            sqlx::query(&sql)
+                .bind(tenant)
+                .bind(key)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        }))
+    }
+
+    /// Everything that decides the tenant's authorizations.
+    pub async fn load(&self, tenant: &str) -> Result<TenantRows, DbError> {
+        let db = &self.db;
+        let revision: Option<(i64,)> = on_pool!(db, |p| {
+            sqlx::query_as("SELECT revision FROM policy_revisions WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_optional(p)
+                .await
+        })?;
+        let defaults = on_pool!(db, |p| {
+            sqlx::query_as(
+                "SELECT v.name, v.version, v.document FROM policy_versions v JOIN policy_defaults d \
+                 ON d.tenant = v.tenant AND d.name = v.name AND d.version = v.version WHERE v.tenant = $1",
+            )
+            .bind(tenant)
+            .fetch_all(p)
+            .await
+        })?;
+        let members = on_pool!(db, |p| {
+            sqlx::query_as("SELECT group_name, member FROM policy_group_members WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_all(p)
+                .await
+        })?;
+        let attachments = on_pool!(db, |p| {
+            sqlx::query_as("SELECT target_kind, target, policy FROM policy_attachments WHERE tenant = $1 ORDER BY policy")
+                .bind(tenant)
+                .fetch_all(p)
+                .await
+        })?;
+        let boundaries = on_pool!(db, |p| {
+            sqlx::query_as("SELECT principal, policy FROM policy_boundaries WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_all(p)
+                .await
+        })?;
+        let tags = on_pool!(db, |p| {
+            sqlx::query_as("SELECT principal, key, value FROM policy_tags WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_all(p)
+                .await
+        })?;
+        let resource_policies = on_pool!(db, |p| {
+            sqlx::query_as("SELECT resource, document FROM policy_resource_policies WHERE tenant = $1 ORDER BY resource")
+                .bind(tenant)
+                .fetch_all(p)
+                .await
+        })?;
+        let guardrails = on_pool!(db, |p| {
+            sqlx::query_as(
+                "SELECT name, document FROM policy_guardrails WHERE tenant = $1 ORDER BY name",
+            )
+            .bind(tenant)
+            .fetch_all(p)
+            .await
+        })?;
+        Ok(TenantRows {
+            revision: revision.map_or(0, |(r,)| r),
+            defaults,
+            members,
+            attachments,
+            boundaries,
+            tags,
+            resource_policies,
+            guardrails,
+        })
+    }
+
+    /// Appends decisions in one statement.
+    pub async fn insert_decisions(&self, batch: &[DecisionRecord]) -> Result<(), DbError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        on_pool!(&self.db, |p| {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO policy_decisions (tenant, principal, action, resource, decision, reason, policy_revision, context, at) ",
+            );
+            qb.push_values(batch, |mut b, r| {
+                b.push_bind(&r.tenant)
+                    .push_bind(&r.principal)
+                    .push_bind(&r.action)
+                    .push_bind(&r.resource)
+                    .push_bind(&r.decision)
+                    .push_bind(&r.reason)
+                    .push_bind(r.policy_revision)
+                    .push_bind(&r.context)
+                    .push_bind(r.at);
+            });
+            qb.build().execute(p).await.map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Recent decisions of a tenant, newest first.
+    pub async fn list_decisions(
+        &self,
+        tenant: &str,
+        principal: Option<&str>,
+        decision: Option<&str>,
+        since: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DecisionRecord>, DbError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            String,
+            i64,
+        );
+        let rows: Vec<Row> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT tenant, principal, action, resource, decision, reason, policy_revision, context, at \
+                 FROM policy_decisions WHERE tenant = $1 AND ($2 IS NULL OR principal = $2) \
+                 AND ($3 IS NULL OR decision = $3) AND ($4 IS NULL OR at >= $4) ORDER BY seq DESC LIMIT $5",
+            )
+            .bind(tenant)
+            .bind(principal)
+            .bind(decision)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(p)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    tenant,
+                    principal,
+                    action,
+                    resource,
+                    decision,
+                    reason,
+                    policy_revision,
+                    context,
+                    at,
+                )| DecisionRecord {
+                    tenant,
+                    principal,
+                    action,
+                    resource,
+                    decision,
+                    reason,
+                    policy_revision,
+                    context,
+                    at,
+                },
+            )
+            .collect())
+    }
+
+    /// Drops decisions older than `before`.
+    pub async fn prune_decisions(&self, before: i64) -> Result<u64, DbError> {
+        Ok(on_pool!(&self.db, |p| {
+            sqlx::query("DELETE FROM policy_decisions WHERE at < $1")
+                .bind(before)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+        })?)
+    }
+}
+
+/// The tables that hold one document per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyed {
+    /// Resource policies, keyed by CRN pattern.
+    ResourcePolicy,
+    /// Guardrails, keyed by name.
+    Guardrail,
+}
+
+impl Keyed {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Keyed::ResourcePolicy => ("policy_resource_policies", "resource"),
+            Keyed::Guardrail => ("policy_guardrails", "name"),
+        }
+    }
+}
