@@ -191,7 +191,7 @@ pub struct TagsRequest {
 }
 
 /// Limits of the authorization API.
-const MAX_BATCH: usize = 100;
+pub(crate) const MAX_BATCH: usize = 100;
 const MAX_DECISIONS: i64 = 1_000;
 
 /// Policy and group names: 1–128 of `A-Z a-z 0-9 + = , . @ _ -` (as IAM).
@@ -209,11 +209,11 @@ pub fn check_name(what: &str, s: &str) -> Result<(), PolicyError> {
     }
 }
 
-fn principal_id(s: &str) -> Result<PrincipalId, PolicyError> {
+pub(crate) fn principal_id(s: &str) -> Result<PrincipalId, PolicyError> {
     Ok(PrincipalId::parse(s)?)
 }
 
-fn outcome_view(o: Outcome, revision: i64) -> AuthorizeResponse {
+pub(crate) fn outcome_view(o: Outcome, revision: i64) -> AuthorizeResponse {
     AuthorizeResponse {
         decision: if o.decision == Decision::Allow {
             "Allow"
@@ -735,11 +735,12 @@ impl PolicyService {
         }
     }
 
-    async fn authorize_one(
+    /// The subject and context of an authorization request, checked.
+    pub(crate) async fn prepare(
         &self,
         caller: &Caller,
         req: &AuthorizeRequest,
-    ) -> Result<AuthorizeResponse, PolicyError> {
+    ) -> Result<(Subject, Context), PolicyError> {
         let subject = self.subject_of(caller, req).await?;
         if !req.action.contains(':') {
             return Err(PolicyError::BadRequest(format!(
@@ -759,6 +760,15 @@ impl PolicyService {
                 ContextValue::Many(list) => ctx.set(k, list.iter().map(String::as_str)),
             }
         }
+        Ok((subject, ctx))
+    }
+
+    async fn authorize_one(
+        &self,
+        caller: &Caller,
+        req: &AuthorizeRequest,
+    ) -> Result<AuthorizeResponse, PolicyError> {
+        let (subject, ctx) = self.prepare(caller, req).await?;
         let (o, rev) = self
             .decide(
                 &caller.tenant,
@@ -769,6 +779,10 @@ impl PolicyService {
             )
             .await?;
         Ok(outcome_view(o, rev))
+    }
+
+    pub(crate) async fn guard_simulate(&self, caller: &Caller) -> Result<(), PolicyError> {
+        self.guard(caller, "policy:Simulate", "simulation").await
     }
 
     /// `POST /v1/authorize`.

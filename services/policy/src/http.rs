@@ -26,6 +26,7 @@ use crate::api::{
     DecisionView, PolicySummary, PolicyView, PutPolicyResult, TagsRequest, Validation,
 };
 use crate::error::PolicyError;
+use crate::simulate::{SimulateRequest, SimulateResponse};
 use crate::store::Keyed;
 use crate::PolicyService;
 
@@ -477,6 +478,18 @@ async fn decisions(
     respond(StatusCode::OK, r)
 }
 
+/// Decide requests before and after proposed policy changes, without applying them.
+#[utoipa::path(post, path = "/v1/simulate", tag = "policy", request_body = SimulateRequest,
+    responses((status = 200, body = SimulateResponse), (status = 400), (status = 403)), security(("bearer" = [])))]
+async fn simulate(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async { svc.simulate(&c, json_body(body)?).await }.await;
+    respond(StatusCode::OK, r)
+}
+
 /// The policy service's routes.
 pub fn router(svc: Arc<PolicyService>) -> Router {
     Router::new()
@@ -519,6 +532,7 @@ pub fn router(svc: Arc<PolicyService>) -> Router {
         .route("/v1/authorize", post(authorize))
         .route("/v1/authorize:batch", post(authorize_batch))
         .route("/v1/decisions", axum::routing::get(decisions))
+        .route("/v1/simulate", post(simulate))
         .with_state(svc)
 }
 

@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod error;
 pub mod http;
 pub mod service;
+pub mod simulate;
 pub mod store;
 
 pub use error::PolicyError;

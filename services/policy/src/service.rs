@@ -55,14 +55,14 @@ impl Default for PolicyConfig {
 }
 
 /// A compiled policy and the version it came from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Versioned {
     pub version: u32,
     pub policy: Arc<Policy>,
 }
 
 /// One tenant's authorization state, compiled.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Snapshot {
     pub revision: i64,
     pub policies: HashMap<String, Versioned>,
@@ -361,16 +361,7 @@ impl PolicyService {
         extra: Option<&Context>,
     ) -> Result<(Outcome, i64), PolicyError> {
         let snap = self.snapshot(tenant).await?;
-        let ctx = self.context(&snap, tenant, subject, extra);
-        let outcome = evaluate(
-            &Request {
-                principal: &subject.principal,
-                action,
-                resource,
-                context: &ctx,
-            },
-            &snap.applicable(&subject.principal, resource),
-        );
+        let outcome = self.evaluate_in(&snap, tenant, subject, action, resource, extra);
         self.record(
             tenant,
             &subject.principal,
@@ -380,6 +371,28 @@ impl PolicyService {
             snap.revision,
         );
         Ok((outcome, snap.revision))
+    }
+
+    /// Decides against a given snapshot, without logging (simulation).
+    pub(crate) fn evaluate_in(
+        &self,
+        snap: &Snapshot,
+        tenant: &TenantId,
+        subject: &Subject,
+        action: &str,
+        resource: &str,
+        extra: Option<&Context>,
+    ) -> Outcome {
+        let ctx = self.context(snap, tenant, subject, extra);
+        evaluate(
+            &Request {
+                principal: &subject.principal,
+                action,
+                resource,
+                context: &ctx,
+            },
+            &snap.applicable(&subject.principal, resource),
+        )
     }
 
     fn record(

@@ -13,6 +13,7 @@ crate::on_both_backends!(
     authorize_resolves_groups_boundaries_tags_resource_policies_and_guardrails,
     a_policy_change_on_one_server_is_enforced_by_another_within_a_second,
     policy_api_refuses_bad_input_clearly,
+    simulate_shows_what_changes_would_do_without_doing_it,
 );
 
 const ORDER: &str = "crn:capstan:orders:default:order/42";
@@ -756,6 +757,80 @@ async fn policy_api_refuses_bad_input_clearly(ctx: &Ctx) {
             v["message"].as_str().is_some_and(|m| !m.is_empty()),
             "{m} {path}: {v}"
         );
+    }
+    s.shutdown().await;
+}
+
+async fn simulate_shows_what_changes_would_do_without_doing_it(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let (admin, _) = s.orders_client().await;
+    let svc = service_client(&s, &admin, "orders").await;
+    let get = json!({"principal": svc.id, "action": "orders:GetOrder", "resource": ORDER});
+    let pay = json!({"principal": svc.id, "action": "billing:Pay", "resource": ORDER});
+    let changes = json!([
+        {"op": "put_policy", "name": "Reads", "document": {"Statement": {"Effect": "Allow", "Action": "orders:Get*", "Resource": "*"}}},
+        {"op": "attach", "policy": "Reads", "principal": svc.id}]);
+    let (status, r) = s
+        .api(
+            Method::POST,
+            "/v1/simulate",
+            &admin,
+            Some(json!({"changes": changes, "requests": [pay, get]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["changed"], 1);
+    let first = &r["results"][0];
+    assert_eq!(
+        (first["action"].as_str(), first["changed"].as_bool()),
+        (Some("orders:GetOrder"), Some(true)),
+        "changed first"
+    );
+    assert_eq!(first["before"]["decision"], "Deny");
+    assert_eq!(first["after"]["decision"], "Allow");
+    assert_eq!(first["after"]["matched"][0]["policy"], "Reads");
+    assert_eq!(r["results"][1]["changed"], false);
+    // Nothing was stored or granted.
+    assert_eq!(
+        s.api(Method::GET, "/v1/policies/Reads", &admin, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(authorize(&s, &admin, get.clone()).await["decision"], "Deny");
+
+    // Replay the recorded decisions against a detach: the admin's own calls would be denied.
+    let admin_id = s
+        .auth()
+        .verify_access_token(&admin)
+        .await
+        .unwrap()
+        .principal;
+    let (status, r) = s.api(Method::POST, "/v1/simulate", &admin, Some(json!({
+        "changes": [{"op": "detach", "policy": "AdministratorAccess", "principal": admin_id}], "replay": 20}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(r["changed"].as_u64().unwrap() >= 1, "{r}");
+    let first = &r["results"][0];
+    assert_eq!(
+        (
+            first["before"]["decision"].as_str(),
+            first["after"]["decision"].as_str()
+        ),
+        (Some("Allow"), Some("Deny"))
+    );
+    assert_eq!(first["principal"], admin_id.as_str());
+
+    for bad in [
+        json!({"changes": [], "requests": [get], "replay": 3}),
+        json!({"changes": []}),
+        json!({"changes": [{"op": "attach", "policy": "Nope", "principal": svc.id}], "requests": [get]}),
+        json!({"changes": [{"op": "explode"}], "requests": [get]}),
+        json!({"changes": [{"op": "put_policy", "name": "X", "document": {"Statement": {"Effect": "Maybe"}}}], "requests": [get]}),
+    ] {
+        let (status, v) = s
+            .api(Method::POST, "/v1/simulate", &admin, Some(bad.clone()))
+            .await;
+        assert_eq!(status, 400, "{bad}: {v}");
     }
     s.shutdown().await;
 }
