@@ -21,6 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+mod policy;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
     /// Raw JWT signing rate (the physical limit), in-process.
@@ -31,6 +33,8 @@ enum Which {
     Introspect,
     /// Everything above, plus idle RSS, in one run.
     All,
+    /// Policy decisions: Capstan in-process vs flat casbin vs cedar, and /v1/authorize over HTTP.
+    Policy,
 }
 
 /// Capstan benchmarks.
@@ -250,9 +254,11 @@ async fn token(
 /// the load generator must cost far less than the server, since both share the machine.
 async fn connection_loop(
     addr: String,
-    request: Arc<Vec<u8>>,
+    requests: Arc<Vec<Vec<u8>>>,
+    first: usize,
     stop: Arc<AtomicBool>,
 ) -> (Vec<u32>, u64) {
+    let mut next = first;
     let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
     let mut errors = 0u64;
     let Ok(mut stream) = TcpStream::connect(&addr).await else {
@@ -262,7 +268,9 @@ async fn connection_loop(
     let mut buf = vec![0u8; 16 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        if stream.write_all(&request).await.is_err() {
+        let request = &requests[next % requests.len()];
+        next += 1;
+        if stream.write_all(request).await.is_err() {
             return (lat, errors + 1);
         }
         let mut filled = 0;
@@ -303,6 +311,16 @@ fn response_length(buf: &[u8]) -> Option<(u16, usize)> {
     Some((status, head_end + len))
 }
 
+/// A JSON POST with a bearer token, as raw bytes.
+fn json_request(addr: &str, path: &str, bearer: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// A form POST with Basic authentication, as raw bytes.
 fn form_request(addr: &str, path: &str, id: &str, secret: &str, form: &str) -> Vec<u8> {
     use base64::Engine;
@@ -315,19 +333,16 @@ fn form_request(addr: &str, path: &str, id: &str, secret: &str, form: &str) -> V
     .into_bytes()
 }
 
-/// Runs `concurrency` connections sending `request` for `dur`; a request counts when it
-/// answers 200.
-async fn load(addr: &str, concurrency: usize, dur: Duration, request: Vec<u8>) -> Stats {
+/// Runs `concurrency` connections for `dur`; a request counts when it answers 200.
+async fn load(addr: &str, concurrency: usize, dur: Duration, requests: Vec<Vec<u8>>) -> Stats {
     let stop = Arc::new(AtomicBool::new(false));
-    let request = Arc::new(request);
+    let requests = Arc::new(requests);
     let start = Instant::now();
+    // Each connection cycles through the requests from its own offset.
     let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            tokio::spawn(connection_loop(
-                addr.to_owned(),
-                request.clone(),
-                stop.clone(),
-            ))
+        .map(|i| {
+            let (addr, requests, stop) = (addr.to_owned(), requests.clone(), stop.clone());
+            tokio::spawn(connection_loop(addr, requests, i * 7919, stop))
         })
         .collect();
     tokio::time::sleep(dur).await;
@@ -363,21 +378,10 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
-    let key = MasterKey::generate(&SystemRng::new())
-        .map_err(|e| e.to_string())?
-        .to_base64();
-    let boot = Command::new(bin)
-        .args(["bootstrap", "--database-url", url])
-        .env("CAPSTAN_MASTER_KEY", &key)
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    let admin: Value = serde_json::from_slice(&boot.stdout).map_err(|_| {
-        format!(
-            "bootstrap failed: {}",
-            String::from_utf8_lossy(&boot.stderr)
-        )
-    })?;
+    if args.which == Which::Policy {
+        return bench_policy(args, bin, url).await;
+    }
+    let (key, admin) = bootstrap(bin, url).await?;
     let mut server = start_server(bin, url, &key).await?;
     let base = server.base.clone();
     let http = reqwest::Client::new();
@@ -430,7 +434,7 @@ async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
             &secret,
             "grant_type=client_credentials",
         );
-        let st = load(addr, args.concurrency, dur, req).await;
+        let st = load(addr, args.concurrency, dur, vec![req]).await;
         rows.push(format!(
             "| client_credentials over HTTP, c={} | {:.0}/s ({:.0}% of raw signing) | {} µs | {} µs | {} |",
             args.concurrency, st.rate(), 100.0 * st.rate() / sign, st.p50_us, st.p99_us, st.errors
@@ -445,7 +449,7 @@ async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
             &secret,
             &format!("token={t}"),
         );
-        let st = load(addr, args.concurrency, dur, req).await;
+        let st = load(addr, args.concurrency, dur, vec![req]).await;
         rows.push(format!(
             "| introspection over HTTP, c={} | {:.0}/s | {} µs | {} µs | {} |",
             args.concurrency,
@@ -474,6 +478,111 @@ async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
     println!(
         "| capstan serve RSS, after the load | {} | | | |",
         mib(busy_rss)
+    );
+    Ok(())
+}
+
+/// Runs `capstan bootstrap` on `url`; returns the master key and the admin credentials.
+async fn bootstrap(bin: &PathBuf, url: &str) -> Result<(String, Value), String> {
+    let key = MasterKey::generate(&SystemRng::new())
+        .map_err(|e| e.to_string())?
+        .to_base64();
+    let boot = Command::new(bin)
+        .args(["bootstrap", "--database-url", url])
+        .env("CAPSTAN_MASTER_KEY", &key)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin: Value = serde_json::from_slice(&boot.stdout).map_err(|_| {
+        format!(
+            "bootstrap failed: {}",
+            String::from_utf8_lossy(&boot.stderr)
+        )
+    })?;
+    Ok((key, admin))
+}
+
+async fn bench_policy(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
+    let d = policy::dataset(10_000);
+    println!(
+        "policy dataset: {} principals, {} groups, {} statements, {} requests",
+        policy::PRINCIPALS,
+        policy::GROUPS,
+        policy::statements(&d),
+        d.requests.len()
+    );
+    let stage = Instant::now();
+    let (capstan, compile) = policy::capstan_in_process(&d).await?;
+    eprintln!(
+        "capstan in-process done in {:.1} s",
+        stage.elapsed().as_secs_f64()
+    );
+    let stage = Instant::now();
+    let (cedar, cedar_parse) = policy::cedar(&d, 200)?;
+    eprintln!("cedar done in {:.1} s", stage.elapsed().as_secs_f64());
+    let stage = Instant::now();
+    let casbin = policy::casbin_flat(&d, 20).await?;
+    eprintln!("casbin done in {:.1} s", stage.elapsed().as_secs_f64());
+
+    // Over HTTP: the same tenant, stored before a real `capstan serve` starts on it.
+    let (key, admin_creds) = bootstrap(bin, url).await?;
+    let db = capstan_db::Db::connect(url, 4)
+        .await
+        .map_err(|e| e.to_string())?;
+    policy::store_tenant(&db, &d).await?;
+    let mut server = start_server(bin, url, &key).await?;
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let admin = token(
+        &http,
+        &base,
+        admin_creds["client_id"].as_str().unwrap_or_default(),
+        admin_creds["client_secret"].as_str().unwrap_or_default(),
+    )
+    .await?;
+    let addr = base.trim_start_matches("http://");
+    let bodies: Vec<Vec<u8>> = d
+        .requests
+        .iter()
+        .map(|r| {
+            let body = json!({"principal": policy::principal_id(r.principal), "action": r.action, "resource": r.resource, "context": {"env": r.env}});
+            json_request(addr, "/v1/authorize", &admin, &body.to_string())
+        })
+        .collect();
+    // Warm the snapshot once, then measure.
+    let _ = load(addr, 1, Duration::from_millis(200), bodies[..1].to_vec()).await;
+    let st = load(
+        addr,
+        args.concurrency,
+        Duration::from_secs(args.duration),
+        bodies,
+    )
+    .await;
+    let rss = rss_kib(server.child.id().unwrap_or(0));
+    let _ = server.child.kill().await;
+
+    let ratio = |l: &policy::Lat| l.mean / capstan.mean.max(0.001);
+    println!("| engine | decisions | p50 | p99 | mean | allows | vs Capstan (mean) |");
+    println!("|---|---|---|---|---|---|---|");
+    println!("| Capstan in-process (PolicyService::decide; snapshot compiled in {:.2} s) | {} | {:.1} µs | {:.1} µs | {:.1} µs | {} | 1× |", compile.as_secs_f64(), capstan.n, capstan.p50, capstan.p99, capstan.mean, capstan.allows);
+    println!("| cedar-policy 4 in-process (policy set parsed in {:.2} s) | {} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {:.0}× slower |", cedar_parse.as_secs_f64(), cedar.n, cedar.p50, cedar.p99, cedar.mean, cedar.allows, ratio(&cedar));
+    println!("| casbin-rs 2 flat model in-process | {} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {:.0}× slower |", casbin.n, casbin.p50, casbin.p99, casbin.mean, casbin.allows, ratio(&casbin));
+    println!(
+        "| `POST /v1/authorize` over HTTP, c={} | {:.0}/s | {} µs | {} µs | | errors {} | |",
+        args.concurrency,
+        st.rate(),
+        st.p50_us,
+        st.p99_us,
+        st.errors
+    );
+    let mib = |k: Option<u64>| {
+        k.map_or("n/a".to_owned(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    println!(
+        "| capstan serve RSS with the tenant loaded, after the load | {} | | | | | |",
+        mib(rss)
     );
     Ok(())
 }

@@ -468,6 +468,13 @@ pub fn verify<'k>(
     let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
         .map_err(|_| TokenError::BadSignature)?
         .claims;
+    check_claims(&claims, expect)?;
+    Ok(claims)
+}
+
+/// The claim checks of [`verify`] (issuer, expiry, not-before, audience), for claims whose
+/// signature was verified earlier.
+pub fn check_claims(claims: &AccessClaims, expect: Expect<'_>) -> Result<(), TokenError> {
     if claims.iss != expect.issuer {
         return Err(TokenError::WrongIssuer);
     }
@@ -482,7 +489,7 @@ pub fn verify<'k>(
             return Err(TokenError::WrongAudience);
         }
     }
-    Ok(claims)
+    Ok(())
 }
 
 #[cfg(test)]

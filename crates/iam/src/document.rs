@@ -110,7 +110,9 @@ pub struct Policy {
     pub id: Option<String>,
     /// The statements, in document order.
     pub statements: Vec<Statement>,
-    /// Statement indexes by lowercase service name of their actions.
+    /// Statement indexes by exact lowercase action (`orders:getorder`).
+    by_action: HashMap<String, Vec<usize>>,
+    /// Statement indexes by lowercase service, for action patterns with wildcards after it.
     by_service: HashMap<String, Vec<usize>>,
     /// Statements that may match any service (`*`, `NotAction`, wildcard services).
     any_service: Vec<usize>,
@@ -171,34 +173,22 @@ impl Policy {
         }
     }
 
-    /// Statement indexes that can match `action_service` (lowercase), in document order.
-    pub(crate) fn candidates(&self, action_service: &str) -> impl Iterator<Item = &Statement> {
-        let specific = self
-            .by_service
-            .get(action_service)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        merge_sorted(specific, &self.any_service).map(|i| &self.statements[i])
+    /// The statements that can match `action` (lowercase) of `service`, in document order:
+    /// those naming exactly this action, those with a wildcard after this service, and those
+    /// that may match any service.
+    pub(crate) fn candidates(&self, action: &str, service: &str) -> Vec<&Statement> {
+        let none: &[usize] = &[];
+        let exact = self.by_action.get(action).map_or(none, Vec::as_slice);
+        let svc = self.by_service.get(service).map_or(none, Vec::as_slice);
+        let mut idx: Vec<usize> =
+            Vec::with_capacity(exact.len() + svc.len() + self.any_service.len());
+        idx.extend_from_slice(exact);
+        idx.extend_from_slice(svc);
+        idx.extend_from_slice(&self.any_service);
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| &self.statements[i]).collect()
     }
-}
-
-fn merge_sorted<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || match (a.get(i), b.get(j)) {
-        (Some(&x), Some(&y)) if x <= y => {
-            i += 1;
-            Some(x)
-        }
-        (_, Some(&y)) => {
-            j += 1;
-            Some(y)
-        }
-        (Some(&x), None) => {
-            i += 1;
-            Some(x)
-        }
-        (None, None) => None,
-    })
 }
 
 /// Nesting depth in containers (objects and arrays); the deepest legal shape, a condition
@@ -323,15 +313,22 @@ impl Parser<'_> {
                 statements.push(st);
             }
         }
+        let mut by_action: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_service: HashMap<String, Vec<usize>> = HashMap::new();
         let mut any_service = Vec::new();
+        let push = |map: &mut HashMap<String, Vec<usize>>, key: String, i: usize| {
+            let list = map.entry(key).or_default();
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        };
         for (i, st) in statements.iter().enumerate() {
-            match service_keys(&st.actions) {
-                Some(services) => {
-                    for s in services {
-                        let list = by_service.entry(s).or_default();
-                        if list.last() != Some(&i) {
-                            list.push(i);
+            match index_keys(&st.actions) {
+                Some(keys) => {
+                    for k in keys {
+                        match k {
+                            IndexKey::Action(a) => push(&mut by_action, a, i),
+                            IndexKey::Service(s) => push(&mut by_service, s, i),
                         }
                     }
                 }
@@ -342,6 +339,7 @@ impl Parser<'_> {
             version: self.version,
             id,
             statements,
+            by_action,
             by_service,
             any_service,
         })
@@ -660,16 +658,25 @@ fn resource_pattern(s: &str, variables: bool) -> Result<ResourcePattern, String>
         .map(ResourcePattern::Parts)
 }
 
-/// The lowercase services an `Action` list names, or `None` when it may match any service.
-fn service_keys(actions: &Targets<Pattern>) -> Option<Vec<String>> {
+enum IndexKey {
+    Action(String),
+    Service(String),
+}
+
+/// Where each action of an `Action` list is indexed: exact actions by name, patterns by their
+/// service; `None` when one may match any service (`*`, `NotAction`, a wildcard in the service).
+fn index_keys(actions: &Targets<Pattern>) -> Option<Vec<IndexKey>> {
     let Targets::Only(list) = actions else {
         return None;
     };
     let mut out = Vec::new();
     for a in list {
-        let prefix = a.literal_prefix();
-        let (service, _) = prefix.split_once(':')?;
-        out.push(service.to_owned());
+        if let Some(exact) = a.as_literal() {
+            out.push(IndexKey::Action(exact.to_owned()));
+            continue;
+        }
+        let (service, _) = a.literal_prefix().split_once(':')?;
+        out.push(IndexKey::Service(service.to_owned()));
     }
     Some(out)
 }

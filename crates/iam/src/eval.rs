@@ -175,7 +175,7 @@ fn statement_matches(st: &Statement, prep: &Prepared<'_>) -> bool {
 /// The matching statements of `src` with `effect`, appended to `out`; whether any matched.
 fn collect(src: &Source<'_>, prep: &Prepared<'_>, effect: Effect, out: &mut Vec<Matched>) -> bool {
     let before = out.len();
-    for st in src.policy.candidates(&prep.service) {
+    for st in src.policy.candidates(&prep.action, &prep.service) {
         if st.effect == effect && statement_matches(st, prep) {
             out.push(Matched {
                 policy: src.name.to_owned(),

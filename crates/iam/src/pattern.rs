@@ -117,10 +117,11 @@ impl Pattern {
         self.toks == [Tok::Star]
     }
 
-    /// Resolves variables against `ctx`: `None` when one cannot be resolved.
-    pub fn resolve(&self, ctx: &Context, fold_case: bool) -> Option<Pattern> {
+    /// Resolves variables against `ctx`: `None` when one cannot be resolved. A pattern without
+    /// variables is borrowed, not copied (the common case, on the hot path).
+    pub fn resolve(&self, ctx: &Context, fold_case: bool) -> Option<std::borrow::Cow<'_, Pattern>> {
         if !self.has_vars {
-            return Some(self.clone());
+            return Some(std::borrow::Cow::Borrowed(self));
         }
         let mut toks = Vec::with_capacity(self.toks.len());
         for t in &self.toks {
@@ -137,10 +138,10 @@ impl Pattern {
                 other => toks.push(other.clone()),
             }
         }
-        Some(Pattern {
+        Some(std::borrow::Cow::Owned(Pattern {
             toks,
             has_vars: false,
-        })
+        }))
     }
 
     /// Whether `text` matches (variables must be resolved first; an unresolved one never
@@ -317,10 +318,8 @@ mod tests {
         assert!(p.resolve(&ctx, false).is_none());
         // A value substituted into a pattern is literal: its `*` is no wildcard.
         let ctx = Context::new().with("k", ["a*"]);
-        let p = Pattern::parse("${k}", LIKE)
-            .unwrap()
-            .resolve(&ctx, false)
-            .unwrap();
+        let p = Pattern::parse("${k}", LIKE).unwrap();
+        let p = p.resolve(&ctx, false).unwrap();
         assert!(p.matches("a*") && !p.matches("abc"));
         assert!(Pattern::parse("${unterminated", LIKE).is_err());
         assert!(Pattern::parse("${bad key}", LIKE).is_err());

@@ -123,6 +123,9 @@ pub struct AuthService {
     /// Bumped on every invalidation, so a load that raced one is not cached.
     generation: AtomicU64,
     revoked: RwLock<HashMap<String, UnixTime>>,
+    /// Tokens whose signature, type and key were verified, by the whole token text (a forged
+    /// payload is another key). Time, issuer and audience are re-checked on every use.
+    pub(crate) verified: RwLock<HashMap<String, Arc<capstan_core::jwt::AccessClaims>>>,
     sync: Mutex<SyncState>,
     /// Counters for `/metrics`.
     pub metrics: AuthMetrics,
@@ -158,6 +161,7 @@ impl AuthService {
             clients: RwLock::default(),
             generation: AtomicU64::new(0),
             revoked: RwLock::default(),
+            verified: RwLock::default(),
             sync: Mutex::default(),
             metrics: AuthMetrics::default(),
         })
@@ -378,6 +382,7 @@ impl AuthService {
     async fn housekeeping(&self) -> Result<(), AuthError> {
         let now = self.now();
         write(&self.revoked).retain(|_, exp| *exp + self.cfg.leeway >= now);
+        write(&self.verified).retain(|_, c| c.exp + self.cfg.leeway >= now);
         self.store.prune_revocations(now - self.cfg.leeway).await?;
         self.store.db().prune_changes(now - 3600).await?;
         Ok(())

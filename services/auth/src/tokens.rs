@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::AuthError;
 use crate::model::Client;
-use crate::service::AuthService;
+use crate::service::{read, write, AuthService};
 
 /// Client credentials presented at the token, introspection or revocation endpoint.
 #[derive(Debug, Clone)]
@@ -89,6 +89,9 @@ pub enum Inactive {
     #[error("token's client no longer exists")]
     ClientGone,
 }
+
+/// Verified tokens kept in memory; the cache starts over when full.
+const MAX_VERIFIED: usize = 50_000;
 
 fn invalid_client() -> AuthError {
     AuthError::oauth("invalid_client", "client authentication failed")
@@ -184,23 +187,35 @@ impl AuthService {
         token: &str,
         audience: Option<&str>,
     ) -> Result<AccessClaims, Inactive> {
-        let keys = match self.tenant_keys(tenant).await {
-            Ok(k) => k,
-            Err(_) => return Err(TokenError::UnknownKey.into()),
-        };
         let issuer = self.issuer(tenant);
         let now = self.now();
-        let max_ttl = self.cfg.max_token_ttl;
-        let claims = jwt::verify(
-            token,
-            |kid| keys.verifier(kid, now, max_ttl),
-            Expect {
-                issuer: &issuer,
-                audience,
-                now,
-                leeway: self.cfg.leeway,
-            },
-        )?;
+        let expect = Expect {
+            issuer: &issuer,
+            audience,
+            now,
+            leeway: self.cfg.leeway,
+        };
+        let cached = read(&self.verified).get(token).cloned();
+        let claims = match cached {
+            Some(c) if c.tenant == tenant.as_str() => {
+                jwt::check_claims(&c, expect)?;
+                (*c).clone()
+            }
+            _ => {
+                let keys = match self.tenant_keys(tenant).await {
+                    Ok(k) => k,
+                    Err(_) => return Err(TokenError::UnknownKey.into()),
+                };
+                let max_ttl = self.cfg.max_token_ttl;
+                let claims = jwt::verify(token, |kid| keys.verifier(kid, now, max_ttl), expect)?;
+                let mut cache = write(&self.verified);
+                if cache.len() >= MAX_VERIFIED {
+                    cache.clear();
+                }
+                cache.insert(token.to_owned(), Arc::new(claims.clone()));
+                claims
+            }
+        };
         if self.is_revoked(&claims.jti) {
             return Err(Inactive::Revoked);
         }

@@ -373,6 +373,16 @@ impl PolicyService {
         {
             return Err(PolicyError::NotFound(format!("policy {name:?} not found")));
         }
+        self.forget_compiled(caller.tenant.as_str(), name);
+        self.store
+            .db()
+            .publish_change(
+                caller.tenant.as_str(),
+                crate::service::TOPIC_POLICY_DELETED,
+                name,
+                self.clock.now(),
+            )
+            .await?;
         self.changed(&caller.tenant).await?;
         Ok(())
     }

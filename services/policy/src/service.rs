@@ -30,6 +30,9 @@ use crate::store::{DecisionRecord, PolicyStore};
 /// Feed topic of policy changes (key: tenant).
 pub const TOPIC_POLICY: &str = "policy";
 
+/// Feed topic of a deleted managed policy (key: policy name).
+pub const TOPIC_POLICY_DELETED: &str = "policy_deleted";
+
 /// Group names as members of other groups.
 pub const GROUP_PREFIX: &str = "group:";
 
@@ -179,6 +182,8 @@ pub struct PolicyService {
     pub(crate) cfg: PolicyConfig,
     pub(crate) verifier: OnceLock<Arc<dyn TokenVerifier>>,
     cache: RwLock<HashMap<TenantId, Arc<Snapshot>>>,
+    /// Compiled managed policies by (tenant, name, version), kept across snapshot rebuilds.
+    compiled: RwLock<HashMap<(TenantId, String, i64), Arc<Policy>>>,
     generation: AtomicU64,
     log: mpsc::Sender<LogMsg>,
     log_rx: std::sync::Mutex<Option<mpsc::Receiver<LogMsg>>>,
@@ -196,6 +201,7 @@ impl PolicyService {
             cfg,
             verifier: OnceLock::new(),
             cache: RwLock::default(),
+            compiled: RwLock::default(),
             generation: AtomicU64::new(0),
             log: tx,
             log_rx: std::sync::Mutex::new(Some(rx)),
@@ -228,18 +234,7 @@ impl PolicyService {
             revision: rows.revision,
             ..Default::default()
         };
-        for (name, version, doc) in rows.defaults {
-            if let Some(policy) = compile(&doc, PolicyKind::Identity) {
-                let version = u32::try_from(version).unwrap_or(u32::MAX);
-                snap.policies.insert(
-                    name,
-                    Versioned {
-                        version,
-                        policy: Arc::new(policy),
-                    },
-                );
-            }
-        }
+        snap.policies = self.compiled_defaults(tenant, rows.defaults).await?;
         for (kind, target, policy) in rows.attachments {
             let map = if kind == "group" {
                 &mut snap.group_policies
@@ -294,6 +289,76 @@ impl PolicyService {
                 .insert(tenant.clone(), snap.clone());
         }
         Ok(snap)
+    }
+
+    /// The compiled default versions. Documents already compiled (by name and version) are
+    /// reused, so a rebuild after one change compiles one document, not the tenant.
+    async fn compiled_defaults(
+        &self,
+        tenant: &TenantId,
+        defaults: Vec<(String, i64)>,
+    ) -> Result<HashMap<String, Versioned>, PolicyError> {
+        let key = |name: &str, version: i64| (tenant.clone(), name.to_owned(), version);
+        let missing: Vec<&(String, i64)> = {
+            let cache = self.compiled.read().unwrap_or_else(PoisonError::into_inner);
+            defaults
+                .iter()
+                .filter(|(n, v)| !cache.contains_key(&key(n, *v)))
+                .collect()
+        };
+        if !missing.is_empty() {
+            // A handful after a change: fetch them one by one; many at start: all at once.
+            let docs: Vec<(String, i64, String)> = if missing.len() <= 20 {
+                let mut docs = Vec::new();
+                for (name, version) in &missing {
+                    if let Some(v) = self
+                        .store
+                        .get_version(tenant.as_str(), name, Some(*version))
+                        .await?
+                    {
+                        docs.push((name.clone(), *version, v.document));
+                    }
+                }
+                docs
+            } else {
+                self.store.default_documents(tenant.as_str()).await?
+            };
+            let compiled: Vec<_> = docs
+                .into_iter()
+                .filter_map(|(n, v, d)| {
+                    compile(&d, PolicyKind::Identity).map(|p| (key(&n, v), Arc::new(p)))
+                })
+                .collect();
+            let mut cache = self
+                .compiled
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            cache.extend(compiled);
+        }
+        let mut cache = self
+            .compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Versions that are no longer the default are dropped.
+        let current: HashSet<(TenantId, String, i64)> =
+            defaults.iter().map(|(n, v)| key(n, *v)).collect();
+        cache.retain(|k, _| &k.0 != tenant || current.contains(k));
+        Ok(defaults
+            .into_iter()
+            .filter_map(|(name, version)| {
+                let policy = cache.get(&key(&name, version))?.clone();
+                let version = u32::try_from(version).unwrap_or(u32::MAX);
+                Some((name, Versioned { version, policy }))
+            })
+            .collect())
+    }
+
+    /// Forgets compiled versions of a deleted policy (a recreated one starts again at version 1).
+    pub(crate) fn forget_compiled(&self, tenant: &str, name: &str) {
+        self.compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| !(k.0.as_str() == tenant && k.1 == name));
     }
 
     fn invalidate(&self, tenant: &str) {
@@ -471,8 +536,15 @@ impl PolicyService {
                 tick.tick().await;
                 match cursor.poll(me.store.db()).await {
                     Ok(changes) => {
-                        for c in changes.iter().filter(|c| c.topic == TOPIC_POLICY) {
-                            me.invalidate(&c.tenant);
+                        for c in changes {
+                            match c.topic.as_str() {
+                                TOPIC_POLICY => me.invalidate(&c.tenant),
+                                TOPIC_POLICY_DELETED => {
+                                    me.forget_compiled(&c.tenant, &c.key);
+                                    me.invalidate(&c.tenant);
+                                }
+                                _ => {}
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "policy cache sync failed"),

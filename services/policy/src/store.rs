@@ -21,8 +21,9 @@ pub struct StoredVersion {
 pub struct TenantRows {
     /// Revision counter.
     pub revision: i64,
-    /// Default versions: (name, version, document).
-    pub defaults: Vec<(String, i64, String)>,
+    /// Default versions: (name, version); documents are fetched separately, only when not
+    /// already compiled.
+    pub defaults: Vec<(String, i64)>,
     /// (group, member).
     pub members: Vec<(String, String)>,
     /// (target kind, target, policy).
@@ -499,13 +500,10 @@ impl PolicyStore {
                 .await
         })?;
         let defaults = on_pool!(db, |p| {
-            sqlx::query_as(
-                "SELECT v.name, v.version, v.document FROM policy_versions v JOIN policy_defaults d \
-                 ON d.tenant = v.tenant AND d.name = v.name AND d.version = v.version WHERE v.tenant = $1",
-            )
-            .bind(tenant)
-            .fetch_all(p)
-            .await
+            sqlx::query_as("SELECT name, version FROM policy_defaults WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_all(p)
+                .await
         })?;
         let members = on_pool!(db, |p| {
             sqlx::query_as("SELECT group_name, member FROM policy_group_members WHERE tenant = $1")
@@ -555,6 +553,22 @@ impl PolicyStore {
             resource_policies,
             guardrails,
         })
+    }
+
+    /// The documents of every default version: (name, version, document).
+    pub async fn default_documents(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, i64, String)>, DbError> {
+        Ok(on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT v.name, v.version, v.document FROM policy_versions v JOIN policy_defaults d \
+                 ON d.tenant = v.tenant AND d.name = v.name AND d.version = v.version WHERE v.tenant = $1",
+            )
+            .bind(tenant)
+            .fetch_all(p)
+            .await
+        })?)
     }
 
     /// Appends decisions in one statement.

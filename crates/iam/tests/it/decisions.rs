@@ -201,3 +201,17 @@ fn statements_of_other_services_are_not_consulted_but_wildcards_are() {
     assert_eq!(o.reason, Reason::ExplicitDeny);
     assert_eq!(o.matched[0].sid, "#7");
 }
+
+#[test]
+fn a_statement_indexed_under_several_keys_matches_once() {
+    let p = identity(json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Both", "Effect": "Allow", "Action": ["orders:GetOrder", "Orders:Get*", "orders:G?tOrder"], "Resource": "*"},
+        {"Sid": "Exact", "Effect": "Allow", "Action": "ORDERS:GETORDER", "Resource": "*"}]}));
+    let (d, _, m) = run(&Applicable {
+        identity: vec![src("p", &p)],
+        ..Default::default()
+    });
+    assert_eq!(d, Decision::Allow);
+    let sids: Vec<_> = m.iter().map(|m| m.sid.as_str()).collect();
+    assert_eq!(sids, ["Both", "Exact"]);
+}

@@ -14,6 +14,7 @@ crate::on_both_backends!(
     a_policy_change_on_one_server_is_enforced_by_another_within_a_second,
     policy_api_refuses_bad_input_clearly,
     simulate_shows_what_changes_would_do_without_doing_it,
+    a_recreated_policy_is_never_served_from_a_stale_compilation,
 );
 
 const ORDER: &str = "crn:capstan:orders:default:order/42";
@@ -833,4 +834,64 @@ async fn simulate_shows_what_changes_would_do_without_doing_it(ctx: &Ctx) {
         assert_eq!(status, 400, "{bad}: {v}");
     }
     s.shutdown().await;
+}
+
+async fn a_recreated_policy_is_never_served_from_a_stale_compilation(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.public_url = Some("http://capstan.test".into());
+    let a = ctx.server_with(settings.clone()).await;
+    let b = ctx.server_with(settings).await;
+    let (admin, _) = a.orders_client().await;
+    let svc = service_client(&a, &admin, "orders").await;
+    let ask = json!({"principal": svc.id, "action": "orders:GetOrder", "resource": ORDER});
+    let attach = format!("/v1/principals/{}/policies/Flip", svc.id);
+    put(
+        &a,
+        &admin,
+        "/v1/policies/Flip",
+        Some(json!({"Statement": {"Effect": "Allow", "Action": "orders:*", "Resource": "*"}})),
+    )
+    .await;
+    put(&a, &admin, &attach, None).await;
+    assert_eq!(
+        authorize(&a, &admin, ask.clone()).await["decision"],
+        "Allow"
+    );
+    // B compiles version 1 (the Allow) too.
+    let start = Instant::now();
+    while authorize(&b, &admin, ask.clone()).await["decision"] != "Allow" {
+        assert!(start.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Delete and recreate: version 1 again, now a Deny.
+    assert_eq!(a.api(Method::DELETE, &attach, &admin, None).await.0, 204);
+    assert_eq!(
+        a.api(Method::DELETE, "/v1/policies/Flip", &admin, None)
+            .await
+            .0,
+        204
+    );
+    let (status, v) = put(&a, &admin, "/v1/policies/Flip", Some(json!({"Statement": {"Sid": "Now", "Effect": "Deny", "Action": "orders:*", "Resource": "*"}}))).await;
+    assert_eq!((status, v["version"].as_i64()), (200, Some(1)));
+    put(&a, &admin, &attach, None).await;
+    let d = authorize(&a, &admin, ask.clone()).await;
+    assert_eq!(
+        (d["reason"].as_str(), d["matched"][0]["sid"].as_str()),
+        (Some("explicit_deny"), Some("Now"))
+    );
+    let start = Instant::now();
+    loop {
+        let d = authorize(&b, &admin, ask.clone()).await;
+        if d["reason"] == "explicit_deny" {
+            assert_eq!(d["matched"][0]["sid"], "Now");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "B still serves the old compilation: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
