@@ -175,24 +175,32 @@ impl Policy {
 
     /// The statements that can match `action` (lowercase) of `service`, in document order:
     /// those naming exactly this action, those with a wildcard after this service, and those
-    /// that may match any service.
-    pub(crate) fn candidates(&self, action: &str, service: &str) -> Vec<&Statement> {
+    /// that may match any service. A merge of three sorted lists; nothing is allocated.
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        action: &str,
+        service: &str,
+    ) -> impl Iterator<Item = &'a Statement> + 'a {
         let none: &[usize] = &[];
-        let exact = self.by_action.get(action).map_or(none, Vec::as_slice);
-        let svc = self.by_service.get(service).map_or(none, Vec::as_slice);
-        let mut idx: Vec<usize> =
-            Vec::with_capacity(exact.len() + svc.len() + self.any_service.len());
-        idx.extend_from_slice(exact);
-        idx.extend_from_slice(svc);
-        idx.extend_from_slice(&self.any_service);
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter().map(|i| &self.statements[i]).collect()
+        let lists = [
+            self.by_action.get(action).map_or(none, Vec::as_slice),
+            self.by_service.get(service).map_or(none, Vec::as_slice),
+            self.any_service.as_slice(),
+        ];
+        let mut pos = [0usize; 3];
+        std::iter::from_fn(move || {
+            let next = (0..3).filter_map(|l| lists[l].get(pos[l]).copied()).min()?;
+            for l in 0..3 {
+                if lists[l].get(pos[l]) == Some(&next) {
+                    pos[l] += 1;
+                }
+            }
+            Some(next)
+        })
+        .map(|i| &self.statements[i])
     }
 }
 
-/// Nesting depth in containers (objects and arrays); the deepest legal shape, a condition
-/// key's list of values, is 6. Iterative, so a hostile document cannot exhaust the stack.
 fn depth(v: &Value) -> usize {
     let mut max = 0;
     let mut stack = vec![(v, 1usize)];

@@ -172,19 +172,74 @@ fn statement_matches(st: &Statement, prep: &Prepared<'_>) -> bool {
     principal && st.conditions.iter().all(|c| c.holds(prep.req.context))
 }
 
-/// The matching statements of `src` with `effect`, appended to `out`; whether any matched.
-fn collect(src: &Source<'_>, prep: &Prepared<'_>, effect: Effect, out: &mut Vec<Matched>) -> bool {
-    let before = out.len();
+/// Matching statements of one policy, split by effect.
+#[derive(Default)]
+struct Hits {
+    allow: Vec<Matched>,
+    deny: Vec<Matched>,
+}
+
+/// One pass over the candidate statements of `src`.
+fn scan(src: &Source<'_>, prep: &Prepared<'_>) -> Hits {
+    let mut hits = Hits::default();
     for st in src.policy.candidates(&prep.action, &prep.service) {
-        if st.effect == effect && statement_matches(st, prep) {
-            out.push(Matched {
+        if statement_matches(st, prep) {
+            let m = Matched {
                 policy: src.name.to_owned(),
                 version: src.version,
                 sid: st.sid.clone(),
-            });
+            };
+            match st.effect {
+                Effect::Allow => hits.allow.push(m),
+                Effect::Deny => hits.deny.push(m),
+            }
         }
     }
-    out.len() > before
+    hits
+}
+
+/// Decides `req` against the applicable policies.
+pub fn evaluate(req: &Request<'_>, applicable: &Applicable<'_>) -> Outcome {
+    let prep = Prepared::new(req);
+    let scan_all =
+        |sources: &[Source<'_>]| sources.iter().map(|s| scan(s, &prep)).collect::<Vec<_>>();
+    let identity = scan_all(&applicable.identity);
+    let resource = scan_all(&applicable.resource);
+    let boundary = applicable.boundary.as_ref().map(|b| scan(b, &prep));
+    let guardrails = scan_all(&applicable.guardrails);
+    let outcome = |decision, reason, matched| Outcome {
+        decision,
+        reason,
+        matched,
+    };
+    let denies: Vec<Matched> = identity
+        .iter()
+        .chain(&resource)
+        .chain(boundary.iter())
+        .chain(&guardrails)
+        .flat_map(|h| h.deny.iter().cloned())
+        .collect();
+    if !denies.is_empty() {
+        return outcome(Decision::Deny, Reason::ExplicitDeny, denies);
+    }
+    if !guardrails.is_empty() && guardrails.iter().all(|h| h.allow.is_empty()) {
+        return outcome(Decision::Deny, Reason::Guardrail, Vec::new());
+    }
+    if boundary.as_ref().is_some_and(|b| b.allow.is_empty()) {
+        // Step 5 comes after the candidate allow is known, but decides the same way either
+        // way: a boundary that does not allow denies.
+        return outcome(Decision::Deny, Reason::Boundary, Vec::new());
+    }
+    let allows: Vec<Matched> = identity
+        .into_iter()
+        .chain(resource)
+        .flat_map(|h| h.allow)
+        .collect();
+    if allows.is_empty() {
+        outcome(Decision::Deny, Reason::ImplicitDeny, Vec::new())
+    } else {
+        outcome(Decision::Allow, Reason::Allowed, allows)
+    }
 }
 
 /// Whether a CRN pattern (as written in `Resource` or as a resource-policy key) matches `crn`.
@@ -202,51 +257,5 @@ pub fn crn_matches(pattern: &str, crn: &str) -> bool {
             resource_matches(&p, &Prepared::new(&req))
         }
         Err(_) => false,
-    }
-}
-
-/// Decides `req` against the applicable policies.
-pub fn evaluate(req: &Request<'_>, applicable: &Applicable<'_>) -> Outcome {
-    let prep = Prepared::new(req);
-    let all = applicable
-        .identity
-        .iter()
-        .chain(applicable.resource.iter())
-        .chain(applicable.boundary.iter())
-        .chain(applicable.guardrails.iter());
-    let mut denies = Vec::new();
-    for src in all {
-        collect(src, &prep, Effect::Deny, &mut denies);
-    }
-    let outcome = |decision, reason, matched| Outcome {
-        decision,
-        reason,
-        matched,
-    };
-    if !denies.is_empty() {
-        return outcome(Decision::Deny, Reason::ExplicitDeny, denies);
-    }
-    let mut scratch = Vec::new();
-    if !applicable.guardrails.is_empty()
-        && !applicable
-            .guardrails
-            .iter()
-            .any(|g| collect(g, &prep, Effect::Allow, &mut scratch))
-    {
-        return outcome(Decision::Deny, Reason::Guardrail, Vec::new());
-    }
-    let mut allows = Vec::new();
-    for src in applicable.identity.iter().chain(applicable.resource.iter()) {
-        collect(src, &prep, Effect::Allow, &mut allows);
-    }
-    if let Some(b) = &applicable.boundary {
-        if !collect(b, &prep, Effect::Allow, &mut scratch) {
-            return outcome(Decision::Deny, Reason::Boundary, Vec::new());
-        }
-    }
-    if allows.is_empty() {
-        outcome(Decision::Deny, Reason::ImplicitDeny, Vec::new())
-    } else {
-        outcome(Decision::Allow, Reason::Allowed, allows)
     }
 }

@@ -97,8 +97,6 @@ impl Snapshot {
 
     /// The policies that apply to `principal` acting on `resource`.
     pub fn applicable<'a>(&'a self, principal: &str, resource: &str) -> Applicable<'a> {
-        let mut names: Vec<&str> = Vec::new();
-        let mut seen = HashSet::new();
         let direct = self.principal_policies.get(principal).into_iter().flatten();
         let via_groups = self
             .groups_of
@@ -106,13 +104,18 @@ impl Snapshot {
             .into_iter()
             .flatten()
             .flat_map(|g| self.group_policies.get(g).into_iter().flatten());
+        // A policy attached directly and through a group counts once; the compiled policy's
+        // address identifies it (cheaper than comparing names).
+        let mut identity: Vec<Source<'a>> = Vec::new();
         for n in direct.chain(via_groups) {
-            if seen.insert(n.as_str()) {
-                names.push(n);
+            if let Some(src) = self.policy(n) {
+                if !identity.iter().any(|s| std::ptr::eq(s.policy, src.policy)) {
+                    identity.push(src);
+                }
             }
         }
         Applicable {
-            identity: names.into_iter().filter_map(|n| self.policy(n)).collect(),
+            identity,
             resource: self
                 .resource_policies
                 .iter()
@@ -436,6 +439,19 @@ impl PolicyService {
             snap.revision,
         );
         Ok((outcome, snap.revision))
+    }
+
+    /// Decides one request without logging it (dry runs, benchmarks).
+    pub async fn decide_unlogged(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+        action: &str,
+        resource: &str,
+        extra: Option<&Context>,
+    ) -> Result<Outcome, PolicyError> {
+        let snap = self.snapshot(tenant).await?;
+        Ok(self.evaluate_in(&snap, tenant, subject, action, resource, extra))
     }
 
     /// Decides against a given snapshot, without logging (simulation).
