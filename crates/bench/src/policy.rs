@@ -301,18 +301,6 @@ pub async fn capstan_in_process(d: &Dataset) -> Result<(Lat, Lat, Duration), Str
     let mut engine = Vec::with_capacity(d.requests.len());
     let mut allows = 0;
     for r in &d.requests {
-            svc.decide_unlogged(
-                &tenant,
-                &subjects[r.principal],
-                &r.action,
-                &r.resource,
-                contexts.get(r.env),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        }
-    }
-    for r in &d.requests {
         let t0 = Instant::now();
         let o = svc
             .decide_unlogged(
