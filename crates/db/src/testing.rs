@@ -132,3 +132,44 @@ mod tests {
         );
     }
 }
+
+/// A fresh Postgres database for a conformance test, or `None` (with a note on stderr) when
+/// `DATABASE_URL` is unset. Panics when it is set but unusable: a skipped backend must be visible.
+pub async fn postgres_or_skip() -> Option<TestDatabase> {
+    match TestDatabase::postgres().await {
+        Ok(Some(t)) => Some(t),
+        Ok(None) => {
+            eprintln!("SKIPPED on Postgres: DATABASE_URL is not set");
+            None
+        }
+        Err(e) => panic!("DATABASE_URL is set but Postgres is unusable: {e}"),
+    }
+}
+
+/// Generates, for each named `async fn(Db)` in the calling module, one test on a fresh SQLite
+/// database and one on a fresh Postgres database: one conformance suite, every backend.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let t = $crate::testing::TestDatabase::sqlite().await.expect("sqlite");
+                    super::$name(t.db.clone()).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(t) = $crate::testing::postgres_or_skip().await else { return };
+                    super::$name(t.db.clone()).await;
+                    t.cleanup().await;
+                }
+            )*
+        }
+    };
+}

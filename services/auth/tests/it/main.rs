@@ -10,43 +10,5 @@
 mod conformance;
 mod secrets;
 
-use capstan_db::testing::TestDatabase;
-
-/// Runs `body` against a fresh database of each backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let t = capstan_db::testing::TestDatabase::sqlite().await.expect("sqlite");
-                    super::$name(t.db.clone()).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(t) = crate::postgres().await else { return };
-                    super::$name(t.db.clone()).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-pub(crate) use on_both_backends;
-
-/// A fresh Postgres database, or `None` (with a note on stderr) when `DATABASE_URL` is unset.
-pub async fn postgres() -> Option<TestDatabase> {
-    match TestDatabase::postgres().await {
-        Ok(Some(t)) => Some(t),
-        Ok(None) => {
-            eprintln!("SKIPPED on Postgres: DATABASE_URL is not set");
-            None
-        }
-        Err(e) => panic!("DATABASE_URL is set but Postgres is unusable: {e}"),
-    }
-}
+/// The storage conformance suite: every test on SQLite and on Postgres.
+pub(crate) use capstan_db::conformance_tests as on_both_backends;
