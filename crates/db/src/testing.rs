@@ -114,27 +114,9 @@ impl TestDatabase {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            super::replace_database("postgres://u@h:5432/postgres", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            super::replace_database("postgres://u@h/postgres?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            super::replace_database("postgres://h:1", "x"),
-            "postgres://h:1/x"
-        );
-    }
-}
-
 /// A fresh Postgres database for a conformance test, or `None` (with a note on stderr) when
 /// `DATABASE_URL` is unset. Panics when it is set but unusable: a skipped backend must be visible.
+#[allow(clippy::panic)] // a test helper: a misconfigured Postgres must fail the test run
 pub async fn postgres_or_skip() -> Option<TestDatabase> {
     match TestDatabase::postgres().await {
         Ok(Some(t)) => Some(t),
@@ -172,4 +154,23 @@ macro_rules! conformance_tests {
             )*
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::replace_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::replace_database("postgres://h:1", "x"),
+            "postgres://h:1/x"
+        );
+    }
 }
