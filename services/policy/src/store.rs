@@ -499,50 +499,25 @@ impl PolicyStore {
                 .fetch_optional(p)
                 .await
         })?;
-        let defaults = on_pool!(db, |p| {
-            sqlx::query_as("SELECT name, version FROM policy_defaults WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_all(p)
-                .await
-        })?;
-        let members = on_pool!(db, |p| {
-            sqlx::query_as("SELECT group_name, member FROM policy_group_members WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_all(p)
-                .await
-        })?;
-        let attachments = on_pool!(db, |p| {
-            sqlx::query_as("SELECT target_kind, target, policy FROM policy_attachments WHERE tenant = $1 ORDER BY policy")
-                .bind(tenant)
-                .fetch_all(p)
-                .await
-        })?;
-        let boundaries = on_pool!(db, |p| {
-            sqlx::query_as("SELECT principal, policy FROM policy_boundaries WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_all(p)
-                .await
-        })?;
-        let tags = on_pool!(db, |p| {
-            sqlx::query_as("SELECT principal, key, value FROM policy_tags WHERE tenant = $1")
-                .bind(tenant)
-                .fetch_all(p)
-                .await
-        })?;
-        let resource_policies = on_pool!(db, |p| {
-            sqlx::query_as("SELECT resource, document FROM policy_resource_policies WHERE tenant = $1 ORDER BY resource")
-                .bind(tenant)
-                .fetch_all(p)
-                .await
-        })?;
-        let guardrails = on_pool!(db, |p| {
-            sqlx::query_as(
-                "SELECT name, document FROM policy_guardrails WHERE tenant = $1 ORDER BY name",
-            )
-            .bind(tenant)
-            .fetch_all(p)
-            .await
-        })?;
+        // Every list is "these columns of the tenant's rows".
+        macro_rules! rows {
+            ($sql:literal) => {
+                on_pool!(db, |p| sqlx::query_as($sql).bind(tenant).fetch_all(p).await)?
+            };
+        }
+        let defaults = rows!("SELECT name, version FROM policy_defaults WHERE tenant = $1");
+        let members =
+            rows!("SELECT group_name, member FROM policy_group_members WHERE tenant = $1");
+        let attachments = rows!(
+            "SELECT target_kind, target, policy FROM policy_attachments WHERE tenant = $1 ORDER BY policy"
+        );
+        let boundaries = rows!("SELECT principal, policy FROM policy_boundaries WHERE tenant = $1");
+        let tags = rows!("SELECT principal, key, value FROM policy_tags WHERE tenant = $1");
+        let resource_policies = rows!(
+            "SELECT resource, document FROM policy_resource_policies WHERE tenant = $1 ORDER BY resource"
+        );
+        let guardrails =
+            rows!("SELECT name, document FROM policy_guardrails WHERE tenant = $1 ORDER BY name");
         Ok(TenantRows {
             revision: revision.map_or(0, |(r,)| r),
             defaults,
