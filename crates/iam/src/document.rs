@@ -111,11 +111,11 @@ pub struct Policy {
     /// The statements, in document order.
     pub statements: Vec<Statement>,
     /// Statement indexes by exact lowercase action (`orders:getorder`).
-    by_action: HashMap<String, Vec<usize>>,
+    pub(crate) by_action: HashMap<String, Vec<usize>>,
     /// Statement indexes by lowercase service, for action patterns with wildcards after it.
-    by_service: HashMap<String, Vec<usize>>,
+    pub(crate) by_service: HashMap<String, Vec<usize>>,
     /// Statements that may match any service (`*`, `NotAction`, wildcard services).
-    any_service: Vec<usize>,
+    pub(crate) any_service: Vec<usize>,
 }
 
 /// A parsed policy and the warnings about it.
@@ -187,18 +187,22 @@ impl Policy {
             self.by_service.get(service).map_or(none, Vec::as_slice),
             self.any_service.as_slice(),
         ];
-        let mut pos = [0usize; 3];
-        std::iter::from_fn(move || {
-            let next = (0..3).filter_map(|l| lists[l].get(pos[l]).copied()).min()?;
-            for l in 0..3 {
-                if lists[l].get(pos[l]) == Some(&next) {
-                    pos[l] += 1;
-                }
-            }
-            Some(next)
-        })
-        .map(|i| &self.statements[i])
+        merge3(lists).map(|i| &self.statements[i])
     }
+}
+
+/// Merges three sorted lists, without duplicates and without allocating.
+pub(crate) fn merge3<T: Copy + Ord>(lists: [&[T]; 3]) -> impl Iterator<Item = T> + '_ {
+    let mut pos = [0usize; 3];
+    std::iter::from_fn(move || {
+        let next = (0..3).filter_map(|l| lists[l].get(pos[l]).copied()).min()?;
+        for l in 0..3 {
+            if lists[l].get(pos[l]) == Some(&next) {
+                pos[l] += 1;
+            }
+        }
+        Some(next)
+    })
 }
 
 fn depth(v: &Value) -> usize {

@@ -7,6 +7,7 @@
 
 use crate::context::Context;
 use crate::document::{Effect, Policy, Principals, ResourcePattern, Statement, Targets};
+use crate::index::IdentityIndex;
 use crate::pattern::arn_parts;
 
 /// What is asked: may `principal` do `action` on `resource`, in `context`?
@@ -38,6 +39,9 @@ pub struct Source<'a> {
 pub struct Applicable<'a> {
     /// Policies attached to the principal and its groups.
     pub identity: Vec<Source<'a>>,
+    /// The same identity policies merged into one index; when given, it is used instead of
+    /// `identity` (which may then be empty).
+    pub identity_index: Option<&'a IdentityIndex>,
     /// The policies of resources (CRN patterns) that match the requested resource.
     pub resource: Vec<Source<'a>>,
     /// The principal's permissions boundary.
@@ -198,12 +202,34 @@ fn scan(src: &Source<'_>, prep: &Prepared<'_>) -> Hits {
     hits
 }
 
+/// One pass over the candidate statements of a merged identity index.
+fn scan_index(ix: &IdentityIndex, prep: &Prepared<'_>) -> Hits {
+    let mut hits = Hits::default();
+    for ((name, version, _), st) in ix.candidates(&prep.action, &prep.service) {
+        if statement_matches(st, prep) {
+            let m = Matched {
+                policy: name.clone(),
+                version: *version,
+                sid: st.sid.clone(),
+            };
+            match st.effect {
+                Effect::Allow => hits.allow.push(m),
+                Effect::Deny => hits.deny.push(m),
+            }
+        }
+    }
+    hits
+}
+
 /// Decides `req` against the applicable policies.
 pub fn evaluate(req: &Request<'_>, applicable: &Applicable<'_>) -> Outcome {
     let prep = Prepared::new(req);
     let scan_all =
         |sources: &[Source<'_>]| sources.iter().map(|s| scan(s, &prep)).collect::<Vec<_>>();
-    let identity = scan_all(&applicable.identity);
+    let identity = match applicable.identity_index {
+        Some(ix) => vec![scan_index(ix, &prep)],
+        None => scan_all(&applicable.identity),
+    };
     let resource = scan_all(&applicable.resource);
     let boundary = applicable.boundary.as_ref().map(|b| scan(b, &prep));
     let guardrails = scan_all(&applicable.guardrails);

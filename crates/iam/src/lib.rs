@@ -10,6 +10,7 @@ mod condition;
 mod context;
 mod document;
 mod eval;
+mod index;
 mod pattern;
 mod time;
 
@@ -18,3 +19,4 @@ pub use document::{Effect, Issue, Limits, Parsed, Policy, PolicyKind, Statement,
 pub use eval::{
     crn_matches, evaluate, Applicable, Decision, Matched, Outcome, Reason, Request, Source,
 };
+pub use index::IdentityIndex;

@@ -17,8 +17,8 @@ use capstan_core::clock::Clock;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_db::{Db, FeedCursor};
 use capstan_iam::{
-    crn_matches, evaluate, Applicable, Context, Decision, Limits, Outcome, Policy, PolicyKind,
-    Request, Source,
+    crn_matches, evaluate, Applicable, Context, Decision, IdentityIndex, Limits, Outcome, Policy,
+    PolicyKind, Request, Source,
 };
 use casbin::{DefaultRoleManager, RoleManager};
 use tokio::sync::mpsc;
@@ -77,6 +77,19 @@ pub(crate) struct Snapshot {
     pub tags: HashMap<String, Vec<(String, String)>>,
     pub resource_policies: Vec<(String, Policy)>,
     pub guardrails: Vec<(String, Policy)>,
+    /// Per-principal identity indexes, built on demand.
+    pub indexes: IndexCache,
+}
+
+/// Identity indexes by principal. A cloned snapshot (simulation) starts with none, since its
+/// attachments may differ.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCache(RwLock<HashMap<String, Arc<IdentityIndex>>>);
+
+impl Clone for IndexCache {
+    fn clone(&self) -> Self {
+        IndexCache::default()
+    }
 }
 
 impl Snapshot {
@@ -96,7 +109,18 @@ impl Snapshot {
     }
 
     /// The policies that apply to `principal` acting on `resource`.
-    pub fn applicable<'a>(&'a self, principal: &str, resource: &str) -> Applicable<'a> {
+    /// The principal's identity policies (its own and its groups', each once) merged into one
+    /// index, built on first use and kept for the life of this snapshot.
+    pub fn identity_index(&self, principal: &str) -> Arc<IdentityIndex> {
+        if let Some(ix) = self
+            .indexes
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(principal)
+        {
+            return ix.clone();
+        }
         let direct = self.principal_policies.get(principal).into_iter().flatten();
         let via_groups = self
             .groups_of
@@ -104,18 +128,42 @@ impl Snapshot {
             .into_iter()
             .flatten()
             .flat_map(|g| self.group_policies.get(g).into_iter().flatten());
-        // A policy attached directly and through a group counts once; the compiled policy's
-        // address identifies it (cheaper than comparing names).
-        let mut identity: Vec<Source<'a>> = Vec::new();
+        // A policy attached directly and through a group counts once.
+        let mut policies: Vec<(String, u32, Arc<Policy>)> = Vec::new();
         for n in direct.chain(via_groups) {
-            if let Some(src) = self.policy(n) {
-                if !identity.iter().any(|s| std::ptr::eq(s.policy, src.policy)) {
-                    identity.push(src);
+            if let Some((version, p)) = self.policy_arc(n) {
+                if !policies.iter().any(|(_, _, q)| Arc::ptr_eq(q, &p)) {
+                    policies.push((n.clone(), version, p));
                 }
             }
         }
+        let ix = Arc::new(IdentityIndex::new(policies));
+        self.indexes
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(principal.to_owned(), ix.clone());
+        ix
+    }
+
+    fn policy_arc(&self, name: &str) -> Option<(u32, Arc<Policy>)> {
+        match self.policies.get(name) {
+            Some(v) => Some((v.version, v.policy.clone())),
+            None => builtin::compiled().get(name).map(|p| (1, p.clone())),
+        }
+    }
+
+    /// The policies that apply to `principal` acting on `resource`, with its identity policies
+    /// as the merged `index`.
+    pub fn applicable<'a>(
+        &'a self,
+        index: &'a IdentityIndex,
+        principal: &str,
+        resource: &str,
+    ) -> Applicable<'a> {
         Applicable {
-            identity,
+            identity: Vec::new(),
+            identity_index: Some(index),
             resource: self
                 .resource_policies
                 .iter()
@@ -465,6 +513,7 @@ impl PolicyService {
         extra: Option<&Context>,
     ) -> Outcome {
         let ctx = self.context(snap, tenant, subject, extra);
+        let index = snap.identity_index(&subject.principal);
         evaluate(
             &Request {
                 principal: &subject.principal,
@@ -472,7 +521,7 @@ impl PolicyService {
                 resource,
                 context: &ctx,
             },
-            &snap.applicable(&subject.principal, resource),
+            &snap.applicable(&index, &subject.principal, resource),
         )
     }
 

@@ -1,7 +1,8 @@
 //! Properties that must hold for any policies and request.
 
 use capstan_iam::{
-    evaluate, Applicable, Context, Decision, Limits, Policy, PolicyKind, Request, Source,
+    evaluate, Applicable, Context, Decision, IdentityIndex, Limits, Policy, PolicyKind, Request,
+    Source,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -105,6 +106,7 @@ fn decide(c: &Case, extra_identity: Option<&Policy>, resource: Option<&Policy>) 
     }
     let app = Applicable {
         identity,
+        identity_index: None,
         resource: resource
             .into_iter()
             .map(|p| Source {
@@ -173,5 +175,66 @@ proptest! {
         }
         let rp = compile(&d, PolicyKind::Resource);
         prop_assert_eq!(decide(&c, None, Some(&rp)), before);
+    }
+}
+
+fn outcome(c: &Case, indexed: bool) -> capstan_iam::Outcome {
+    let owned: Vec<(String, u32, std::sync::Arc<Policy>)> = c
+        .identity
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("p{i}"),
+                i as u32 + 1,
+                std::sync::Arc::new(p.clone()),
+            )
+        })
+        .collect();
+    let index = IdentityIndex::new(owned.clone());
+    let identity: Vec<Source<'_>> = owned
+        .iter()
+        .map(|(n, v, p)| Source {
+            name: n,
+            version: *v,
+            policy: p,
+        })
+        .collect();
+    let app = Applicable {
+        identity: if indexed { vec![] } else { identity },
+        identity_index: indexed.then_some(&index),
+        resource: vec![],
+        boundary: c.boundary.as_ref().map(|p| Source {
+            name: "b",
+            version: 1,
+            policy: p,
+        }),
+        guardrails: c
+            .guardrail
+            .iter()
+            .map(|p| Source {
+                name: "g",
+                version: 1,
+                policy: p,
+            })
+            .collect(),
+    };
+    evaluate(
+        &Request {
+            principal: "svc_me",
+            action: c.action,
+            resource: c.resource,
+            context: &c.ctx,
+        },
+        &app,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn the_merged_identity_index_decides_exactly_like_scanning_each_policy(c in case()) {
+        prop_assert_eq!(outcome(&c, true), outcome(&c, false));
     }
 }
