@@ -311,54 +311,10 @@ pub async fn capstan_in_process(d: &Dataset) -> Result<InProcess, String> {
         .collect();
     // First touch: each principal's identity index is built on its first decision (once per
     // principal per snapshot), then the steady state: the engine alone, then the logged path.
-    let mut cold = Vec::with_capacity(d.requests.len());
-    for r in &d.requests {
-        let t0 = Instant::now();
-        svc.decide_unlogged(
-            &tenant,
-            &subjects[r.principal],
-            &r.action,
-            &r.resource,
-            contexts.get(r.env),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        cold.push(t0.elapsed().as_secs_f64() * 1e6);
-    }
-    let mut engine = Vec::with_capacity(d.requests.len());
-    let mut allows = 0;
-    for r in &d.requests {
-        let t0 = Instant::now();
-        let o = svc
-            .decide_unlogged(
-                &tenant,
-                &subjects[r.principal],
-                &r.action,
-                &r.resource,
-                contexts.get(r.env),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        engine.push(t0.elapsed().as_secs_f64() * 1e6);
-        allows += usize::from(o.decision == capstan_iam::Decision::Allow);
-    }
-    let mut logged = Vec::with_capacity(d.requests.len());
-    let mut logged_allows = 0;
-    for r in &d.requests {
-        let t0 = Instant::now();
-        let (o, _) = svc
-            .decide(
-                &tenant,
-                &subjects[r.principal],
-                &r.action,
-                &r.resource,
-                contexts.get(r.env),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        logged.push(t0.elapsed().as_secs_f64() * 1e6);
-        logged_allows += usize::from(o.decision == capstan_iam::Decision::Allow);
-    }
+    let pass = |logged: bool| measure(&svc, &tenant, &subjects, &contexts, d, logged);
+    let (cold, _) = pass(false).await?;
+    let (engine, allows) = pass(false).await?;
+    let (logged, logged_allows) = pass(true).await?;
     svc.flush_decisions().await;
     t.cleanup().await;
     Ok(InProcess {
@@ -367,6 +323,36 @@ pub async fn capstan_in_process(d: &Dataset) -> Result<InProcess, String> {
         logged: lat(logged, logged_allows),
         compile,
     })
+}
+
+/// One timed pass over every request: the engine alone, or the logged path. Returns the
+/// latencies in µs and the number of allows.
+async fn measure(
+    svc: &PolicyService,
+    tenant: &TenantId,
+    subjects: &[Subject],
+    contexts: &HashMap<&str, Context>,
+    d: &Dataset,
+    logged: bool,
+) -> Result<(Vec<f64>, usize), String> {
+    let mut us = Vec::with_capacity(d.requests.len());
+    let mut allows = 0;
+    for r in &d.requests {
+        let (subject, ctx) = (&subjects[r.principal], contexts.get(r.env));
+        let t0 = Instant::now();
+        let o = if logged {
+            svc.decide(tenant, subject, &r.action, &r.resource, ctx)
+                .await
+                .map(|(o, _)| o)
+        } else {
+            svc.decide_unlogged(tenant, subject, &r.action, &r.resource, ctx)
+                .await
+        }
+        .map_err(|e| e.to_string())?;
+        us.push(t0.elapsed().as_secs_f64() * 1e6);
+        allows += usize::from(o.decision == capstan_iam::Decision::Allow);
+    }
+    Ok((us, allows))
 }
 
 const CASBIN_MODEL: &str = r#"

@@ -46,16 +46,6 @@ impl IdentityIndex {
         ix
     }
 
-    /// The policies, in order.
-    pub fn len(&self) -> usize {
-        self.policies.len()
-    }
-
-    /// Whether no policy is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.policies.is_empty()
-    }
-
     /// Candidate statements for a lowercase action of a service, in (policy, statement) order.
     pub(crate) fn candidates<'a>(
         &'a self,

@@ -623,26 +623,39 @@ impl PolicyService {
         key: &str,
         text: &str,
     ) -> Result<Vec<IssueView>, PolicyError> {
-        let (action, path, kind) = match table {
-            Keyed::ResourcePolicy => (
-                "policy:PutResourcePolicy",
-                format!("resource-policy/{key}"),
-                PolicyKind::Resource,
-            ),
-            Keyed::Guardrail => (
-                "policy:PutGuardrail",
-                format!("guardrail/{key}"),
-                PolicyKind::Identity,
-            ),
-        };
-        self.guard(caller, action, &path).await?;
+        self.guard_keyed(caller, table, "Put", key).await?;
         self.check_key(caller, table, key)?;
+        let kind = match table {
+            Keyed::ResourcePolicy => PolicyKind::Resource,
+            Keyed::Guardrail => PolicyKind::Identity,
+        };
         let (doc, warnings) = self.parse_doc(text, kind)?;
         self.store
             .put_keyed(table, caller.tenant.as_str(), key, &doc, self.clock.now())
             .await?;
         self.changed(&caller.tenant).await?;
         Ok(warnings.iter().map(IssueView::from).collect())
+    }
+
+    /// Guards `policy:<Verb>ResourcePolicy` on `resource-policy/<crn>`, or
+    /// `policy:<Verb>Guardrail` on `guardrail/<name>`.
+    async fn guard_keyed(
+        &self,
+        caller: &Caller,
+        table: Keyed,
+        verb: &str,
+        key: &str,
+    ) -> Result<(), PolicyError> {
+        let (noun, prefix) = match table {
+            Keyed::ResourcePolicy => ("ResourcePolicy", "resource-policy"),
+            Keyed::Guardrail => ("Guardrail", "guardrail"),
+        };
+        self.guard(
+            caller,
+            &format!("policy:{verb}{noun}"),
+            &format!("{prefix}/{key}"),
+        )
+        .await
     }
 
     fn check_key(&self, caller: &Caller, table: Keyed, key: &str) -> Result<(), PolicyError> {
@@ -670,11 +683,7 @@ impl PolicyService {
         table: Keyed,
         key: &str,
     ) -> Result<Value, PolicyError> {
-        let (action, path) = match table {
-            Keyed::ResourcePolicy => ("policy:GetResourcePolicy", format!("resource-policy/{key}")),
-            Keyed::Guardrail => ("policy:GetGuardrail", format!("guardrail/{key}")),
-        };
-        self.guard(caller, action, &path).await?;
+        self.guard_keyed(caller, table, "Get", key).await?;
         let (doc, _) = self
             .store
             .get_keyed(table, caller.tenant.as_str(), key)
@@ -690,14 +699,7 @@ impl PolicyService {
         table: Keyed,
         key: &str,
     ) -> Result<(), PolicyError> {
-        let (action, path) = match table {
-            Keyed::ResourcePolicy => (
-                "policy:DeleteResourcePolicy",
-                format!("resource-policy/{key}"),
-            ),
-            Keyed::Guardrail => ("policy:DeleteGuardrail", format!("guardrail/{key}")),
-        };
-        self.guard(caller, action, &path).await?;
+        self.guard_keyed(caller, table, "Delete", key).await?;
         if !self
             .store
             .delete_keyed(table, caller.tenant.as_str(), key)

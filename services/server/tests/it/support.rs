@@ -26,17 +26,11 @@ impl Ctx {
     }
 
     pub async fn postgres() -> Option<Ctx> {
-        match TestDatabase::postgres().await {
-            Ok(Some(db)) => Some(Ctx {
-                db,
-                master: MasterKey::generate(&SystemRng::new()).unwrap(),
-            }),
-            Ok(None) => {
-                eprintln!("SKIPPED on Postgres: DATABASE_URL is not set");
-                None
-            }
-            Err(e) => panic!("DATABASE_URL is set but Postgres is unusable: {e}"),
-        }
+        let db = capstan_db::testing::postgres_or_skip().await?;
+        Some(Ctx {
+            db,
+            master: MasterKey::generate(&SystemRng::new()).unwrap(),
+        })
     }
 
     pub fn settings(&self) -> Settings {
