@@ -1,8 +1,13 @@
 //! The authorization seam: who is calling, and may they do this?
 //!
-//! Every guarded API asks one [`Authorizer`] with an action (`auth:CreateClient`) and a CRN
-//! (`crn:capstan:auth:<tenant>:clients/<id>`). Today the only implementation is [`AdminOnly`];
-//! the policy engine replaces it without touching the call sites.
+//! Every guarded API calls [`guard`] with an action (`auth:CreateClient`), a CRN
+//! (`crn:capstan:auth:<tenant>:clients/<id>`) and the context a policy needs to scope the act
+//! (which policy is attached, which boundary). [`guard`] asks the one [`Authorizer`] the
+//! composition root chose: the policy engine in every server. [`AdminOnly`] is a minimal
+//! implementation for tests of code that runs without the engine.
+//!
+//! Failures are typed so that an outage never looks like a verdict: [`AuthzError::Unavailable`]
+//! (storage down) becomes a 503, never a 403; [`VerifyError::Unavailable`] a 503, never a 401.
 
 use async_trait::async_trait;
 
@@ -25,18 +30,47 @@ pub struct Caller {
     pub source_ip: Option<String>,
 }
 
-/// Why a call was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
-    /// A short reason code (`not_admin`, `explicit_deny`, …).
-    pub reason: String,
+/// Condition keys and values a guarded act adds to its decision (`policy:PolicyName`, …).
+/// Values are literal data: they are never parsed as patterns.
+pub type GuardContext<'a> = &'a [(&'a str, &'a str)];
+
+/// Why an authorizer did not allow a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    /// The decision is Deny; `reason` is a short code (`implicit_deny`, `other_tenant`, …).
+    #[error("denied ({reason})")]
+    Denied {
+        /// The reason code.
+        reason: String,
+    },
+    /// The authorizer's storage cannot be reached: no decision was made (503, never 403).
+    #[error("authorization is temporarily unavailable")]
+    Unavailable,
+    /// The authorizer failed for another reason (logged where it happened).
+    #[error("authorization failed")]
+    Internal,
+}
+
+impl AuthzError {
+    /// A Deny with `reason`.
+    pub fn denied(reason: &str) -> AuthzError {
+        AuthzError::Denied {
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Decides whether a caller may perform an action on a resource.
 #[async_trait]
 pub trait Authorizer: Send + Sync + 'static {
-    /// `Ok(())` to allow, `Err(Denied)` to refuse.
-    async fn authorize(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), Denied>;
+    /// `Ok(())` to allow; `Err` to refuse or to say no decision could be made.
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        context: GuardContext<'_>,
+    ) -> Result<(), AuthzError>;
 
     /// Makes `principal` an administrator of `tenant` (called when an admin client is created:
     /// `capstan dev`, `capstan bootstrap`, a new tenant). The default does nothing.
@@ -44,8 +78,50 @@ pub trait Authorizer: Send + Sync + 'static {
         &self,
         _tenant: &TenantId,
         _principal: &PrincipalId,
-    ) -> Result<(), String> {
+    ) -> Result<(), AuthzError> {
         Ok(())
+    }
+}
+
+/// A guarded act that did not go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    /// The caller may not do this (403).
+    #[error("not allowed to {action} on {resource} ({reason})")]
+    Forbidden {
+        /// The action asked for.
+        action: String,
+        /// The resource's CRN.
+        resource: String,
+        /// Why not.
+        reason: String,
+    },
+    /// No decision could be made: the authorizer's storage is down (503).
+    #[error("authorization is temporarily unavailable")]
+    Unavailable,
+    /// The authorizer failed (500).
+    #[error("authorization failed")]
+    Internal,
+}
+
+/// Asks `authz` whether `caller` may do `action` on `resource`, with `context` added to the
+/// decision. Every privileged act of every service goes through here.
+pub async fn guard(
+    authz: &dyn Authorizer,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    context: GuardContext<'_>,
+) -> Result<(), GuardError> {
+    match authz.authorize(caller, action, resource, context).await {
+        Ok(()) => Ok(()),
+        Err(AuthzError::Denied { reason }) => Err(GuardError::Forbidden {
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            reason,
+        }),
+        Err(AuthzError::Unavailable) => Err(GuardError::Unavailable),
+        Err(AuthzError::Internal) => Err(GuardError::Internal),
     }
 }
 
@@ -62,14 +138,29 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
 }
 
+/// Why a token could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The token is not valid; the text is one of the fixed descriptions of token errors
+    /// (never storage detail), safe for a 401 body and `WWW-Authenticate`.
+    #[error("{0}")]
+    Invalid(String),
+    /// The token could not be checked because storage is down (503, never 401).
+    #[error("token verification is temporarily unavailable")]
+    Unavailable,
+    /// Verification failed for another reason (logged where it happened; 500).
+    #[error("token verification failed")]
+    Internal,
+}
+
 /// Verifies access tokens issued by Capstan.
 #[async_trait]
 pub trait TokenVerifier: Send + Sync + 'static {
     /// The facts of a token of any audience, or why it is not valid.
-    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, String>;
+    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, VerifyError>;
 
     /// The caller of a Capstan API: the token must carry the API audience.
-    async fn authenticate_caller(&self, token: &str) -> Result<Caller, String>;
+    async fn authenticate_caller(&self, token: &str) -> Result<Caller, VerifyError>;
 }
 
 /// Allows administrators, on resources of their own tenant only. Tenants themselves are
@@ -84,17 +175,13 @@ impl Authorizer for AdminOnly {
         caller: &Caller,
         _action: &str,
         resource: &str,
-    ) -> Result<(), Denied> {
-        let denied = |reason: &str| {
-            Err(Denied {
-                reason: reason.into(),
-            })
-        };
+        _context: GuardContext<'_>,
+    ) -> Result<(), AuthzError> {
         if !caller.admin {
-            return denied("not_admin");
+            return Err(AuthzError::denied("not_admin"));
         }
         if crn_tenant(resource) != Some(caller.tenant.as_str()) {
-            return denied("other_tenant");
+            return Err(AuthzError::denied("other_tenant"));
         }
         Ok(())
     }

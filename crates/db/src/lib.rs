@@ -32,7 +32,11 @@ pub enum DbError {
     /// A stored value did not decode into a domain value.
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// The database failed or is unreachable.
+    /// The database cannot be reached or refuses connections (down, restarting, logins
+    /// refused, pool exhausted, busy): the request may succeed if retried later.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The database failed.
     #[error(transparent)]
     Sqlx(sqlx::Error),
     /// Migrations failed.
@@ -44,8 +48,45 @@ impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => DbError::Conflict,
+            _ if is_unavailable(&e) => DbError::Unavailable(e),
             _ => DbError::Sqlx(e),
         }
+    }
+}
+
+impl DbError {
+    /// Whether the failure is the database being unreachable (worth a retry), not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+}
+
+/// Connection-level failures: the network, the pool, and the server codes that mean "not now"
+/// (Postgres SQLSTATE classes 08 connection exception, 28 invalid authorization — a role whose
+/// logins are refused —, 53 insufficient resources, 57P operator intervention; SQLite busy,
+/// locked, I/O and cannot-open).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code();
+            let code = code.as_deref().unwrap_or("");
+            match d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                Some(_) => {
+                    code.starts_with("08")
+                        || code.starts_with("28")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                }
+                // SQLite extended codes keep the primary code in the low byte.
+                None => matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6 | 10 | 14)),
+            }
+        }
+        _ => false,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use capstan_core::authz::{crn, Caller};
+use capstan_core::authz::{crn, guard, AuthzError, Caller, GuardError};
 use capstan_core::crypto::Secret;
 use capstan_core::ids::{check_audience, check_scope_token, PrincipalId, PrincipalKind, TenantId};
 use capstan_core::jwt::{generate_key, Alg};
@@ -162,14 +162,7 @@ fn conflict_or(e: DbError, what: String) -> AuthError {
 
 impl AuthService {
     async fn guard(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), AuthError> {
-        self.authorizer
-            .authorize(caller, action, resource)
-            .await
-            .map_err(|d| AuthError::Forbidden {
-                action: action.to_owned(),
-                resource: resource.to_owned(),
-                reason: d.reason,
-            })
+        Ok(guard(self.authorizer.as_ref(), caller, action, resource, &[]).await?)
     }
 
     fn tenant_view(&self, t: &Tenant) -> TenantView {
@@ -263,9 +256,12 @@ impl AuthService {
         self.authorizer
             .grant_administrator(tenant, &principal)
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot grant administrator access");
-                AuthError::Crypto("cannot grant administrator access")
+            .map_err(|e| match e {
+                AuthzError::Unavailable => AuthError::Guard(GuardError::Unavailable),
+                e => {
+                    tracing::error!(error = %e, "cannot grant administrator access");
+                    AuthError::Crypto("cannot grant administrator access")
+                }
             })?;
         Ok(created)
     }

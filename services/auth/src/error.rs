@@ -1,5 +1,7 @@
-//! The issuer's error type. HTTP mapping lives in `http::error`, in one place.
+//! The issuer's error type. Its HTTP form is decided by the platform kit (`capstan_http::ApiError`);
+//! `http::error` only converts.
 
+use capstan_core::authz::GuardError;
 use capstan_core::CoreError;
 use capstan_db::DbError;
 
@@ -23,19 +25,9 @@ pub enum AuthError {
     /// The object exists already, or a precondition failed.
     #[error("{0}")]
     Conflict(String),
-    /// No valid bearer token.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The caller may not do this.
-    #[error("not allowed to {action} on {resource} ({reason})")]
-    Forbidden {
-        /// The action asked for.
-        action: String,
-        /// The resource's CRN.
-        resource: String,
-        /// Why not.
-        reason: String,
-    },
+    /// The guard refused the act, or could not decide.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] DbError),

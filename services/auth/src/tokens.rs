@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use capstan_core::authz::{Caller, TokenVerifier, VerifiedToken};
+use capstan_core::authz::{Caller, TokenVerifier, VerifiedToken, VerifyError};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{self, AccessClaims, Audience, Expect, TokenError};
 use capstan_core::rng::random_b64;
@@ -181,12 +181,15 @@ impl AuthService {
 
     /// Verifies an access token of `tenant`: signature by a published key, `typ`, `iss`, `exp`,
     /// `nbf`, optionally `aud`, not revoked, and its client still exists.
+    ///
+    /// The outer `Err` means no verdict could be reached (storage down): it must never be
+    /// reported as an invalid token. The inner result is the verdict.
     pub async fn verify_token(
         &self,
         tenant: &TenantId,
         token: &str,
         audience: Option<&str>,
-    ) -> Result<AccessClaims, Inactive> {
+    ) -> Result<Result<AccessClaims, Inactive>, AuthError> {
         let issuer = self.issuer(tenant);
         let now = self.now();
         let expect = Expect {
@@ -198,16 +201,24 @@ impl AuthService {
         let cached = read(&self.verified).get(token).cloned();
         let claims = match cached {
             Some(c) if c.tenant == tenant.as_str() => {
-                jwt::check_claims(&c, expect)?;
+                if let Err(e) = jwt::check_claims(&c, expect) {
+                    return Ok(Err(e.into()));
+                }
                 (*c).clone()
             }
             _ => {
                 let keys = match self.tenant_keys(tenant).await {
                     Ok(k) => k,
-                    Err(_) => return Err(TokenError::UnknownKey.into()),
+                    // A token naming a tenant that does not exist has no key to verify under.
+                    Err(AuthError::NotFound(_)) => return Ok(Err(TokenError::UnknownKey.into())),
+                    Err(e) => return Err(e),
                 };
                 let max_ttl = self.cfg.max_token_ttl;
-                let claims = jwt::verify(token, |kid| keys.verifier(kid, now, max_ttl), expect)?;
+                let claims =
+                    match jwt::verify(token, |kid| keys.verifier(kid, now, max_ttl), expect) {
+                        Ok(c) => c,
+                        Err(e) => return Ok(Err(e.into())),
+                    };
                 let mut cache = write(&self.verified);
                 if cache.len() >= MAX_VERIFIED {
                     cache.clear();
@@ -217,26 +228,28 @@ impl AuthService {
             }
         };
         if self.is_revoked(&claims.jti) {
-            return Err(Inactive::Revoked);
+            return Ok(Err(Inactive::Revoked));
         }
-        let client = PrincipalId::parse(&claims.client_id)
-            .map_err(|_| Inactive::Token(TokenError::BadSignature))?;
-        match self.client(tenant, &client).await {
-            Ok(Some(_)) => Ok(claims),
-            _ => Err(Inactive::ClientGone),
+        let Ok(client) = PrincipalId::parse(&claims.client_id) else {
+            return Ok(Err(Inactive::Token(TokenError::BadSignature)));
+        };
+        match self.client(tenant, &client).await? {
+            Some(_) => Ok(Ok(claims)),
+            None => Ok(Err(Inactive::ClientGone)),
         }
     }
 
-    /// RFC 7662 introspection. Any failure is simply `active: false`. With `audience`, a token
-    /// not meant for that audience is reported inactive (RFC 7662 §4).
+    /// RFC 7662 introspection. A token that does not verify is simply `active: false`; storage
+    /// that cannot be reached (on a cache miss) is an error, not a verdict. With `audience`, a
+    /// token not meant for that audience is reported inactive (RFC 7662 §4).
     pub async fn introspect(
         &self,
         tenant: &TenantId,
         token: &str,
         audience: Option<&str>,
-    ) -> Introspection {
+    ) -> Result<Introspection, AuthError> {
         self.metrics.introspections.fetch_add(1, Ordering::Relaxed);
-        match self.verify_token(tenant, token, audience).await {
+        Ok(match self.verify_token(tenant, token, audience).await? {
             Ok(c) => Introspection {
                 active: true,
                 scope: Some(c.scope),
@@ -252,7 +265,7 @@ impl AuthService {
                 tenant: Some(c.tenant),
             },
             Err(_) => Introspection::default(),
-        }
+        })
     }
 
     /// RFC 7009 revocation by `caller`. Tokens that do not verify are ignored (200, as the RFC
@@ -263,9 +276,8 @@ impl AuthService {
         caller: &Client,
         token: &str,
     ) -> Result<(), AuthError> {
-        let claims = match self.verify_token(tenant, token, None).await {
-            Ok(c) => c,
-            Err(_) => return Ok(()),
+        let Ok(claims) = self.verify_token(tenant, token, None).await? else {
+            return Ok(());
         };
         if claims.client_id != caller.id.as_str() && !caller.admin {
             return Err(AuthError::oauth(
@@ -281,23 +293,35 @@ impl AuthService {
         Ok(())
     }
 
+    /// The verified claims of a token of any tenant (named by its `tenant` claim).
+    async fn verified_claims(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<(TenantId, AccessClaims, PrincipalId), VerifyError> {
+        let invalid = |e: &dyn std::fmt::Display| VerifyError::Invalid(e.to_string());
+        let peek = jwt::peek_claims(token).ok_or_else(|| invalid(&TokenError::Malformed))?;
+        let tenant = TenantId::parse(&peek.tenant).map_err(|_| invalid(&TokenError::Malformed))?;
+        let claims = self
+            .verify_token(&tenant, token, audience)
+            .await
+            .map_err(verify_error)?
+            .map_err(|e| invalid(&e))?;
+        let principal =
+            PrincipalId::parse(&claims.sub).map_err(|_| invalid(&TokenError::BadSignature))?;
+        Ok((tenant, claims, principal))
+    }
+
     /// Authenticates a bearer token for Capstan's own API: it must be an access token of its
     /// tenant with the API audience.
-    pub async fn authenticate_bearer(&self, token: &str) -> Result<Caller, AuthError> {
-        let unauthenticated = |e: &dyn std::fmt::Display| AuthError::Unauthenticated(e.to_string());
-        let peek =
-            jwt::peek_claims(token).ok_or_else(|| unauthenticated(&TokenError::Malformed))?;
-        let tenant =
-            TenantId::parse(&peek.tenant).map_err(|_| unauthenticated(&TokenError::Malformed))?;
-        let claims = self
-            .verify_token(&tenant, token, Some(&self.cfg.api_audience))
-            .await
-            .map_err(|e| unauthenticated(&e))?;
-        let principal = PrincipalId::parse(&claims.sub)
-            .map_err(|_| unauthenticated(&TokenError::BadSignature))?;
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Caller, VerifyError> {
+        let (tenant, claims, principal) = self
+            .verified_claims(token, Some(&self.cfg.api_audience))
+            .await?;
         let admin = self
             .client(&tenant, &principal)
-            .await?
+            .await
+            .map_err(verify_error)?
             .is_some_and(|c| c.admin);
         Ok(Caller {
             tenant,
@@ -307,6 +331,17 @@ impl AuthService {
             admin,
             source_ip: None,
         })
+    }
+}
+
+/// A failure to reach a verdict: unavailable storage stays unavailable; the rest is logged.
+fn verify_error(e: AuthError) -> VerifyError {
+    match e {
+        AuthError::Db(e) if e.is_unavailable() => VerifyError::Unavailable,
+        e => {
+            tracing::error!(error = %e, "token verification failed");
+            VerifyError::Internal
+        }
     }
 }
 
@@ -320,16 +355,8 @@ fn split_scopes(scope: &str) -> Vec<String> {
 
 #[async_trait::async_trait]
 impl TokenVerifier for AuthService {
-    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, String> {
-        let peek = jwt::peek_claims(token).ok_or_else(|| TokenError::Malformed.to_string())?;
-        let tenant =
-            TenantId::parse(&peek.tenant).map_err(|_| TokenError::Malformed.to_string())?;
-        let claims = self
-            .verify_token(&tenant, token, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let principal =
-            PrincipalId::parse(&claims.sub).map_err(|_| TokenError::BadSignature.to_string())?;
+    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        let (tenant, claims, principal) = self.verified_claims(token, None).await?;
         Ok(VerifiedToken {
             tenant,
             principal,
@@ -338,10 +365,8 @@ impl TokenVerifier for AuthService {
         })
     }
 
-    async fn authenticate_caller(&self, token: &str) -> Result<Caller, String> {
-        self.authenticate_bearer(token)
-            .await
-            .map_err(|e| e.to_string())
+    async fn authenticate_caller(&self, token: &str) -> Result<Caller, VerifyError> {
+        self.authenticate_bearer(token).await
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use capstan_core::authz::{crn, Authorizer, Caller};
+use capstan_core::authz::{crn, guard, Caller, GuardError, TokenVerifier, VerifyError};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_iam::{Context, Decision, Issue, Outcome, Policy, PolicyKind};
 use serde::{Deserialize, Serialize};
@@ -238,13 +238,7 @@ pub(crate) fn outcome_view(o: Outcome, revision: i64) -> AuthorizeResponse {
 impl PolicyService {
     async fn guard(&self, caller: &Caller, action: &str, path: &str) -> Result<(), PolicyError> {
         let resource = crn("policy", &caller.tenant, path);
-        self.authorize(caller, action, &resource)
-            .await
-            .map_err(|d| PolicyError::Forbidden {
-                action: action.into(),
-                resource,
-                reason: d.reason,
-            })
+        Ok(guard(self, caller, action, &resource, &[]).await?)
     }
 
     fn parse_doc(&self, text: &str, kind: PolicyKind) -> Result<(String, Vec<Issue>), PolicyError> {
@@ -713,6 +707,7 @@ impl PolicyService {
 
     async fn subject_of(
         &self,
+        verifier: &dyn TokenVerifier,
         caller: &Caller,
         req: &AuthorizeRequest,
     ) -> Result<Subject, PolicyError> {
@@ -722,13 +717,13 @@ impl PolicyService {
                 ..Default::default()
             }),
             (None, Some(t)) => {
-                let verifier = self.verifier.get().ok_or_else(|| {
-                    PolicyError::BadRequest("token verification is not available".into())
+                let v = verifier.verify_access_token(t).await.map_err(|e| match e {
+                    VerifyError::Invalid(e) => {
+                        PolicyError::BadRequest(format!("token is not valid: {e}"))
+                    }
+                    VerifyError::Unavailable => PolicyError::Guard(GuardError::Unavailable),
+                    VerifyError::Internal => PolicyError::Guard(GuardError::Internal),
                 })?;
-                let v = verifier
-                    .verify_access_token(t)
-                    .await
-                    .map_err(|e| PolicyError::BadRequest(format!("token is not valid: {e}")))?;
                 if v.tenant != caller.tenant {
                     return Err(PolicyError::BadRequest(
                         "the token belongs to another tenant".into(),
@@ -750,10 +745,11 @@ impl PolicyService {
     /// The subject and context of an authorization request, checked.
     pub(crate) async fn prepare(
         &self,
+        verifier: &dyn TokenVerifier,
         caller: &Caller,
         req: &AuthorizeRequest,
     ) -> Result<(Subject, Context), PolicyError> {
-        let subject = self.subject_of(caller, req).await?;
+        let subject = self.subject_of(verifier, caller, req).await?;
         if !req.action.contains(':') {
             return Err(PolicyError::BadRequest(format!(
                 "action {:?} must be <service>:<Action>",
@@ -777,10 +773,11 @@ impl PolicyService {
 
     async fn authorize_one(
         &self,
+        verifier: &dyn TokenVerifier,
         caller: &Caller,
         req: &AuthorizeRequest,
     ) -> Result<AuthorizeResponse, PolicyError> {
-        let (subject, ctx) = self.prepare(caller, req).await?;
+        let (subject, ctx) = self.prepare(verifier, caller, req).await?;
         let (o, rev) = self
             .decide(
                 &caller.tenant,
@@ -800,16 +797,18 @@ impl PolicyService {
     /// `POST /v1/authorize`.
     pub async fn authorize_api(
         &self,
+        verifier: &dyn TokenVerifier,
         caller: &Caller,
         req: AuthorizeRequest,
     ) -> Result<AuthorizeResponse, PolicyError> {
         self.guard(caller, "policy:Authorize", "authorizer").await?;
-        self.authorize_one(caller, &req).await
+        self.authorize_one(verifier, caller, &req).await
     }
 
     /// `POST /v1/authorize:batch`.
     pub async fn authorize_batch(
         &self,
+        verifier: &dyn TokenVerifier,
         caller: &Caller,
         req: BatchRequest,
     ) -> Result<BatchResponse, PolicyError> {
@@ -821,12 +820,15 @@ impl PolicyService {
         }
         let mut decisions = Vec::with_capacity(req.requests.len());
         for (i, r) in req.requests.iter().enumerate() {
-            let d = self.authorize_one(caller, r).await.map_err(|e| match e {
-                PolicyError::BadRequest(m) => {
-                    PolicyError::BadRequest(format!("requests[{i}]: {m}"))
-                }
-                other => other,
-            })?;
+            let d = self
+                .authorize_one(verifier, caller, r)
+                .await
+                .map_err(|e| match e {
+                    PolicyError::BadRequest(m) => {
+                        PolicyError::BadRequest(format!("requests[{i}]: {m}"))
+                    }
+                    other => other,
+                })?;
             decisions.push(d);
         }
         Ok(BatchResponse { decisions })

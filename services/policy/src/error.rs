@@ -1,4 +1,5 @@
-//! The policy service's error type; HTTP mapping lives in `http`, in one place.
+//! The policy service's error type. Its HTTP form is decided by the platform kit
+//! (`capstan_http::ApiError`); `http` only converts.
 
 use capstan_db::DbError;
 use capstan_iam::Issue;
@@ -18,19 +19,9 @@ pub enum PolicyError {
     /// The object exists already, or is still in use.
     #[error("{0}")]
     Conflict(String),
-    /// No valid bearer token.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// Not allowed.
-    #[error("not allowed to {action} on {resource} ({reason})")]
-    Forbidden {
-        /// The action.
-        action: String,
-        /// The resource's CRN.
-        resource: String,
-        /// Why not.
-        reason: String,
-    },
+    /// The guard refused the act, or could not decide.
+    #[error(transparent)]
+    Guard(#[from] capstan_core::authz::GuardError),
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] DbError),

@@ -1,24 +1,17 @@
-//! HTTP adapters of the policy service and the one place its errors become responses:
-//! 400 bad input (invalid documents list every problem with its JSON path), 401 no valid bearer
-//! token, 403 not allowed (with the action, resource and reason), 404 unknown, 409 conflict,
-//! 500 storage failure (detail logged, never sent).
+//! HTTP adapters of the policy service: thin handlers over [`PolicyService`]. Statuses and
+//! bodies are decided by the platform kit; [`PolicyError`] only converts into its `ApiError`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use capstan_core::authz::Caller;
+use capstan_core::authz::{Caller, TokenVerifier};
+use capstan_http::{Api, ApiError, ApiResult, Bearer, BearerScheme, JsonBody, JsonText, Query};
 use capstan_iam::PolicyKind;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::api::{
@@ -30,106 +23,42 @@ use crate::simulate::{SimulateRequest, SimulateResponse};
 use crate::store::Keyed;
 use crate::PolicyService;
 
-type Svc = State<Arc<PolicyService>>;
+type Svc = State<Api<PolicyService>>;
 
-impl IntoResponse for PolicyError {
-    fn into_response(self) -> Response {
-        let body = |status: StatusCode, error: &str, message: &str| {
-            (status, Json(json!({"error": error, "message": message}))).into_response()
-        };
-        match self {
-            PolicyError::BadRequest(m) => body(StatusCode::BAD_REQUEST, "bad_request", &m),
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> ApiError {
+        match e {
+            PolicyError::BadRequest(m) => ApiError::BadRequest(m),
             PolicyError::InvalidDocument(issues) => {
-                let errors: Vec<_> = issues.iter().map(|i| json!({"path": i.path, "message": i.message})).collect();
-                let first = issues.first().map(|i| format!("{}: {}", i.path, i.message)).unwrap_or_default();
-                (
-                    StatusCode::BAD_REQUEST,
-                    Json(json!({"error": "invalid_policy", "message": format!("invalid policy document: {first}"), "errors": errors})),
-                )
-                    .into_response()
-            }
-            PolicyError::NotFound(m) => body(StatusCode::NOT_FOUND, "not_found", &m),
-            PolicyError::Conflict(m) => body(StatusCode::CONFLICT, "conflict", &m),
-            PolicyError::Unauthenticated(m) => {
-                let mut r = body(StatusCode::UNAUTHORIZED, "unauthenticated", &m);
-                let challenge = format!("Bearer realm=\"capstan\", error=\"invalid_token\", error_description=\"{}\"", m.replace('"', "'"));
-                if let Ok(v) = HeaderValue::from_str(&challenge) {
-                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                let errors: Vec<_> = issues
+                    .iter()
+                    .map(|i| json!({"path": i.path, "message": i.message}))
+                    .collect();
+                let first = issues
+                    .first()
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .unwrap_or_default();
+                ApiError::Invalid {
+                    code: "invalid_policy",
+                    message: format!("invalid policy document: {first}"),
+                    errors: Value::Array(errors),
                 }
-                r
             }
-            PolicyError::Forbidden { action, resource, reason } => (
-                StatusCode::FORBIDDEN,
-                Json(json!({"error": "forbidden", "message": format!("not allowed to {action} on {resource}"),
-                    "action": action, "resource": resource, "reason": reason})),
-            )
-                .into_response(),
-            PolicyError::Db(e) => {
-                tracing::error!(error = %e, "storage failure");
-                body(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-            }
+            PolicyError::NotFound(m) => ApiError::NotFound(m),
+            PolicyError::Conflict(m) => ApiError::Conflict(m),
+            PolicyError::Guard(g) => g.into(),
+            PolicyError::Db(e) => e.into(),
         }
     }
 }
 
-/// The authenticated caller (bearer token with the Capstan API audience).
-pub struct Bearer(pub Caller);
-
-impl FromRequestParts<Arc<PolicyService>> for Bearer {
-    type Rejection = PolicyError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        svc: &Arc<PolicyService>,
-    ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .ok_or_else(|| {
-                PolicyError::Unauthenticated("a bearer access token is required".into())
-            })?;
-        let verifier = svc.verifier.get().ok_or_else(|| {
-            PolicyError::Unauthenticated("token verification is not available".into())
-        })?;
-        let mut caller = verifier
-            .authenticate_caller(token)
-            .await
-            .map_err(PolicyError::Unauthenticated)?;
-        caller.source_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(a)| a.ip().to_string());
-        Ok(Bearer(caller))
-    }
+fn verifier(svc: &Api<PolicyService>) -> &dyn TokenVerifier {
+    svc.verifier.0.as_ref()
 }
 
-fn text(body: Result<Bytes, BytesRejection>) -> Result<String, PolicyError> {
-    let bytes = body.map_err(|r| PolicyError::BadRequest(r.body_text()))?;
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| PolicyError::BadRequest("body must be UTF-8 JSON".into()))
-}
-
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, PolicyError> {
-    serde_json::from_str(&text(body)?)
-        .map_err(|e| PolicyError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
-fn respond<T: serde::Serialize>(status: StatusCode, r: Result<T, PolicyError>) -> Response {
-    match r {
-        Ok(v) => (status, Json(v)).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-fn no_content(r: Result<(), PolicyError>) -> Response {
-    match r {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
+fn no_content(r: Result<(), PolicyError>) -> ApiResult<StatusCode> {
+    r?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Create a new version of a managed policy (the body is the document); it becomes the default.
@@ -140,17 +69,16 @@ async fn put_policy(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async { svc.put_policy(&c, &name, &text(body)?).await }.await;
-    respond(StatusCode::OK, r)
+    JsonText(doc): JsonText,
+) -> ApiResult<Json<PutPolicyResult>> {
+    Ok(Json(svc.put_policy(&c, &name, &doc).await?))
 }
 
 /// List managed and built-in policies.
 #[utoipa::path(get, path = "/v1/policies", tag = "policy",
     responses((status = 200, body = Vec<PolicySummary>), (status = 403)), security(("bearer" = [])))]
-async fn list_policies(State(svc): Svc, Bearer(c): Bearer) -> Response {
-    respond(StatusCode::OK, svc.list_policies(&c).await)
+async fn list_policies(State(svc): Svc, Bearer(c): Bearer) -> ApiResult<Json<Vec<PolicySummary>>> {
+    Ok(Json(svc.list_policies(&c).await?))
 }
 
 #[derive(Deserialize)]
@@ -166,20 +94,19 @@ async fn get_policy(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(name): Path<String>,
-    q: Result<Query<VersionQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let r = async {
-        let Query(q) = q.map_err(|e| PolicyError::BadRequest(e.body_text()))?;
-        svc.get_policy(&c, &name, q.version).await
-    }
-    .await;
-    respond(StatusCode::OK, r)
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Json<PolicyView>> {
+    Ok(Json(svc.get_policy(&c, &name, q.version).await?))
 }
 
 /// Delete a managed policy and all its versions (refused while attached).
 #[utoipa::path(delete, path = "/v1/policies/{name}", tag = "policy", params(("name" = String, Path)),
     responses((status = 204), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
-async fn delete_policy(State(svc): Svc, Bearer(c): Bearer, Path(name): Path<String>) -> Response {
+async fn delete_policy(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     no_content(svc.delete_policy(&c, &name).await)
 }
 
@@ -197,35 +124,39 @@ async fn validate(
     State(svc): Svc,
     Bearer(c): Bearer,
     Query(q): Query<KindQuery>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async {
-        let kind = match q.kind.as_deref() {
-            None | Some("identity") => PolicyKind::Identity,
-            Some("resource") => PolicyKind::Resource,
-            Some(k) => {
-                return Err(PolicyError::BadRequest(format!(
-                    "kind {k:?} must be identity or resource"
-                )))
-            }
-        };
-        svc.validate(&c, &text(body)?, kind).await
-    }
-    .await;
-    respond(StatusCode::OK, r)
+    JsonText(doc): JsonText,
+) -> ApiResult<Json<Validation>> {
+    let kind = match q.kind.as_deref() {
+        None | Some("identity") => PolicyKind::Identity,
+        Some("resource") => PolicyKind::Resource,
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!(
+                "kind {k:?} must be identity or resource"
+            )))
+        }
+    };
+    Ok(Json(svc.validate(&c, &doc, kind).await?))
 }
 
 /// Create a group (idempotent).
 #[utoipa::path(put, path = "/v1/groups/{group}", tag = "policy", params(("group" = String, Path)),
     responses((status = 204), (status = 400), (status = 403)), security(("bearer" = [])))]
-async fn put_group(State(svc): Svc, Bearer(c): Bearer, Path(g): Path<String>) -> Response {
+async fn put_group(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(g): Path<String>,
+) -> ApiResult<StatusCode> {
     no_content(svc.put_group(&c, &g).await.map(|_| ()))
 }
 
 /// Delete a group, its memberships and attachments.
 #[utoipa::path(delete, path = "/v1/groups/{group}", tag = "policy", params(("group" = String, Path)),
     responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
-async fn delete_group(State(svc): Svc, Bearer(c): Bearer, Path(g): Path<String>) -> Response {
+async fn delete_group(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(g): Path<String>,
+) -> ApiResult<StatusCode> {
     no_content(svc.delete_group(&c, &g).await)
 }
 
@@ -237,7 +168,7 @@ async fn add_member(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path((g, m)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.set_member(&c, &g, &m, true).await)
 }
 
@@ -249,7 +180,7 @@ async fn remove_member(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path((g, m)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.set_member(&c, &g, &m, false).await)
 }
 
@@ -261,7 +192,7 @@ async fn attach_principal(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path((p, n)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.set_attachment(&c, false, &p, &n, true).await)
 }
 
@@ -273,7 +204,7 @@ async fn detach_principal(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path((p, n)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.set_attachment(&c, false, &p, &n, false).await)
 }
 
@@ -285,7 +216,7 @@ async fn attach_group(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path((g, n)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.set_attachment(&c, true, &g, &n, true).await)
 }
 
@@ -297,7 +228,7 @@ async fn detach_group(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path((g, n)): Path<(String, String)>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.set_attachment(&c, true, &g, &n, false).await)
 }
 
@@ -308,20 +239,19 @@ async fn put_boundary(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(p): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async {
-        let b: BoundaryRequest = json_body(body)?;
-        svc.set_boundary(&c, &p, Some(&b.policy)).await
-    }
-    .await;
-    no_content(r)
+    JsonBody(b): JsonBody<BoundaryRequest>,
+) -> ApiResult<StatusCode> {
+    no_content(svc.set_boundary(&c, &p, Some(&b.policy)).await)
 }
 
 /// Remove a principal's permissions boundary.
 #[utoipa::path(delete, path = "/v1/principals/{principal}/boundary", tag = "policy", params(("principal" = String, Path)),
     responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
-async fn delete_boundary(State(svc): Svc, Bearer(c): Bearer, Path(p): Path<String>) -> Response {
+async fn delete_boundary(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(p): Path<String>,
+) -> ApiResult<StatusCode> {
     no_content(svc.set_boundary(&c, &p, None).await)
 }
 
@@ -332,14 +262,9 @@ async fn put_tags(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(p): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async {
-        let t: TagsRequest = json_body(body)?;
-        svc.set_tags(&c, &p, t.tags).await
-    }
-    .await;
-    no_content(r)
+    JsonBody(t): JsonBody<TagsRequest>,
+) -> ApiResult<StatusCode> {
+    no_content(svc.set_tags(&c, &p, t.tags).await)
 }
 
 async fn put_keyed(
@@ -347,13 +272,10 @@ async fn put_keyed(
     c: &Caller,
     table: Keyed,
     key: &str,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async { svc.put_keyed(c, table, key, &text(body)?).await }.await;
-    respond(
-        StatusCode::OK,
-        r.map(|w| json!({"key": key, "warnings": w})),
-    )
+    doc: &str,
+) -> ApiResult<Json<Value>> {
+    let warnings = svc.put_keyed(c, table, key, doc).await?;
+    Ok(Json(json!({"key": key, "warnings": warnings})))
 }
 
 /// Set the resource policy of a CRN or CRN pattern (the body is the document).
@@ -363,9 +285,9 @@ async fn put_resource_policy(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(k): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    put_keyed(&svc, &c, Keyed::ResourcePolicy, &k, body).await
+    JsonText(doc): JsonText,
+) -> ApiResult<Json<Value>> {
+    put_keyed(&svc, &c, Keyed::ResourcePolicy, &k, &doc).await
 }
 
 /// Read a resource policy.
@@ -375,11 +297,8 @@ async fn get_resource_policy(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(k): Path<String>,
-) -> Response {
-    respond(
-        StatusCode::OK,
-        svc.get_keyed(&c, Keyed::ResourcePolicy, &k).await,
-    )
+) -> ApiResult<Json<Value>> {
+    Ok(Json(svc.get_keyed(&c, Keyed::ResourcePolicy, &k).await?))
 }
 
 /// Delete a resource policy.
@@ -389,7 +308,7 @@ async fn delete_resource_policy(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(k): Path<String>,
-) -> Response {
+) -> ApiResult<StatusCode> {
     no_content(svc.delete_keyed(&c, Keyed::ResourcePolicy, &k).await)
 }
 
@@ -400,25 +319,30 @@ async fn put_guardrail(
     State(svc): Svc,
     Bearer(c): Bearer,
     Path(k): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    put_keyed(&svc, &c, Keyed::Guardrail, &k, body).await
+    JsonText(doc): JsonText,
+) -> ApiResult<Json<Value>> {
+    put_keyed(&svc, &c, Keyed::Guardrail, &k, &doc).await
 }
 
 /// Read a guardrail.
 #[utoipa::path(get, path = "/v1/guardrails/{name}", tag = "policy", params(("name" = String, Path)),
     responses((status = 200), (status = 403), (status = 404)), security(("bearer" = [])))]
-async fn get_guardrail(State(svc): Svc, Bearer(c): Bearer, Path(k): Path<String>) -> Response {
-    respond(
-        StatusCode::OK,
-        svc.get_keyed(&c, Keyed::Guardrail, &k).await,
-    )
+async fn get_guardrail(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(k): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(svc.get_keyed(&c, Keyed::Guardrail, &k).await?))
 }
 
 /// Delete a guardrail.
 #[utoipa::path(delete, path = "/v1/guardrails/{name}", tag = "policy", params(("name" = String, Path)),
     responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
-async fn delete_guardrail(State(svc): Svc, Bearer(c): Bearer, Path(k): Path<String>) -> Response {
+async fn delete_guardrail(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(k): Path<String>,
+) -> ApiResult<StatusCode> {
     no_content(svc.delete_keyed(&c, Keyed::Guardrail, &k).await)
 }
 
@@ -428,10 +352,9 @@ async fn delete_guardrail(State(svc): Svc, Bearer(c): Bearer, Path(k): Path<Stri
 async fn authorize(
     State(svc): Svc,
     Bearer(c): Bearer,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async { svc.authorize_api(&c, json_body(body)?).await }.await;
-    respond(StatusCode::OK, r)
+    JsonBody(req): JsonBody<AuthorizeRequest>,
+) -> ApiResult<Json<AuthorizeResponse>> {
+    Ok(Json(svc.authorize_api(verifier(&svc), &c, req).await?))
 }
 
 /// Several decisions in one call, in order.
@@ -440,10 +363,9 @@ async fn authorize(
 async fn authorize_batch(
     State(svc): Svc,
     Bearer(c): Bearer,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async { svc.authorize_batch(&c, json_body(body)?).await }.await;
-    respond(StatusCode::OK, r)
+    JsonBody(req): JsonBody<BatchRequest>,
+) -> ApiResult<Json<BatchResponse>> {
+    Ok(Json(svc.authorize_batch(verifier(&svc), &c, req).await?))
 }
 
 #[derive(Deserialize)]
@@ -461,21 +383,18 @@ struct DecisionQuery {
 async fn decisions(
     State(svc): Svc,
     Bearer(c): Bearer,
-    q: Result<Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let r = async {
-        let Query(q) = q.map_err(|e| PolicyError::BadRequest(e.body_text()))?;
-        svc.list_decisions(
+    Query(q): Query<DecisionQuery>,
+) -> ApiResult<Json<Vec<DecisionView>>> {
+    let d = svc
+        .list_decisions(
             &c,
             q.principal.as_deref(),
             q.decision.as_deref(),
             q.since,
             q.limit,
         )
-        .await
-    }
-    .await;
-    respond(StatusCode::OK, r)
+        .await?;
+    Ok(Json(d))
 }
 
 /// Decide requests before and after proposed policy changes, without applying them.
@@ -484,14 +403,13 @@ async fn decisions(
 async fn simulate(
     State(svc): Svc,
     Bearer(c): Bearer,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async { svc.simulate(&c, json_body(body)?).await }.await;
-    respond(StatusCode::OK, r)
+    JsonBody(req): JsonBody<SimulateRequest>,
+) -> ApiResult<Json<SimulateResponse>> {
+    Ok(Json(svc.simulate(verifier(&svc), &c, req).await?))
 }
 
-/// The policy service's routes.
-pub fn router(svc: Arc<PolicyService>) -> Router {
+/// The policy service's routes; bearer tokens are verified by `verifier` (the issuer).
+pub fn router(svc: Arc<PolicyService>, verifier: Arc<dyn TokenVerifier>) -> Router {
     Router::new()
         .route("/v1/policies", axum::routing::get(list_policies))
         .route("/v1/policies:validate", post(validate))
@@ -533,12 +451,12 @@ pub fn router(svc: Arc<PolicyService>) -> Router {
         .route("/v1/authorize:batch", post(authorize_batch))
         .route("/v1/decisions", axum::routing::get(decisions))
         .route("/v1/simulate", post(simulate))
-        .with_state(svc)
+        .with_state(Api::new(svc, verifier))
 }
 
 /// The policy service's part of the OpenAPI document.
 #[derive(OpenApi)]
-#[openapi(paths(
+#[openapi(modifiers(&BearerScheme), paths(
     put_policy,
     list_policies,
     get_policy,
@@ -563,6 +481,7 @@ pub fn router(svc: Arc<PolicyService>) -> Router {
     delete_guardrail,
     authorize,
     authorize_batch,
-    decisions
+    decisions,
+    simulate
 ))]
 pub struct PolicyApi;

@@ -8,11 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use capstan_core::authz::{crn_tenant, Authorizer, Caller, Denied, TokenVerifier};
+use capstan_core::authz::{crn_tenant, Authorizer, AuthzError, Caller, GuardContext};
 use capstan_core::clock::Clock;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_db::{Db, FeedCursor};
@@ -231,7 +231,6 @@ pub struct PolicyService {
     pub(crate) store: PolicyStore,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cfg: PolicyConfig,
-    pub(crate) verifier: OnceLock<Arc<dyn TokenVerifier>>,
     cache: RwLock<HashMap<TenantId, Arc<Snapshot>>>,
     /// Compiled managed policies by (tenant, name, version), kept across snapshot rebuilds.
     compiled: RwLock<HashMap<(TenantId, String, i64), Arc<Policy>>>,
@@ -250,7 +249,6 @@ impl PolicyService {
             store: PolicyStore::new(db),
             clock,
             cfg,
-            verifier: OnceLock::new(),
             cache: RwLock::default(),
             compiled: RwLock::default(),
             generation: AtomicU64::new(0),
@@ -258,11 +256,6 @@ impl PolicyService {
             log_rx: std::sync::Mutex::new(Some(rx)),
             dropped_decisions: AtomicU64::new(0),
         }
-    }
-
-    /// Connects the token verifier (the issuer), which is built after this service.
-    pub fn set_verifier(&self, v: Arc<dyn TokenVerifier>) {
-        let _ = self.verifier.set(v);
     }
 
     /// The limits documents are checked against.
@@ -660,15 +653,16 @@ pub(crate) fn iso8601(t: i64) -> String {
 
 #[async_trait]
 impl Authorizer for PolicyService {
-    async fn authorize(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), Denied> {
-        let denied = |reason: &str| {
-            Err(Denied {
-                reason: reason.into(),
-            })
-        };
+    async fn authorize(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        context: GuardContext<'_>,
+    ) -> Result<(), AuthzError> {
         // Tenants are isolated before any policy is read.
         if crn_tenant(resource) != Some(caller.tenant.as_str()) {
-            return denied("other_tenant");
+            return Err(AuthzError::denied("other_tenant"));
         }
         let subject = Subject {
             principal: caller.principal.to_string(),
@@ -676,17 +670,21 @@ impl Authorizer for PolicyService {
             scopes: Some(caller.scopes.clone()),
             source_ip: caller.source_ip.clone(),
         };
+        let extra = (!context.is_empty()).then(|| {
+            let mut ctx = Context::new();
+            for (k, v) in context {
+                ctx.set(k, [*v]);
+            }
+            ctx
+        });
         match self
-            .decide(&caller.tenant, &subject, action, resource, None)
+            .decide(&caller.tenant, &subject, action, resource, extra.as_ref())
             .await
         {
             Ok((o, _)) if o.decision == Decision::Allow => Ok(()),
-            Ok((o, _)) => denied(o.reason.as_str()),
-            Err(e) => {
-                // An evaluation error is a Deny.
-                tracing::error!(error = %e, "authorization failed");
-                denied("error")
-            }
+            Ok((o, _)) => Err(AuthzError::denied(o.reason.as_str())),
+            // No decision could be made: an outage is a 503, never a Deny that looks like one.
+            Err(e) => Err(authz_error(e)),
         }
     }
 
@@ -694,7 +692,7 @@ impl Authorizer for PolicyService {
         &self,
         tenant: &TenantId,
         principal: &PrincipalId,
-    ) -> Result<(), String> {
+    ) -> Result<(), AuthzError> {
         self.store
             .attach(
                 tenant.as_str(),
@@ -703,9 +701,20 @@ impl Authorizer for PolicyService {
                 builtin::ADMINISTRATOR,
             )
             .await
-            .map_err(|e| e.to_string())?;
-        self.changed(tenant).await.map_err(|e| e.to_string())?;
+            .map_err(|e| authz_error(e.into()))?;
+        self.changed(tenant).await.map_err(authz_error)?;
         Ok(())
+    }
+}
+
+/// Why no decision could be made: unavailable storage, or a failure that is logged here.
+fn authz_error(e: PolicyError) -> AuthzError {
+    match e {
+        PolicyError::Db(e) if e.is_unavailable() => AuthzError::Unavailable,
+        e => {
+            tracing::error!(error = %e, "authorization failed");
+            AuthzError::Internal
+        }
     }
 }
 

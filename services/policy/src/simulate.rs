@@ -175,6 +175,7 @@ impl PolicyService {
     /// `POST /v1/simulate`.
     pub async fn simulate(
         &self,
+        verifier: &dyn capstan_core::authz::TokenVerifier,
         caller: &Caller,
         req: SimulateRequest,
     ) -> Result<SimulateResponse, PolicyError> {
@@ -202,7 +203,7 @@ impl PolicyService {
                     )));
                 }
                 for r in &requests {
-                    let (subject, ctx) = self.prepare(caller, r).await?;
+                    let (subject, ctx) = self.prepare(verifier, caller, r).await?;
                     cases.push((subject, ctx, r.action.clone(), r.resource.clone()));
                 }
             }

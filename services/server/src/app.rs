@@ -73,7 +73,6 @@ impl App {
                 rng,
                 policy.clone(),
             )?);
-            policy.set_verifier(auth.clone());
             (Some(auth), Some(policy))
         } else {
             (None, None)
@@ -99,8 +98,9 @@ impl App {
         if let Some(auth) = &self.auth {
             router = router.merge(capstan_auth::http::router(auth.clone()));
         }
-        if let (Some(policy), true) = (&self.policy, self.serve_policy_api) {
-            router = router.merge(capstan_policy::http::router(policy.clone()));
+        if let (Some(policy), Some(auth), true) = (&self.policy, &self.auth, self.serve_policy_api)
+        {
+            router = router.merge(capstan_policy::http::router(policy.clone(), auth.clone()));
         }
         let ops = Router::new()
             .route("/healthz", get(healthz))
@@ -110,9 +110,9 @@ impl App {
             .with_state(self.clone());
         router
             .merge(ops)
-            .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed)
-            .route_layer(axum::middleware::from_fn_with_state(self.clone(), observe))
+            .fallback(capstan_http::error::not_found)
+            .method_not_allowed_fallback(capstan_http::error::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(self.clone(), observe))
             .layer(axum::extract::DefaultBodyLimit::max(
                 settings.body_limit_bytes,
             ))
@@ -145,22 +145,6 @@ pub fn auth_config(settings: &Settings, public_url: String) -> AuthConfig {
     }
 }
 
-async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": "not_found", "message": "no such endpoint"})),
-    )
-        .into_response()
-}
-
-async fn method_not_allowed() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({"error": "method_not_allowed", "message": "this endpoint does not accept that method"})),
-    )
-        .into_response()
-}
-
 /// Tags each request with an id, logs it and records metrics under its route template.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req
@@ -172,7 +156,9 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let id = format!("{:016x}", app.request_ids.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
     let start = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = capstan_http::request_id::scope(id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
     app.metrics
@@ -183,7 +169,8 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         tracing::debug!(parent: &span, status, duration_ms = elapsed.as_millis() as u64, "request done");
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut()
+            .insert(capstan_http::request_id::HEADER, v);
     }
     resp
 }

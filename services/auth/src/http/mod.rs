@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use capstan_http::{Api, BearerScheme};
+use utoipa::OpenApi;
 
 use crate::AuthService;
 
@@ -13,10 +13,9 @@ mod admin;
 pub(crate) mod error;
 mod oauth;
 
-pub use admin::Bearer;
-
-/// The issuer's routes.
+/// The issuer's routes. Bearer tokens of the `/v1` API are verified by the issuer itself.
 pub fn router(svc: Arc<AuthService>) -> Router {
+    let state = Api::new(svc.clone(), svc);
     Router::new()
         .route(
             "/t/{tenant}/.well-known/openid-configuration",
@@ -45,24 +44,7 @@ pub fn router(svc: Arc<AuthService>) -> Router {
         .route("/v1/clients/{id}/secret", post(admin::rotate_secret))
         .route("/v1/keys/rotate", post(admin::rotate_key))
         .route("/v1/keys", get(admin::list_keys))
-        .with_state(svc)
-}
-
-struct BearerScheme;
-
-impl Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
+        .with_state(state)
 }
 
 /// The issuer's part of the OpenAPI document.

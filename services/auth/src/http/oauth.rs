@@ -11,14 +11,19 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use capstan_core::ids::TenantId;
+use capstan_http::{no_store, ApiResult};
 use serde_json::json;
 
-use super::error::{body_or_return, no_store};
 use crate::error::AuthError;
 use crate::tokens::{ClientCredentials, Introspection, TokenResponse};
 use crate::AuthService;
 
-type Svc = State<Arc<AuthService>>;
+type Svc = State<capstan_http::Api<AuthService>>;
+
+/// The bytes of a form body, or the kit's 413/400.
+fn form_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(capstan_http::body::rejection)
+}
 
 fn oauth_err(code: &'static str, msg: impl Into<String>) -> AuthError {
     AuthError::oauth(code, msg)
@@ -65,45 +70,36 @@ async fn metadata(svc: &AuthService, raw: &str) -> Result<Response, AuthError> {
 #[utoipa::path(get, path = "/t/{tenant}/.well-known/openid-configuration", tag = "oauth2",
     params(("tenant" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "Provider metadata"), (status = 404, description = "Unknown tenant")))]
-pub(crate) async fn openid_configuration(State(svc): Svc, Path(t): Path<String>) -> Response {
-    metadata(&svc, &t)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+pub(crate) async fn openid_configuration(
+    State(svc): Svc,
+    Path(t): Path<String>,
+) -> ApiResult<Response> {
+    Ok(metadata(&svc, &t).await?)
 }
 
 /// RFC 8414 authorization server metadata of a tenant.
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server/t/{tenant}", tag = "oauth2",
     params(("tenant" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "Server metadata"), (status = 404, description = "Unknown tenant")))]
-pub(crate) async fn oauth_metadata(State(svc): Svc, Path(t): Path<String>) -> Response {
-    metadata(&svc, &t)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+pub(crate) async fn oauth_metadata(State(svc): Svc, Path(t): Path<String>) -> ApiResult<Response> {
+    Ok(metadata(&svc, &t).await?)
 }
 
 /// The tenant's published signing keys (RFC 7517).
 #[utoipa::path(get, path = "/t/{tenant}/oauth2/jwks", tag = "oauth2",
     params(("tenant" = String, Path, description = "Tenant id")),
     responses((status = 200, description = "JSON Web Key Set"), (status = 404, description = "Unknown tenant")))]
-pub(crate) async fn jwks(State(svc): Svc, Path(t): Path<String>) -> Response {
-    let result = async {
-        let id = tenant(&svc, &t).await?;
-        svc.jwks(&id).await
+pub(crate) async fn jwks(State(svc): Svc, Path(t): Path<String>) -> ApiResult<Response> {
+    let id = tenant(&svc, &t).await?;
+    let doc = svc.jwks(&id).await?;
+    // Caches may hold the set for at most the publish delay, so a rotated key is seen before it
+    // signs.
+    let max_age = svc.config().key_publish_delay.clamp(0, 300);
+    let mut r = Json(doc).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
     }
-    .await;
-    match result {
-        Ok(doc) => {
-            // Caches may hold the set for at most the publish delay, so a rotated key is seen
-            // before it signs.
-            let max_age = svc.config().key_publish_delay.clamp(0, 300);
-            let mut r = Json(doc).into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
-                r.headers_mut().insert(header::CACHE_CONTROL, v);
-            }
-            r
-        }
-        Err(e) => e.into_response(),
-    }
+    Ok(r)
 }
 
 /// A parsed `application/x-www-form-urlencoded` body. Repeated parameters are refused
@@ -253,17 +249,17 @@ pub(crate) async fn token(
     Path(t): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = body_or_return!(body);
+) -> ApiResult<Response> {
+    let body = form_body(body)?;
     match token_inner(&svc, &t, &headers, &body).await {
-        Ok(tok) => no_store(Json(tok).into_response()),
+        Ok(tok) => Ok(no_store(Json(tok).into_response())),
         Err(e) => {
             if matches!(e, AuthError::OAuth { .. }) {
                 svc.metrics
                     .token_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            e.into_response()
+            Err(e.into())
         }
     }
 }
@@ -292,20 +288,14 @@ pub(crate) async fn introspect(
     Path(t): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = body_or_return!(body);
-    let result = async {
-        let (id, _client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
-        let token = form
-            .get("token")
-            .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
-        Ok::<Introspection, AuthError>(svc.introspect(&id, token, form.get("audience")).await)
-    }
-    .await;
-    match result {
-        Ok(i) => no_store(Json(i).into_response()),
-        Err(e) => e.into_response(),
-    }
+) -> ApiResult<Response> {
+    let body = form_body(body)?;
+    let (id, _client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
+    let i: Introspection = svc.introspect(&id, token, form.get("audience")).await?;
+    Ok(no_store(Json(i).into_response()))
 }
 
 /// Token revocation (RFC 7009). Unknown or invalid tokens answer 200 too.
@@ -318,20 +308,14 @@ pub(crate) async fn revoke(
     Path(t): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = body_or_return!(body);
-    let result = async {
-        let (id, client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
-        let token = form
-            .get("token")
-            .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
-        svc.revoke(&id, &client, token).await
-    }
-    .await;
-    match result {
-        Ok(()) => no_store(StatusCode::OK.into_response()),
-        Err(e) => e.into_response(),
-    }
+) -> ApiResult<Response> {
+    let body = form_body(body)?;
+    let (id, client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
+    svc.revoke(&id, &client, token).await?;
+    Ok(no_store(StatusCode::OK.into_response()))
 }
 
 #[cfg(test)]

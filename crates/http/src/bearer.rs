@@ -1,0 +1,117 @@
+//! The authenticated caller of a `/v1` request, and the router state that verifies it.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use capstan_core::authz::{Caller, TokenVerifier};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::error::ApiError;
+
+/// The token verifier in a router's state (the issuer, in every server).
+#[derive(Clone)]
+pub struct Verifier(pub Arc<dyn TokenVerifier>);
+
+/// The state of a service's router: the service, and the verifier [`Bearer`] uses. It
+/// dereferences to the service, so handlers call the service's methods on it directly.
+pub struct Api<T: ?Sized> {
+    /// The service.
+    pub svc: Arc<T>,
+    /// Verifies bearer tokens.
+    pub verifier: Verifier,
+}
+
+impl<T: ?Sized> Api<T> {
+    /// The state of a router over `svc`, verifying bearer tokens with `verifier`.
+    pub fn new(svc: Arc<T>, verifier: Arc<dyn TokenVerifier>) -> Api<T> {
+        Api {
+            svc,
+            verifier: Verifier(verifier),
+        }
+    }
+}
+
+impl<T: ?Sized> Clone for Api<T> {
+    fn clone(&self) -> Self {
+        Api {
+            svc: self.svc.clone(),
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized> Deref for Api<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.svc
+    }
+}
+
+impl<T: ?Sized> FromRef<Api<T>> for Verifier {
+    fn from_ref(api: &Api<T>) -> Verifier {
+        api.verifier.clone()
+    }
+}
+
+/// The caller of a `/v1` request: a bearer access token with the Capstan API audience,
+/// verified by the state's [`Verifier`]. An invalid token is 401; a verification that could not
+/// reach storage is 503.
+pub struct Bearer(pub Caller);
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthenticated("a bearer access token is required".into()))?
+        .to_str()
+        .map_err(|_| ApiError::Unauthenticated("the Authorization header is malformed".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+            Ok(t.trim())
+        }
+        _ => Err(ApiError::Unauthenticated(
+            "the Authorization header must use the Bearer scheme".into(),
+        )),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer
+where
+    Verifier: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let token = bearer_token(parts)?;
+        let Verifier(verifier) = Verifier::from_ref(state);
+        let mut caller = verifier.authenticate_caller(token).await?;
+        caller.source_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip().to_string());
+        Ok(Bearer(caller))
+    }
+}
+
+/// Adds the `bearer` (JWT) security scheme to an OpenAPI document; every guarded path names it.
+pub struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

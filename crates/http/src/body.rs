@@ -1,0 +1,129 @@
+//! Request bodies. Every extractor here answers the same way:
+//! 413 when the body is over the server's limit (`DefaultBodyLimit`), 415 when it declares a
+//! content type other than JSON, 400 with the JSON path of the first problem when it does not
+//! parse. A body without a `Content-Type` is read as JSON.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON request body deserialized into `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+/// A JSON body, or `T::default()` when the body is empty (optional request bodies).
+#[derive(Debug)]
+pub struct JsonOrDefault<T>(pub T);
+
+/// A JSON document kept as text (policy documents are parsed by their own grammar, which
+/// reports errors with JSON paths).
+#[derive(Debug)]
+pub struct JsonText(pub String);
+
+/// Refuses a declared content type that is not JSON (`application/json` or `*/*+json`).
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be JSON (Content-Type: application/json), not {:?}",
+            String::from_utf8_lossy(ct.as_bytes())
+        )))
+    }
+}
+
+/// The error for a body that could not be read.
+pub fn rejection(r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge("the request body is larger than the server's limit".into())
+    } else {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+/// Reads the body of `req` as bytes, after checking its content type.
+async fn json_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    check_content_type(req.headers())?;
+    Bytes::from_request(req, state).await.map_err(rejection)
+}
+
+/// Parses JSON, naming the path of the first problem (`$.scopes[1]`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            "$".to_owned()
+        } else {
+            format!("$.{path}")
+        };
+        ApiError::BadRequest(format!("invalid JSON body at {path}: {}", e.inner()))
+    })?;
+    Ok(parsed)
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = json_bytes(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDefault<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = json_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(JsonOrDefault(T::default()))
+        } else {
+            parse_json(&bytes).map(JsonOrDefault)
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonText {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = json_bytes(req, state).await?;
+        String::from_utf8(bytes.to_vec())
+            .map(JsonText)
+            .map_err(|_| ApiError::BadRequest("the body must be UTF-8 JSON".into()))
+    }
+}
+
+/// Query parameters deserialized into `T`; a malformed query is a 400 that says why.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| Query(q))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}

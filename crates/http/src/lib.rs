@@ -1,0 +1,20 @@
+//! The HTTP kit every Capstan service uses, written once:
+//!
+//! - [`ApiError`]: the one API error type and the one place a failure becomes a status and a
+//!   JSON body (policy in [`error`]'s doc);
+//! - [`JsonBody`], [`JsonOrDefault`] and [`JsonText`]: request bodies with 413 / 415 / 400
+//!   answers that say what is wrong;
+//! - [`Bearer`]: the authenticated caller, verified by the [`Verifier`] in the router state;
+//! - [`guard`]: every privileged act asks the policy engine through it;
+//! - [`request_id`]: the id every response carries, also in 5xx bodies;
+//! - [`BearerScheme`]: the OpenAPI bearer security scheme.
+
+pub mod bearer;
+pub mod body;
+pub mod error;
+pub mod request_id;
+
+pub use bearer::{Api, Bearer, BearerScheme, Verifier};
+pub use body::{JsonBody, JsonOrDefault, JsonText, Query};
+pub use capstan_core::authz::guard;
+pub use error::{no_store, ApiError, ApiResult, RETRY_AFTER_SECONDS};
