@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use capstan_core::crypto::MasterKey;
 use capstan_core::jwt::{generate_key, AccessClaims, Alg, Audience, SigningKey};
 use capstan_core::rng::SystemRng;
-use capstan_db::testing::{create_postgres_database, drop_postgres_database, unique_name};
+use capstan_tests::db::{create_postgres_database, drop_postgres_database, unique_name};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

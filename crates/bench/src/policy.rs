@@ -11,10 +11,10 @@ use capstan_auth::store::{SqlStore, TenantStore};
 use capstan_core::clock::{Clock, SystemClock};
 use capstan_core::ids::TenantId;
 use capstan_core::jwt::Alg;
-use capstan_db::testing::TestDatabase;
 use capstan_iam::Context;
 use capstan_policy::service::Subject;
 use capstan_policy::{PolicyConfig, PolicyService};
+use capstan_tests::db::TestDatabase;
 use serde_json::{json, Value};
 
 pub const PRINCIPALS: usize = 1_000;

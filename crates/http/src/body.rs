@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -127,3 +128,46 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
             .map_err(|e| ApiError::BadRequest(e.body_text()))
     }
 }
+
+/// Refuses, before any handler runs, a request whose declared `Content-Length` is over `limit`
+/// (413), so every route answers the same whether or not it reads its body. Bodies without a
+/// length (chunked) are cut by `DefaultBodyLimit` when an extractor reads them.
+pub async fn limit_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            // Read and drop what was sent (up to a bound), so the client, still writing, gets the
+            // 413 rather than a reset connection.
+            let mut body = req.into_body();
+            let mut drained = 0usize;
+            while drained < DRAIN_LIMIT {
+                match body.frame().await {
+                    Some(Ok(f)) => drained += f.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+            let mut r = ApiError::PayloadTooLarge(format!(
+                "the request body ({n} bytes) is larger than the limit of {limit} bytes"
+            ))
+            .into_response();
+            r.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            r
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// How much of a refused body is read before answering.
+const DRAIN_LIMIT: usize = 1 << 20;

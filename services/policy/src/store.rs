@@ -109,10 +109,22 @@ impl PolicyStore {
         document: &str,
         now: i64,
     ) -> Result<i64, DbError> {
+        let postgres = matches!(self.db, Db::Postgres(_));
         let version = on_pool!(&self.db, |p| {
             let mut tx = p.begin().await?;
-            // The first statement writes, so SQLite takes the write lock at once (a transaction
-            // that reads first cannot be upgraded after another connection committed).
+            if postgres {
+                // Writers of one policy take turns, so concurrent PUTs each get the next version
+                // instead of colliding on MAX + 1 (a unique violation).
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(hashtext('policy_versions'), hashtext($1 || '/' || $2))",
+                )
+                .bind(tenant)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // On SQLite the first statement writes, so the transaction takes the write lock at
+            // once (one that reads first cannot be upgraded after another connection committed).
             let (version,): (i64,) = sqlx::query_as(
                 "INSERT INTO policy_versions (tenant, name, version, document, created_at) \
                  SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4 FROM policy_versions \

@@ -112,10 +112,14 @@ impl App {
             .merge(ops)
             .fallback(capstan_http::error::not_found)
             .method_not_allowed_fallback(capstan_http::error::method_not_allowed)
-            .layer(axum::middleware::from_fn_with_state(self.clone(), observe))
             .layer(axum::extract::DefaultBodyLimit::max(
                 settings.body_limit_bytes,
             ))
+            .layer(axum::middleware::from_fn_with_state(
+                settings.body_limit_bytes,
+                capstan_http::body::limit_body,
+            ))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), observe))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 settings.request_timeout,

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use capstan_core::crypto::MasterKey;
 use capstan_core::rng::SystemRng;
-use capstan_db::testing::{create_postgres_database, drop_postgres_database, unique_name};
+use capstan_tests::db::{create_postgres_database, drop_postgres_database, unique_name};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::verify_with_jwks;
+use capstan_tests::server::verify_with_jwks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_capstan");
 

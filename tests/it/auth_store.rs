@@ -6,8 +6,9 @@ use capstan_core::ids::{PrincipalId, PrincipalKind, TenantId};
 use capstan_core::jwt::{Alg, Jwk};
 use capstan_core::rng::SystemRng;
 use capstan_db::{Db, DbError};
+use capstan_tests::Ctx;
 
-crate::on_both_backends!(
+capstan_tests::on_both_backends!(
     migrations_are_applied_and_idempotent,
     tenants_round_trip_and_conflict,
     clients_are_tenant_scoped,
@@ -75,14 +76,16 @@ fn key(tenant: &str, kid: &str, activates: i64) -> StoredKey {
     }
 }
 
-async fn migrations_are_applied_and_idempotent(db: Db) {
+async fn migrations_are_applied_and_idempotent(ctx: &Ctx) {
+    let db = ctx.db();
     assert!(db.pending_migrations().await.unwrap().is_empty());
     db.migrate().await.unwrap();
     db.ping().await.unwrap();
     assert!(db.pending_migrations().await.unwrap().is_empty());
 }
 
-async fn tenants_round_trip_and_conflict(db: Db) {
+async fn tenants_round_trip_and_conflict(ctx: &Ctx) {
+    let db = ctx.db();
     let store = with_tenants(&db, &["beta", "alpha"]).await;
     let got = store.get_tenant(&tid("alpha")).await.unwrap().unwrap();
     assert_eq!(got.signing_alg, Alg::ES256);
@@ -110,7 +113,8 @@ async fn tenants_round_trip_and_conflict(db: Db) {
     assert_eq!(got.signing_alg, Alg::RS256);
 }
 
-async fn clients_are_tenant_scoped(db: Db) {
+async fn clients_are_tenant_scoped(ctx: &Ctx) {
+    let db = ctx.db();
     let store = with_tenants(&db, &["a", "b"]).await;
     let c1 = client("a", "one", 1);
     let mut c2 = client("a", "two", 2);
@@ -148,7 +152,8 @@ async fn clients_are_tenant_scoped(db: Db) {
     assert_eq!(store.list_clients(&tid("a")).await.unwrap().len(), 1);
 }
 
-async fn principal_ids_never_collide(db: Db) {
+async fn principal_ids_never_collide(ctx: &Ctx) {
+    let db = ctx.db();
     let store = with_tenants(&db, &["a", "b"]).await;
     let c1 = client("a", "one", 1);
     store.create_client(&c1).await.unwrap();
@@ -161,7 +166,8 @@ async fn principal_ids_never_collide(db: Db) {
     assert!(store.list_clients(&tid("b")).await.unwrap().is_empty());
 }
 
-async fn secrets_rotate_with_grace(db: Db) {
+async fn secrets_rotate_with_grace(ctx: &Ctx) {
+    let db = ctx.db();
     let store = with_tenants(&db, &["a"]).await;
     let c = client("a", "one", 1);
     store.create_client(&c).await.unwrap();
@@ -186,7 +192,8 @@ async fn secrets_rotate_with_grace(db: Db) {
         .unwrap());
 }
 
-async fn keys_round_trip_in_activation_order(db: Db) {
+async fn keys_round_trip_in_activation_order(ctx: &Ctx) {
+    let db = ctx.db();
     let store = with_tenants(&db, &["a", "b"]).await;
     let late = key("a", "k2", 700);
     let early = key("a", "k1", 0);
@@ -199,7 +206,8 @@ async fn keys_round_trip_in_activation_order(db: Db) {
     assert!(matches!(dup, Err(DbError::Conflict)), "{dup:?}");
 }
 
-async fn revocations_are_idempotent_and_ordered(db: Db) {
+async fn revocations_are_idempotent_and_ordered(ctx: &Ctx) {
+    let db = ctx.db();
     let store = with_tenants(&db, &["a"]).await;
     store.revoke(&tid("a"), "j1", 100, 1).await.unwrap();
     store.revoke(&tid("a"), "j1", 100, 2).await.unwrap();
@@ -215,7 +223,8 @@ async fn revocations_are_idempotent_and_ordered(db: Db) {
     assert_eq!(store.revocations_after(0, 100).await.unwrap().len(), 1);
 }
 
-async fn change_feed_orders_and_prunes(db: Db) {
+async fn change_feed_orders_and_prunes(ctx: &Ctx) {
+    let db = ctx.db();
     assert_eq!(db.latest_change().await.unwrap(), 0);
     db.publish_change("a", "client", "svc_x", 10).await.unwrap();
     db.publish_change("a", "tenant", "a", 20).await.unwrap();

@@ -8,9 +8,9 @@ use capstan_core::jwt::TokenError;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{verify_with_jwks, verify_with_jwks_at, Creds, Ctx};
+use capstan_tests::{verify_with_jwks, verify_with_jwks_at, Creds, Ctx};
 
-crate::on_both_backends!(
+capstan_tests::on_both_backends!(
     client_token_verifies_against_jwks_for_every_algorithm,
     token_endpoint_errors_follow_rfc6749,
     forged_expired_early_wrong_audience_and_revoked_tokens_are_rejected,

@@ -1,9 +1,10 @@
 //! `PolicyStore` conformance: the same assertions for every backend.
 
-use capstan_db::{conformance_tests, on_pool, Db};
+use capstan_db::{on_pool, Db};
 use capstan_policy::store::{DecisionRecord, Keyed, PolicyStore};
+use capstan_tests::Ctx;
 
-conformance_tests!(
+capstan_tests::on_both_backends!(
     versions_keep_the_newest_five_and_the_newest_is_default,
     groups_members_and_attachments_cascade,
     boundaries_tags_and_keyed_documents,
@@ -27,7 +28,8 @@ async fn tenants(db: &Db, ids: &[&str]) -> PolicyStore {
     PolicyStore::new(db.clone())
 }
 
-async fn versions_keep_the_newest_five_and_the_newest_is_default(db: Db) {
+async fn versions_keep_the_newest_five_and_the_newest_is_default(ctx: &Ctx) {
+    let db = ctx.db();
     let s = tenants(&db, &["a", "b"]).await;
     for i in 1..=7 {
         assert_eq!(
@@ -61,7 +63,8 @@ async fn versions_keep_the_newest_five_and_the_newest_is_default(db: Db) {
     assert_eq!(s.put_version("a", "P", "{}", 9).await.unwrap(), 1);
 }
 
-async fn groups_members_and_attachments_cascade(db: Db) {
+async fn groups_members_and_attachments_cascade(ctx: &Ctx) {
+    let db = ctx.db();
     let s = tenants(&db, &["a"]).await;
     assert!(s.put_group("a", "dev", 1).await.unwrap());
     assert!(!s.put_group("a", "dev", 2).await.unwrap(), "idempotent");
@@ -99,7 +102,8 @@ async fn groups_members_and_attachments_cascade(db: Db) {
     assert_eq!(s.uses("a", "P").await.unwrap(), 0);
 }
 
-async fn boundaries_tags_and_keyed_documents(db: Db) {
+async fn boundaries_tags_and_keyed_documents(ctx: &Ctx) {
+    let db = ctx.db();
     let s = tenants(&db, &["a"]).await;
     s.set_boundary("a", "svc_x", "B1").await.unwrap();
     s.set_boundary("a", "svc_x", "B2").await.unwrap();
@@ -139,7 +143,8 @@ async fn boundaries_tags_and_keyed_documents(db: Db) {
     }
 }
 
-async fn revisions_and_load_are_tenant_scoped(db: Db) {
+async fn revisions_and_load_are_tenant_scoped(ctx: &Ctx) {
+    let db = ctx.db();
     let s = tenants(&db, &["a", "b"]).await;
     assert_eq!(s.load("a").await.unwrap().revision, 0);
     assert_eq!(s.bump_revision("a").await.unwrap(), 1);
@@ -183,7 +188,8 @@ fn record(tenant: &str, principal: &str, decision: &str, at: i64) -> DecisionRec
     }
 }
 
-async fn decisions_are_batched_filtered_and_pruned(db: Db) {
+async fn decisions_are_batched_filtered_and_pruned(ctx: &Ctx) {
+    let db = ctx.db();
     let s = tenants(&db, &["a"]).await;
     s.insert_decisions(&[]).await.unwrap();
     let batch: Vec<DecisionRecord> = (0..600)

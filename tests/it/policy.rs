@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{Creds, Ctx, TestServer};
+use capstan_tests::{Creds, Ctx, TestServer};
 
-crate::on_both_backends!(
+capstan_tests::on_both_backends!(
     guarded_calls_are_denied_logged_and_allowed_with_the_permission,
     managed_policies_keep_five_versions_and_validate,
     authorize_resolves_groups_boundaries_tags_resource_policies_and_guardrails,

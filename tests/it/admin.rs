@@ -3,9 +3,9 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{Creds, Ctx};
+use capstan_tests::{Creds, Ctx};
 
-crate::on_both_backends!(
+capstan_tests::on_both_backends!(
     malformed_requests_get_4xx_with_a_message_never_5xx,
     only_admins_of_the_tenant_may_call_the_admin_api,
     clients_crud_and_token_ttl_override,

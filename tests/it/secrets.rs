@@ -14,8 +14,9 @@ use capstan_core::ids::TenantId;
 use capstan_core::jwt::{Alg, SigningKey};
 use capstan_core::rng::SystemRng;
 use capstan_db::{on_pool, Db};
+use capstan_tests::Ctx;
 
-crate::on_both_backends!(secrets_and_private_keys_are_never_stored_in_clear);
+capstan_tests::on_both_backends!(secrets_and_private_keys_are_never_stored_in_clear);
 
 /// Every text and blob column of a table, as bytes.
 async fn raw_cells(db: &Db, sql: &str) -> Vec<Vec<u8>> {
@@ -30,7 +31,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn secrets_and_private_keys_are_never_stored_in_clear(db: Db) {
+async fn secrets_and_private_keys_are_never_stored_in_clear(ctx: &Ctx) {
+    let db = ctx.db();
     let rng = Arc::new(SystemRng::new());
     let master = MasterKey::generate(rng.as_ref()).unwrap();
     let svc = AuthService::new(

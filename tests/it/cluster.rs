@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{Ctx, TestServer};
+use capstan_tests::{Ctx, TestServer};
 
-crate::on_both_backends!(changes_on_one_server_reach_another_within_a_second);
+capstan_tests::on_both_backends!(changes_on_one_server_reach_another_within_a_second);
 
 /// Polls `check` until it holds; returns how long that took (fails after 3 s).
 async fn within<F, Fut>(what: &str, mut check: F) -> Duration
@@ -28,7 +28,7 @@ where
     }
 }
 
-async fn active(s: &TestServer, creds: &crate::support::Creds, token: &str) -> bool {
+async fn active(s: &TestServer, creds: &capstan_tests::Creds, token: &str) -> bool {
     s.introspect("default", creds, token).await["active"] == json!(true)
 }
 

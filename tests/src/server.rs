@@ -1,23 +1,26 @@
-//! Booting servers and talking to them.
+//! Booting real servers on port 0 and talking to them over HTTP, as a user would.
 
 use std::sync::Arc;
 
+use crate::db::TestDatabase;
 use capstan_auth::AuthService;
 use capstan_core::clock::{Clock, ManualClock, SystemClock};
 use capstan_core::crypto::MasterKey;
 use capstan_core::ids::TenantId;
 use capstan_core::rng::SystemRng;
-use capstan_db::testing::TestDatabase;
 use capstan_server::{Server, Settings};
 use serde_json::{json, Value};
 
 /// A fresh database and the master key every server on it shares.
 pub struct Ctx {
+    /// The database.
     pub db: TestDatabase,
+    /// The master key.
     pub master: MasterKey,
 }
 
 impl Ctx {
+    /// A fresh SQLite database.
     pub async fn sqlite() -> Ctx {
         Ctx {
             db: TestDatabase::sqlite().await.expect("sqlite"),
@@ -25,14 +28,21 @@ impl Ctx {
         }
     }
 
+    /// A fresh Postgres database, or `None` (reported on stderr) when `DATABASE_URL` is unset.
     pub async fn postgres() -> Option<Ctx> {
-        let db = capstan_db::testing::postgres_or_skip().await?;
+        let db = crate::db::postgres_or_skip().await?;
         Some(Ctx {
             db,
             master: MasterKey::generate(&SystemRng::new()).unwrap(),
         })
     }
 
+    /// The database handle.
+    pub fn db(&self) -> capstan_db::Db {
+        self.db.db.clone()
+    }
+
+    /// Server settings for this database and master key.
     pub fn settings(&self) -> Settings {
         Settings::new(self.db.url.clone(), self.master.clone())
     }
@@ -42,6 +52,7 @@ impl Ctx {
         self.server_with(self.settings()).await
     }
 
+    /// A server with the given settings.
     pub async fn server_with(&self, settings: Settings) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let server = Server::start(&settings, clock.clone(), Arc::new(SystemRng::new()), true)
@@ -57,6 +68,7 @@ impl Ctx {
         }
     }
 
+    /// Removes the database.
     pub async fn cleanup(self) {
         self.db.cleanup().await;
     }
@@ -65,22 +77,31 @@ impl Ctx {
 /// Client credentials.
 #[derive(Debug, Clone)]
 pub struct Creds {
+    /// Client id.
     pub id: String,
+    /// Client secret.
     pub secret: String,
 }
 
+/// A running server with its manual clock and an HTTP client.
 pub struct TestServer {
+    /// The server.
     pub server: Server,
+    /// Its clock (tests move it instead of sleeping).
     pub clock: Arc<ManualClock>,
+    /// `http://<bound address>`.
     pub base: String,
+    /// An HTTP client.
     pub http: reqwest::Client,
 }
 
 impl TestServer {
+    /// The issuer.
     pub fn auth(&self) -> &Arc<AuthService> {
         self.server.app.auth.as_ref().expect("auth runs")
     }
 
+    /// The URL of `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -125,6 +146,7 @@ impl TestServer {
         body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// Introspects `token` (panics unless 200).
     pub async fn introspect(&self, tenant: &str, creds: &Creds, token: &str) -> Value {
         let r = self
             .oauth(tenant, "introspect", creds, &[("token", token)])
@@ -184,6 +206,7 @@ impl TestServer {
         (admin_token, c)
     }
 
+    /// The tenant's JWKS.
     pub async fn jwks(&self, tenant: &str) -> Value {
         self.http
             .get(self.url(&format!("/t/{tenant}/oauth2/jwks")))
@@ -195,6 +218,7 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Shuts the server down gracefully.
     pub async fn shutdown(self) {
         self.server.shutdown().await.unwrap();
     }

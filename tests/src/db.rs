@@ -1,8 +1,8 @@
-//! Helpers for tests that need a fresh database of their own.
+//! Fresh databases of a test's own: a SQLite file, or a Postgres database created (and dropped)
+//! on the server `DATABASE_URL` points at.
 
+use capstan_db::{Db, DbError};
 use sqlx::Connection;
-
-use crate::DbError;
 
 /// Creates an empty Postgres database `name` through `admin_url` (a URL to any existing database
 /// on the same server) and returns the URL of the new database.
@@ -47,7 +47,7 @@ pub struct TestDatabase {
     /// Its URL (for a second server on the same database).
     pub url: String,
     /// An open handle.
-    pub db: crate::Db,
+    pub db: Db,
     postgres: Option<(String, String)>,
     sqlite_dir: Option<std::path::PathBuf>,
 }
@@ -68,7 +68,7 @@ impl TestDatabase {
         let dir = std::env::temp_dir().join(unique_name("capstan_t"));
         std::fs::create_dir_all(&dir).map_err(|e| DbError::Corrupt(e.to_string()))?;
         let url = format!("sqlite://{}", dir.join("test.db").display());
-        let db = crate::Db::connect(&url, 4).await?;
+        let db = Db::connect(&url, 4).await?;
         db.migrate().await?;
         Ok(TestDatabase {
             url,
@@ -89,7 +89,7 @@ impl TestDatabase {
         }
         let name = unique_name("capstan_t");
         let url = create_postgres_database(&admin, &name).await?;
-        let db = crate::Db::connect(&url, 8).await?;
+        let db = Db::connect(&url, 8).await?;
         db.migrate().await?;
         Ok(Some(TestDatabase {
             url,
@@ -102,8 +102,8 @@ impl TestDatabase {
     /// Closes the pool and removes the database.
     pub async fn cleanup(self) {
         match &self.db {
-            crate::Db::Postgres(p) => p.close().await,
-            crate::Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
         }
         if let Some((admin, name)) = &self.postgres {
             let _ = drop_postgres_database(admin, name).await;
@@ -116,7 +116,6 @@ impl TestDatabase {
 
 /// A fresh Postgres database for a conformance test, or `None` (with a note on stderr) when
 /// `DATABASE_URL` is unset. Panics when it is set but unusable: a skipped backend must be visible.
-#[allow(clippy::panic)] // a test helper: a misconfigured Postgres must fail the test run
 pub async fn postgres_or_skip() -> Option<TestDatabase> {
     match TestDatabase::postgres().await {
         Ok(Some(t)) => Some(t),
@@ -126,34 +125,6 @@ pub async fn postgres_or_skip() -> Option<TestDatabase> {
         }
         Err(e) => panic!("DATABASE_URL is set but Postgres is unusable: {e}"),
     }
-}
-
-/// Generates, for each named `async fn(Db)` in the calling module, one test on a fresh SQLite
-/// database and one on a fresh Postgres database: one conformance suite, every backend.
-#[macro_export]
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let t = $crate::testing::TestDatabase::sqlite().await.expect("sqlite");
-                    super::$name(t.db.clone()).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(t) = $crate::testing::postgres_or_skip().await else { return };
-                    super::$name(t.db.clone()).await;
-                    t.cleanup().await;
-                }
-            )*
-        }
-    };
 }
 
 #[cfg(test)]

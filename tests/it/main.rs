@@ -1,0 +1,24 @@
+//! The workspace test suite: one integration-test binary.
+//!
+//! Every test runs on SQLite and on Postgres (when `DATABASE_URL` is set) through
+//! `capstan_tests::on_both_backends!`, on a fresh database of its own.
+//!
+//! - End to end (`admin`, `oauth`, `policy`, `cluster`, `platform`): the real server on port 0
+//!   with a manual clock, driven over HTTP like a user would.
+//! - Storage conformance (`auth_store`, `policy_store`, `secrets`): the stores' traits, the same
+//!   assertions on every backend.
+//!
+//! The compiled `capstan` binary itself is tested in `services/server/tests` (cargo hands a
+//! binary's path only to its own package's tests).
+
+// Tests may unwrap and panic: a failure is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod admin;
+mod auth_store;
+mod cluster;
+mod oauth;
+mod platform;
+mod policy;
+mod policy_store;
+mod secrets;
