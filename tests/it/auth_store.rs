@@ -145,9 +145,9 @@ async fn clients_are_tenant_scoped(ctx: &Ctx) {
     assert!(store.has_admin(&tid("a")).await.unwrap());
     assert!(!store.has_admin(&tid("b")).await.unwrap());
     // Deleting from the wrong tenant does nothing.
-    assert!(!store.delete_client(&tid("b"), &c1.id).await.unwrap());
-    assert!(store.delete_client(&tid("a"), &c1.id).await.unwrap());
-    assert!(!store.delete_client(&tid("a"), &c1.id).await.unwrap());
+    assert!(!store.delete_client(&tid("b"), &c1.id, 200).await.unwrap());
+    assert!(store.delete_client(&tid("a"), &c1.id, 200).await.unwrap());
+    assert!(!store.delete_client(&tid("a"), &c1.id, 200).await.unwrap());
     assert!(store.get_client(&tid("a"), &c1.id).await.unwrap().is_none());
     assert_eq!(store.list_clients(&tid("a")).await.unwrap().len(), 1);
 }

@@ -55,8 +55,8 @@ async fn versions_keep_the_newest_five_and_the_newest_is_default(ctx: &Ctx) {
     assert_eq!((old.version, old.is_default, old.created_at), (4, false, 4));
     assert!(s.get_version("a", "P", Some(2)).await.unwrap().is_none());
     assert!(s.get_version("a", "Q", None).await.unwrap().is_none());
-    assert!(s.delete_policy("a", "P").await.unwrap());
-    assert!(!s.delete_policy("a", "P").await.unwrap());
+    assert!(s.delete_policy("a", "P", 100).await.unwrap());
+    assert!(!s.delete_policy("a", "P", 100).await.unwrap());
     assert!(s.list_policies("a").await.unwrap().is_empty());
     // The other tenant's policy of the same name is untouched; a recreated one starts at 1.
     assert_eq!(s.list_policies("b").await.unwrap().len(), 1);
@@ -71,22 +71,22 @@ async fn groups_members_and_attachments_cascade(ctx: &Ctx) {
     assert!(s.put_group("a", "org", 1).await.unwrap());
     assert!(s.group_exists("a", "dev").await.unwrap());
     assert!(!s.group_exists("a", "ops").await.unwrap());
-    s.add_member("a", "dev", "svc_x").await.unwrap();
-    s.add_member("a", "dev", "svc_x").await.unwrap();
-    s.add_member("a", "org", "group:dev").await.unwrap();
-    s.attach("a", "group", "dev", "P").await.unwrap();
-    s.attach("a", "group", "dev", "P").await.unwrap();
-    s.attach("a", "principal", "svc_x", "P").await.unwrap();
+    s.add_member("a", "dev", "svc_x", 100).await.unwrap();
+    s.add_member("a", "dev", "svc_x", 100).await.unwrap();
+    s.add_member("a", "org", "group:dev", 100).await.unwrap();
+    s.attach("a", "group", "dev", "P", 100).await.unwrap();
+    s.attach("a", "group", "dev", "P", 100).await.unwrap();
+    s.attach("a", "principal", "svc_x", "P", 100).await.unwrap();
     assert_eq!(s.uses("a", "P").await.unwrap(), 2);
     let rows = s.load("a").await.unwrap();
     assert_eq!(rows.members.len(), 2);
     assert_eq!(rows.attachments.len(), 2);
-    assert!(s.remove_member("a", "dev", "svc_x").await.unwrap());
-    assert!(!s.remove_member("a", "dev", "svc_x").await.unwrap());
+    assert!(s.remove_member("a", "dev", "svc_x", 100).await.unwrap());
+    assert!(!s.remove_member("a", "dev", "svc_x", 100).await.unwrap());
     // Deleting a group removes its members, its membership in other groups, and its attachments.
-    s.add_member("a", "dev", "svc_y").await.unwrap();
-    assert!(s.delete_group("a", "dev").await.unwrap());
-    assert!(!s.delete_group("a", "dev").await.unwrap());
+    s.add_member("a", "dev", "svc_y", 100).await.unwrap();
+    assert!(s.delete_group("a", "dev", 100).await.unwrap());
+    assert!(!s.delete_group("a", "dev", 100).await.unwrap());
     let rows = s.load("a").await.unwrap();
     assert!(rows.members.is_empty(), "{:?}", rows.members);
     assert_eq!(
@@ -97,26 +97,27 @@ async fn groups_members_and_attachments_cascade(ctx: &Ctx) {
             "P".to_string()
         )]
     );
-    assert!(s.detach("a", "principal", "svc_x", "P").await.unwrap());
-    assert!(!s.detach("a", "principal", "svc_x", "P").await.unwrap());
+    assert!(s.detach("a", "principal", "svc_x", "P", 100).await.unwrap());
+    assert!(!s.detach("a", "principal", "svc_x", "P", 100).await.unwrap());
     assert_eq!(s.uses("a", "P").await.unwrap(), 0);
 }
 
 async fn boundaries_tags_and_keyed_documents(ctx: &Ctx) {
     let db = ctx.db();
     let s = tenants(&db, &["a"]).await;
-    s.set_boundary("a", "svc_x", "B1").await.unwrap();
-    s.set_boundary("a", "svc_x", "B2").await.unwrap();
+    s.set_boundary("a", "svc_x", "B1", 100).await.unwrap();
+    s.set_boundary("a", "svc_x", "B2", 100).await.unwrap();
     assert_eq!(s.uses("a", "B2").await.unwrap(), 1);
     assert_eq!(s.uses("a", "B1").await.unwrap(), 0);
     s.set_tags(
         "a",
         "svc_x",
         &[("team".into(), "pay".into()), ("env".into(), "prod".into())],
+        100,
     )
     .await
     .unwrap();
-    s.set_tags("a", "svc_x", &[("team".into(), "ops".into())])
+    s.set_tags("a", "svc_x", &[("team".into(), "ops".into())], 100)
         .await
         .unwrap();
     let rows = s.load("a").await.unwrap();
@@ -128,8 +129,8 @@ async fn boundaries_tags_and_keyed_documents(ctx: &Ctx) {
         rows.tags,
         vec![("svc_x".to_string(), "team".to_string(), "ops".to_string())]
     );
-    assert!(s.delete_boundary("a", "svc_x").await.unwrap());
-    assert!(!s.delete_boundary("a", "svc_x").await.unwrap());
+    assert!(s.delete_boundary("a", "svc_x", 100).await.unwrap());
+    assert!(!s.delete_boundary("a", "svc_x", 100).await.unwrap());
     for table in [Keyed::ResourcePolicy, Keyed::Guardrail] {
         s.put_keyed(table, "a", "k1", "{\"x\":1}", 5).await.unwrap();
         s.put_keyed(table, "a", "k1", "{\"x\":2}", 6).await.unwrap();
@@ -138,8 +139,8 @@ async fn boundaries_tags_and_keyed_documents(ctx: &Ctx) {
             Some(("{\"x\":2}".to_string(), 6))
         );
         assert!(s.get_keyed(table, "a", "k2").await.unwrap().is_none());
-        assert!(s.delete_keyed(table, "a", "k1").await.unwrap());
-        assert!(!s.delete_keyed(table, "a", "k1").await.unwrap());
+        assert!(s.delete_keyed(table, "a", "k1", 100).await.unwrap());
+        assert!(!s.delete_keyed(table, "a", "k1", 100).await.unwrap());
     }
 }
 
@@ -157,7 +158,8 @@ async fn revisions_and_load_are_tenant_scoped(ctx: &Ctx) {
         .await
         .unwrap();
     let a = s.load("a").await.unwrap();
-    assert_eq!(a.revision, 2);
+    // Two explicit bumps, then every write bumps the revision in its own transaction.
+    assert_eq!(a.revision, 4);
     assert_eq!(a.defaults, vec![("P".to_string(), 2)]);
     assert!(a.guardrails.is_empty());
     assert_eq!(
@@ -165,8 +167,24 @@ async fn revisions_and_load_are_tenant_scoped(ctx: &Ctx) {
         vec![("P".to_string(), 2, "{\"a\":2}".to_string())]
     );
     let b = s.load("b").await.unwrap();
+    assert_eq!(b.revision, 3);
     assert_eq!(b.defaults, vec![("Q".to_string(), 1)]);
     assert_eq!(b.guardrails.len(), 1);
+    // The outbox: each write appended its feed row; a write that changed nothing did not.
+    assert!(!s.detach("a", "principal", "nobody", "P", 3).await.unwrap());
+    let feed: Vec<(String, String)> = db
+        .changes_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.tenant, c.topic))
+        .collect();
+    let policy = |t: &str| (t.to_string(), "policy".to_string());
+    assert_eq!(
+        feed,
+        vec![policy("a"), policy("a"), policy("b"), policy("b")]
+    );
+    assert_eq!(s.load("a").await.unwrap().revision, 4);
 }
 
 fn record(tenant: &str, principal: &str, decision: &str, at: i64) -> DecisionRecord {

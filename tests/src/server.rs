@@ -54,8 +54,19 @@ impl Ctx {
 
     /// A server with the given settings.
     pub async fn server_with(&self, settings: Settings) -> TestServer {
+        self.server_with_registry(settings, capstan_server::app::registry())
+            .await
+    }
+
+    /// A server with the given settings and the services of `registry` (a test adds its own).
+    pub async fn server_with_registry(
+        &self,
+        settings: Settings,
+        registry: Vec<capstan_http::Registration>,
+    ) -> TestServer {
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
-        let server = Server::start(&settings, clock.clone(), Arc::new(SystemRng::new()), true)
+        let rng = Arc::new(SystemRng::new());
+        let server = Server::start_with(&settings, clock.clone(), rng, true, registry)
             .await
             .expect("server starts");
         // Requests go to the bound address; the issuer is the public URL (shared by a cluster).
@@ -98,7 +109,7 @@ pub struct TestServer {
 impl TestServer {
     /// The issuer.
     pub fn auth(&self) -> &Arc<AuthService> {
-        self.server.app.auth.as_ref().expect("auth runs")
+        &self.server.app.auth
     }
 
     /// The URL of `path` on this server.

@@ -217,7 +217,7 @@ pub async fn store_tenant(db: &capstan_db::Db, d: &Dataset) -> Result<(), String
                 .await
                 .map_err(e)?;
             store
-                .attach("default", "principal", &principal_id(i), &name)
+                .attach("default", "principal", &principal_id(i), &name, 0)
                 .await
                 .map_err(e)?;
         }
@@ -235,14 +235,14 @@ pub async fn store_tenant(db: &capstan_db::Db, d: &Dataset) -> Result<(), String
                 .await
                 .map_err(e)?;
             store
-                .attach("default", "group", &format!("g{g}"), &name)
+                .attach("default", "group", &format!("g{g}"), &name, 0)
                 .await
                 .map_err(e)?;
         }
     }
     for (p, g) in &d.memberships {
         store
-            .add_member("default", &format!("g{g}"), &principal_id(*p))
+            .add_member("default", &format!("g{g}"), &principal_id(*p), 0)
             .await
             .map_err(e)?;
     }

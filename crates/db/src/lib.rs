@@ -4,8 +4,9 @@
 //! backend is configured through [`on_pool!`]; where the dialects differ, a store matches on the
 //! variant itself. Migrations live in `migrations/{postgres,sqlite}` and are embedded in the binary.
 //!
-//! The change feed (`core_changes`) is how servers sharing a database learn that a cached object
-//! changed: writers append `(tenant, topic, key)`, every server polls for rows after its cursor.
+//! The change feed ([`feed`], table `core_changes`) is how servers sharing a database learn that a
+//! cached object changed: writers append `(tenant, topic, key)` in the transaction of the write,
+//! and one runner per server reads the rows after its cursor and hands them to subscribers.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub mod feed;
+pub use feed::{Feed, FeedCursor, Subscriber};
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -225,6 +229,26 @@ impl Db {
         Ok(())
     }
 
+    /// Feed entries with `from <= seq <= to`, oldest first, at most `limit`.
+    pub async fn changes_between(
+        &self,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, DbError> {
+        Ok(on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT seq, tenant, topic, key FROM core_changes WHERE seq >= $1 AND seq <= $2 \
+                 ORDER BY seq LIMIT $3",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(p)
+            .await
+        })?)
+    }
+
     /// Feed entries with `seq > after`, oldest first, at most `limit`.
     pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, DbError> {
         Ok(on_pool!(self, |p| {
@@ -258,45 +282,5 @@ impl Db {
                 .map(|r| r.rows_affected())
         })?;
         Ok(r)
-    }
-}
-
-/// A reader's position in the change feed.
-///
-/// Late commits can land below the cursor (Postgres sequences are assigned before commit), so
-/// every poll re-reads [`FeedCursor::LOOKBACK`] positions behind it and skips the ones it has
-/// already returned.
-#[derive(Debug, Default)]
-pub struct FeedCursor {
-    cursor: i64,
-    seen: std::collections::BTreeSet<i64>,
-}
-
-impl FeedCursor {
-    /// How far behind the cursor each poll looks.
-    pub const LOOKBACK: i64 = 64;
-
-    /// A cursor at the feed's current end: only later changes are returned.
-    pub async fn at_end(db: &Db) -> Result<FeedCursor, DbError> {
-        Ok(FeedCursor {
-            cursor: db.latest_change().await?,
-            seen: Default::default(),
-        })
-    }
-
-    /// Changes not returned before, oldest first.
-    pub async fn poll(&mut self, db: &Db) -> Result<Vec<Change>, DbError> {
-        let floor = self.cursor - Self::LOOKBACK;
-        let changes = db.changes_after(floor.max(0), 10_000).await?;
-        let mut fresh = Vec::new();
-        for c in changes {
-            if c.seq <= floor || !self.seen.insert(c.seq) {
-                continue;
-            }
-            self.cursor = self.cursor.max(c.seq);
-            fresh.push(c);
-        }
-        self.seen = self.seen.split_off(&(self.cursor - Self::LOOKBACK));
-        Ok(fresh)
     }
 }

@@ -7,14 +7,18 @@
 //! - [`Bearer`]: the authenticated caller, verified by the [`Verifier`] in the router state;
 //! - [`guard`]: every privileged act asks the policy engine through it;
 //! - [`request_id`]: the id every response carries, also in 5xx bodies;
-//! - [`BearerScheme`]: the OpenAPI bearer security scheme.
+//! - [`BearerScheme`]: the OpenAPI bearer security scheme;
+//! - [`service`]: the [`Service`] trait every service implements, and the [`Platform`] it is
+//!   built from.
 
 pub mod bearer;
 pub mod body;
 pub mod error;
 pub mod request_id;
+pub mod service;
 
 pub use bearer::{Api, Bearer, BearerScheme, Verifier};
 pub use body::{JsonBody, JsonOrDefault, JsonText, Query};
 pub use capstan_core::authz::guard;
 pub use error::{no_store, ApiError, ApiResult, RETRY_AFTER_SECONDS};
+pub use service::{BoxError, Metric, Platform, Registration, Service};

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AuthError;
 use crate::model::{activation_time, Client, StoredKey, Tenant};
-use crate::service::{key_aad, AuthService, TOPIC_CLIENT, TOPIC_TENANT};
+use crate::service::{key_aad, AuthService};
+use crate::store::{TOPIC_CLIENT, TOPIC_TENANT};
 
 /// Limits on client definitions.
 const MAX_NAME: usize = 200;
@@ -225,8 +226,7 @@ impl AuthService {
             .create_client(&client)
             .await
             .map_err(|e| conflict_or(e, "client id already exists".into()))?;
-        self.publish(tenant, TOPIC_CLIENT, client.id.as_str())
-            .await?;
+        self.changed(tenant, TOPIC_CLIENT, client.id.as_str());
         Ok(ClientWithSecret {
             client: ClientView::from(&client),
             client_secret: secret.expose().clone(),
@@ -372,11 +372,15 @@ impl AuthService {
         )
         .await?;
         let pid = Self::client_id(id)?;
-        if !self.store.delete_client(&caller.tenant, &pid).await? {
+        if !self
+            .store
+            .delete_client(&caller.tenant, &pid, self.now())
+            .await?
+        {
             return Err(AuthError::NotFound(format!("client {id:?} not found")));
         }
-        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str())
-            .await
+        self.changed(&caller.tenant, TOPIC_CLIENT, pid.as_str());
+        Ok(())
     }
 
     /// `POST /v1/clients/{id}/secret`: a new secret; the old one keeps working for the grace
@@ -418,8 +422,7 @@ impl AuthService {
                 now,
             )
             .await?;
-        self.publish(&caller.tenant, TOPIC_CLIENT, pid.as_str())
-            .await?;
+        self.changed(&caller.tenant, TOPIC_CLIENT, pid.as_str());
         client.secret_hash = new_hash;
         client.previous_secret = previous;
         Ok(ClientWithSecret {
@@ -452,7 +455,7 @@ impl AuthService {
             activates_at,
         };
         self.store.insert_key(&key).await?;
-        self.publish(tenant, TOPIC_TENANT, tenant.as_str()).await?;
+        self.changed(tenant, TOPIC_TENANT, tenant.as_str());
         Ok(key)
     }
 

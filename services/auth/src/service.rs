@@ -1,14 +1,14 @@
 //! The issuer service: configuration, caches, and keeping caches coherent across servers.
 //!
 //! Hot paths (token issuance, introspection, bearer checks) read only memory: clients, tenant
-//! keys and revoked `jti`s are cached here. Every write goes to the database and appends to a
-//! feed; every server polls the feeds (default every 250 ms) and drops or adds cache entries, so a
-//! change made on one server is enforced by all of them within a second.
+//! keys and revoked `jti`s are cached here. Every write goes to the database with its change-feed
+//! row in the same transaction; the server's feed runner hands each change to
+//! [`AuthService::on_change`] on every server (woken by NOTIFY on Postgres, polled as a
+//! fallback), which drops or adds cache entries.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use capstan_core::authz::Authorizer;
 use capstan_core::clock::{Clock, UnixTime};
@@ -16,11 +16,11 @@ use capstan_core::crypto::{MasterKey, Sealer, SecretHasher};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{SigningKey, VerifyingKey};
 use capstan_core::rng::Rng;
-use capstan_db::FeedCursor;
+use capstan_db::Change;
 
 use crate::error::AuthError;
 use crate::model::{active_key, published_keys, Client, StoredKey, Tenant};
-use crate::store::AuthStore;
+use crate::store::{AuthStore, TOPIC_CLIENT, TOPIC_REVOCATION, TOPIC_TENANT};
 
 /// Issuer settings.
 #[derive(Debug, Clone)]
@@ -37,8 +37,6 @@ pub struct AuthConfig {
     pub leeway: i64,
     /// The audience Capstan's own API requires in bearer tokens.
     pub api_audience: String,
-    /// How often caches poll the change feeds.
-    pub sync_interval: Duration,
 }
 
 impl Default for AuthConfig {
@@ -50,7 +48,6 @@ impl Default for AuthConfig {
             key_publish_delay: 600,
             leeway: 5,
             api_audience: "capstan".into(),
-            sync_interval: Duration::from_millis(250),
         }
     }
 }
@@ -98,17 +95,6 @@ pub struct AuthMetrics {
 /// Clients by tenant and id; `None` caches a miss.
 type ClientCache = HashMap<(TenantId, PrincipalId), Option<Arc<Client>>>;
 
-/// Cursor state of the feed poller.
-#[derive(Default)]
-struct SyncState {
-    changes: FeedCursor,
-    revocation_cursor: i64,
-}
-
-/// Revocations are idempotent, so their poll simply re-reads this many positions behind the
-/// cursor to catch late commits.
-const LOOKBACK: i64 = FeedCursor::LOOKBACK;
-
 /// The OAuth2 issuer.
 pub struct AuthService {
     pub(crate) cfg: AuthConfig,
@@ -126,7 +112,6 @@ pub struct AuthService {
     /// Tokens whose signature, type and key were verified, by the whole token text (a forged
     /// payload is another key). Time, issuer and audience are re-checked on every use.
     pub(crate) verified: RwLock<HashMap<String, Arc<capstan_core::jwt::AccessClaims>>>,
-    sync: Mutex<SyncState>,
     /// Counters for `/metrics`.
     pub metrics: AuthMetrics,
 }
@@ -162,7 +147,6 @@ impl AuthService {
             generation: AtomicU64::new(0),
             revoked: RwLock::default(),
             verified: RwLock::default(),
-            sync: Mutex::default(),
             metrics: AuthMetrics::default(),
         })
     }
@@ -170,11 +154,6 @@ impl AuthService {
     /// The configuration.
     pub fn config(&self) -> &AuthConfig {
         &self.cfg
-    }
-
-    /// The store (for readiness checks).
-    pub fn store(&self) -> &Arc<dyn AuthStore> {
-        &self.store
     }
 
     /// The current time of the injected clock.
@@ -262,19 +241,10 @@ impl AuthService {
         write(&self.revoked).insert(jti, expires_at);
     }
 
-    /// Records a change: drops the local cache entry now and tells other servers via the feed.
-    pub(crate) async fn publish(
-        &self,
-        tenant: &TenantId,
-        topic: &str,
-        key: &str,
-    ) -> Result<(), AuthError> {
+    /// After a write (whose feed row went out in its transaction): drops this server's cache
+    /// entry at once; other servers drop theirs when the feed delivers the change.
+    pub(crate) fn changed(&self, tenant: &TenantId, topic: &str, key: &str) {
         self.invalidate(tenant.as_str(), topic, key);
-        self.store
-            .db()
-            .publish_change(tenant.as_str(), topic, key, self.now())
-            .await?;
-        Ok(())
     }
 
     fn invalidate(&self, tenant: &str, topic: &str, key: &str) {
@@ -293,106 +263,53 @@ impl AuthService {
         }
     }
 
-    /// Loads revocations and positions the feed cursors; then polls in the background until the
-    /// returned handle is aborted or the runtime stops.
-    pub async fn start_sync(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>, AuthError> {
+    /// A change from the feed, made on any server.
+    pub fn on_change(&self, c: &Change) {
+        match c.topic.as_str() {
+            TOPIC_REVOCATION => {
+                // The key is `<jti> <exp>`; without a readable expiry, keep the jti as long as
+                // any token can live.
+                let (jti, exp) = match c.key.rsplit_once(' ') {
+                    Some((jti, exp)) => (jti, exp.parse().ok()),
+                    None => (c.key.as_str(), None),
+                };
+                let exp = exp.unwrap_or_else(|| self.now() + self.cfg.max_token_ttl);
+                self.remember_revocation(jti.to_owned(), exp);
+            }
+            TOPIC_CLIENT | TOPIC_TENANT => self.invalidate(&c.tenant, &c.topic, &c.key),
+            _ => {}
+        }
+    }
+
+    /// Loads every unexpired revocation (before serving; later ones arrive through the feed,
+    /// whose cursor the server positions first, so none falls between).
+    pub async fn load_revocations(&self) -> Result<(), AuthError> {
         let now = self.now();
         self.store.prune_revocations(now - self.cfg.leeway).await?;
-        {
-            let cursor = FeedCursor::at_end(self.store.db()).await?;
-            self.sync
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .changes = cursor;
-        }
-        self.poll_revocations().await?;
-        let me = Arc::clone(self);
-        let every = self.cfg.sync_interval;
-        Ok(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut polls: u64 = 0;
-            loop {
-                tick.tick().await;
-                if let Err(e) = me.poll_once().await {
-                    tracing::warn!(error = %e, "cache sync poll failed");
-                }
-                polls += 1;
-                // Housekeeping about once a minute.
-                if polls.is_multiple_of((60_000 / (every.as_millis().max(1) as u64)).max(1)) {
-                    if let Err(e) = me.housekeeping().await {
-                        tracing::warn!(error = %e, "housekeeping failed");
-                    }
-                }
-            }
-        }))
-    }
-
-    /// One round of feed polling (public so tests can drive it deterministically).
-    pub async fn poll_once(&self) -> Result<(), AuthError> {
-        self.poll_changes().await?;
-        self.poll_revocations().await
-    }
-
-    async fn poll_changes(&self) -> Result<(), AuthError> {
-        // The cursor leaves the lock while the query runs; only this task polls.
-        let mut cursor = std::mem::take(
-            &mut self
-                .sync
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .changes,
-        );
-        let polled = cursor.poll(self.store.db()).await;
-        self.sync
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .changes = cursor;
-        for c in polled? {
-            self.invalidate(&c.tenant, &c.topic, &c.key);
-        }
-        Ok(())
-    }
-
-    async fn poll_revocations(&self) -> Result<(), AuthError> {
-        let cursor = self
-            .sync
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .revocation_cursor;
-        let mut after = (cursor - LOOKBACK).max(0);
+        let mut after = 0;
         loop {
             let batch = self.store.revocations_after(after, 10_000).await?;
             let Some(last) = batch.last().map(|r| r.seq) else {
                 break;
             };
-            {
-                let mut revoked = write(&self.revoked);
-                for r in &batch {
-                    revoked.insert(r.jti.clone(), r.expires_at);
-                }
+            let mut revoked = write(&self.revoked);
+            for r in batch {
+                revoked.insert(r.jti, r.expires_at);
             }
             after = last;
-            let mut s = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
-            s.revocation_cursor = s.revocation_cursor.max(last);
         }
         Ok(())
     }
 
-    async fn housekeeping(&self) -> Result<(), AuthError> {
+    /// Drops expired revocations (memory and table) and expired verified tokens.
+    pub async fn housekeeping(&self) -> Result<(), AuthError> {
         let now = self.now();
         write(&self.revoked).retain(|_, exp| *exp + self.cfg.leeway >= now);
         write(&self.verified).retain(|_, c| c.exp + self.cfg.leeway >= now);
         self.store.prune_revocations(now - self.cfg.leeway).await?;
-        self.store.db().prune_changes(now - 3600).await?;
         Ok(())
     }
 }
-
-/// Feed topic for client changes (key: client id).
-pub(crate) const TOPIC_CLIENT: &str = "client";
-/// Feed topic for a tenant's keys or settings (key: tenant id).
-pub(crate) const TOPIC_TENANT: &str = "tenant";
 
 /// The AAD binding a sealed private key to its tenant and key id.
 pub(crate) fn key_aad(tenant: &TenantId, kid: &str) -> String {

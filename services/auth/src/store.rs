@@ -1,14 +1,18 @@
 //! Storage of the issuer's aggregates, behind one trait each.
 //!
 //! [`SqlStore`] implements them all over [`capstan_db::Db`]: each query is written once and runs
-//! on Postgres or SQLite through `on_pool!`. The conformance suite in `tests/it` runs unchanged
-//! against both backends. Every query is tenant-scoped.
+//! on Postgres or SQLite through `on_pool!`. The conformance suite in the workspace `tests/`
+//! runs unchanged against both backends. Every query is tenant-scoped.
+//!
+//! Every write that other servers must see appends its change-feed row in its own transaction
+//! (the outbox): `client` (key: client id), `tenant` (key: tenant id, for its keys) and
+//! `revocation` (key: `<jti> <exp>`).
 
 use async_trait::async_trait;
 use capstan_core::clock::UnixTime;
 use capstan_core::ids::{PrincipalId, PrincipalKind, TenantId};
 use capstan_core::jwt::{Alg, Jwk};
-use capstan_db::{on_pool, Db, DbError};
+use capstan_db::{append_change, on_pool, Db, DbError};
 
 use crate::model::{Client, Revocation, StoredKey, Tenant};
 
@@ -39,7 +43,12 @@ pub trait ClientStore: Send + Sync {
     /// The tenant's clients, oldest first.
     async fn list_clients(&self, tenant: &TenantId) -> Result<Vec<Client>, DbError>;
     /// Deletes a client and its principal; false if there was none.
-    async fn delete_client(&self, tenant: &TenantId, id: &PrincipalId) -> Result<bool, DbError>;
+    async fn delete_client(
+        &self,
+        tenant: &TenantId,
+        id: &PrincipalId,
+        now: UnixTime,
+    ) -> Result<bool, DbError>;
     /// Replaces the secret hash, keeping `previous` as the grace-period secret.
     async fn set_secret(
         &self,
@@ -80,10 +89,16 @@ pub trait RevocationStore: Send + Sync {
 }
 
 /// Everything the issuer stores.
-pub trait AuthStore: TenantStore + ClientStore + KeyStore + RevocationStore {
-    /// The database handle (for the change feed and readiness).
-    fn db(&self) -> &Db;
-}
+pub trait AuthStore: TenantStore + ClientStore + KeyStore + RevocationStore {}
+
+impl<T: TenantStore + ClientStore + KeyStore + RevocationStore> AuthStore for T {}
+
+/// Feed topic of client changes (key: client id).
+pub const TOPIC_CLIENT: &str = "client";
+/// Feed topic of a tenant's keys or settings (key: tenant id).
+pub const TOPIC_TENANT: &str = "tenant";
+/// Feed topic of revocations (key: `<jti> <exp>`).
+pub const TOPIC_REVOCATION: &str = "revocation";
 
 /// The SQL implementation for Postgres and SQLite.
 #[derive(Debug, Clone)]
@@ -95,12 +110,6 @@ impl SqlStore {
     /// Wraps a migrated database.
     pub fn new(db: Db) -> Self {
         SqlStore { db }
-    }
-}
-
-impl AuthStore for SqlStore {
-    fn db(&self) -> &Db {
-        &self.db
     }
 }
 
@@ -246,6 +255,14 @@ impl ClientStore for SqlStore {
             .bind(c.updated_at)
             .execute(&mut *tx)
             .await?;
+            append_change!(
+                tx,
+                c.tenant.as_str(),
+                TOPIC_CLIENT,
+                c.id.as_str(),
+                c.created_at
+            )
+            .await?;
             tx.commit().await
         })?;
         Ok(())
@@ -281,15 +298,26 @@ impl ClientStore for SqlStore {
         rows.into_iter().map(ClientRow::into_client).collect()
     }
 
-    async fn delete_client(&self, tenant: &TenantId, id: &PrincipalId) -> Result<bool, DbError> {
+    async fn delete_client(
+        &self,
+        tenant: &TenantId,
+        id: &PrincipalId,
+        now: UnixTime,
+    ) -> Result<bool, DbError> {
         // The client row goes with its principal (ON DELETE CASCADE).
         let n = on_pool!(&self.db, |p| {
-            sqlx::query("DELETE FROM core_principals WHERE tenant = $1 AND id = $2")
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM core_principals WHERE tenant = $1 AND id = $2")
                 .bind(tenant.as_str())
                 .bind(id.as_str())
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                append_change!(tx, tenant.as_str(), TOPIC_CLIENT, id.as_str(), now).await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
         })?;
         Ok(n == 1)
     }
@@ -307,7 +335,8 @@ impl ClientStore for SqlStore {
             None => (None, None),
         };
         let n = on_pool!(&self.db, |p| {
-            sqlx::query(
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
                 "UPDATE auth_clients SET secret_hash = $3, previous_secret_hash = $4, \
                  previous_secret_expires_at = $5, updated_at = $6 WHERE tenant = $1 AND id = $2",
             )
@@ -317,9 +346,14 @@ impl ClientStore for SqlStore {
             .bind(prev_hash)
             .bind(prev_exp)
             .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                append_change!(tx, tenant.as_str(), TOPIC_CLIENT, id.as_str(), now).await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
         })?;
         Ok(n == 1)
     }
@@ -341,21 +375,24 @@ type KeyRow = (String, String, String, String, Vec<u8>, i64, i64);
 impl KeyStore for SqlStore {
     async fn insert_key(&self, k: &StoredKey) -> Result<(), DbError> {
         let jwk = serde_json::to_string(&k.public_jwk).map_err(|_| corrupt("jwk"))?;
+        let tenant = k.tenant.as_str();
         on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
             sqlx::query(
                 "INSERT INTO auth_signing_keys (tenant, kid, alg, public_jwk, private_key_sealed, \
                  created_at, activates_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(k.tenant.as_str())
+            .bind(tenant)
             .bind(&k.kid)
             .bind(k.alg.as_str())
             .bind(&jwk)
             .bind(&k.private_key_sealed)
             .bind(k.created_at)
             .bind(k.activates_at)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())
+            .execute(&mut *tx)
+            .await?;
+            append_change!(tx, tenant, TOPIC_TENANT, tenant, k.created_at).await?;
+            tx.commit().await
         })?;
         Ok(())
     }
@@ -398,8 +435,10 @@ impl RevocationStore for SqlStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<(), DbError> {
+        let key = format!("{jti} {expires_at}");
         on_pool!(&self.db, |p| {
-            sqlx::query(
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
                 "INSERT INTO auth_revocations (tenant, jti, expires_at, revoked_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, jti) DO NOTHING",
             )
@@ -407,9 +446,13 @@ impl RevocationStore for SqlStore {
             .bind(jti)
             .bind(expires_at)
             .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                append_change!(tx, tenant.as_str(), TOPIC_REVOCATION, &key, now).await?;
+            }
+            tx.commit().await
         })?;
         Ok(())
     }

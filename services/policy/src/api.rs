@@ -270,7 +270,7 @@ impl PolicyService {
             .store
             .put_version(caller.tenant.as_str(), name, &doc, self.clock.now())
             .await?;
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(PutPolicyResult {
             name: name.into(),
             version,
@@ -362,22 +362,13 @@ impl PolicyService {
         }
         if !self
             .store
-            .delete_policy(caller.tenant.as_str(), name)
+            .delete_policy(caller.tenant.as_str(), name, self.clock.now())
             .await?
         {
             return Err(PolicyError::NotFound(format!("policy {name:?} not found")));
         }
         self.forget_compiled(caller.tenant.as_str(), name);
-        self.store
-            .db()
-            .publish_change(
-                caller.tenant.as_str(),
-                crate::service::TOPIC_POLICY_DELETED,
-                name,
-                self.clock.now(),
-            )
-            .await?;
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 
@@ -435,7 +426,7 @@ impl PolicyService {
             .store
             .put_group(caller.tenant.as_str(), group, self.clock.now())
             .await?;
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(created)
     }
 
@@ -445,12 +436,12 @@ impl PolicyService {
             .await?;
         if !self
             .store
-            .delete_group(caller.tenant.as_str(), group)
+            .delete_group(caller.tenant.as_str(), group, self.clock.now())
             .await?
         {
             return Err(PolicyError::NotFound(format!("group {group:?} not found")));
         }
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 
@@ -485,14 +476,15 @@ impl PolicyService {
             }
         }
         let t = caller.tenant.as_str();
+        let now = self.clock.now();
         if present {
-            self.store.add_member(t, group, member).await?;
-        } else if !self.store.remove_member(t, group, member).await? {
+            self.store.add_member(t, group, member, now).await?;
+        } else if !self.store.remove_member(t, group, member, now).await? {
             return Err(PolicyError::NotFound(format!(
                 "{member:?} is not a member of {group:?}"
             )));
         }
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 
@@ -527,15 +519,16 @@ impl PolicyService {
             principal_id(target)?;
         }
         let t = caller.tenant.as_str();
+        let now = self.clock.now();
         if present {
             self.policy_exists(&caller.tenant, policy).await?;
-            self.store.attach(t, kind, target, policy).await?;
-        } else if !self.store.detach(t, kind, target, policy).await? {
+            self.store.attach(t, kind, target, policy, now).await?;
+        } else if !self.store.detach(t, kind, target, policy, now).await? {
             return Err(PolicyError::NotFound(format!(
                 "policy {policy:?} is not attached to {target:?}"
             )));
         }
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 
@@ -555,20 +548,21 @@ impl PolicyService {
             .await?;
         principal_id(principal)?;
         let t = caller.tenant.as_str();
+        let now = self.clock.now();
         match policy {
             Some(p) => {
                 self.policy_exists(&caller.tenant, p).await?;
-                self.store.set_boundary(t, principal, p).await?;
+                self.store.set_boundary(t, principal, p, now).await?;
             }
             None => {
-                if !self.store.delete_boundary(t, principal).await? {
+                if !self.store.delete_boundary(t, principal, now).await? {
                     return Err(PolicyError::NotFound(format!(
                         "{principal:?} has no permissions boundary"
                     )));
                 }
             }
         }
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 
@@ -603,9 +597,9 @@ impl PolicyService {
         }
         let tags: Vec<(String, String)> = tags.into_iter().collect();
         self.store
-            .set_tags(caller.tenant.as_str(), principal, &tags)
+            .set_tags(caller.tenant.as_str(), principal, &tags, self.clock.now())
             .await?;
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 
@@ -627,7 +621,7 @@ impl PolicyService {
         self.store
             .put_keyed(table, caller.tenant.as_str(), key, &doc, self.clock.now())
             .await?;
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(warnings.iter().map(IssueView::from).collect())
     }
 
@@ -696,12 +690,12 @@ impl PolicyService {
         self.guard_keyed(caller, table, "Delete", key).await?;
         if !self
             .store
-            .delete_keyed(table, caller.tenant.as_str(), key)
+            .delete_keyed(table, caller.tenant.as_str(), key, self.clock.now())
             .await?
         {
             return Err(PolicyError::NotFound(format!("{key:?} not found")));
         }
-        self.changed(&caller.tenant).await?;
+        self.changed(&caller.tenant);
         Ok(())
     }
 

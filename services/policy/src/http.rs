@@ -8,7 +8,10 @@ use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::{Json, Router};
 use capstan_core::authz::{Caller, TokenVerifier};
-use capstan_http::{Api, ApiError, ApiResult, Bearer, BearerScheme, JsonBody, JsonText, Query};
+use capstan_http::{
+    Api, ApiError, ApiResult, Bearer, BearerScheme, BoxError, JsonBody, JsonText, Metric, Query,
+    Service,
+};
 use capstan_iam::PolicyKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -19,6 +22,7 @@ use crate::api::{
     DecisionView, PolicySummary, PolicyView, PutPolicyResult, TagsRequest, Validation,
 };
 use crate::error::PolicyError;
+use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
 use crate::simulate::{SimulateRequest, SimulateResponse};
 use crate::store::Keyed;
 use crate::PolicyService;
@@ -452,6 +456,53 @@ pub fn router(svc: Arc<PolicyService>, verifier: Arc<dyn TokenVerifier>) -> Rout
         .route("/v1/decisions", axum::routing::get(decisions))
         .route("/v1/simulate", post(simulate))
         .with_state(Api::new(svc, verifier))
+}
+
+/// The policy engine as a platform service: its API, its feed topics, its decision-log writer
+/// (flushed at stop), decision pruning and metrics.
+#[async_trait::async_trait]
+impl Service for PolicyService {
+    fn name(&self) -> &'static str {
+        "policy"
+    }
+
+    fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router {
+        router(self, verifier)
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        PolicyApi::openapi()
+    }
+
+    fn topics(&self) -> &[&'static str] {
+        &[TOPIC_POLICY, TOPIC_POLICY_DELETED]
+    }
+
+    fn on_change(&self, change: &capstan_db::Change) {
+        PolicyService::on_change(self, change);
+    }
+
+    async fn start(self: Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, BoxError> {
+        Ok(PolicyService::start(&self).await?)
+    }
+
+    async fn housekeeping(&self) -> Result<(), BoxError> {
+        self.prune_decisions().await?;
+        Ok(())
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        vec![Metric::counter(
+            "capstan_policy_decisions_dropped_total",
+            "Decisions not logged because the decision-log queue was full.",
+            self.dropped_decisions
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )]
+    }
+
+    async fn stop(&self) {
+        self.flush_decisions().await;
+    }
 }
 
 /// The policy service's part of the OpenAPI document.

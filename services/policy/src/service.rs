@@ -9,13 +9,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use capstan_core::authz::{crn_tenant, Authorizer, AuthzError, Caller, GuardContext};
 use capstan_core::clock::Clock;
 use capstan_core::ids::{PrincipalId, TenantId};
-use capstan_db::{Db, FeedCursor};
+use capstan_db::Db;
 use capstan_iam::{
     crn_matches, evaluate, Applicable, Context, Decision, IdentityIndex, Limits, Outcome, Policy,
     PolicyKind, Request, Source,
@@ -43,8 +42,6 @@ pub struct PolicyConfig {
     pub limits: Limits,
     /// How long decisions are kept (seconds).
     pub decision_retention: i64,
-    /// How often caches poll the change feed.
-    pub sync_interval: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -52,7 +49,6 @@ impl Default for PolicyConfig {
         PolicyConfig {
             limits: Limits::default(),
             decision_retention: 7 * 86_400,
-            sync_interval: Duration::from_millis(250),
         }
     }
 }
@@ -415,20 +411,10 @@ impl PolicyService {
         }
     }
 
-    /// Records a change: new revision, local cache dropped, other servers told.
-    pub(crate) async fn changed(&self, tenant: &TenantId) -> Result<i64, PolicyError> {
-        let rev = self.store.bump_revision(tenant.as_str()).await?;
+    /// After a write (which bumped the revision and appended the feed row in its transaction):
+    /// drops this server's snapshot at once; the others drop theirs when the feed says so.
+    pub(crate) fn changed(&self, tenant: &TenantId) {
         self.invalidate(tenant.as_str());
-        self.store
-            .db()
-            .publish_change(
-                tenant.as_str(),
-                TOPIC_POLICY,
-                tenant.as_str(),
-                self.clock.now(),
-            )
-            .await?;
-        Ok(rev)
     }
 
     /// The request context: the caller's keys, then Capstan's own (which cannot be overridden).
@@ -553,7 +539,8 @@ impl PolicyService {
         }
     }
 
-    /// Starts the decision-log writer and the change-feed poller.
+    /// Starts the decision-log writer. Changes reach [`PolicyService::on_change`] through the
+    /// server's change feed.
     pub async fn start(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, PolicyError> {
         let mut tasks = Vec::new();
         let rx = self
@@ -584,39 +571,26 @@ impl PolicyService {
                 }
             }));
         }
-        let mut cursor = FeedCursor::at_end(self.store.db()).await?;
-        let me = Arc::clone(self);
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.cfg.sync_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut polls: u64 = 0;
-            loop {
-                tick.tick().await;
-                match cursor.poll(me.store.db()).await {
-                    Ok(changes) => {
-                        for c in changes {
-                            match c.topic.as_str() {
-                                TOPIC_POLICY => me.invalidate(&c.tenant),
-                                TOPIC_POLICY_DELETED => {
-                                    me.forget_compiled(&c.tenant, &c.key);
-                                    me.invalidate(&c.tenant);
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "policy cache sync failed"),
-                }
-                polls += 1;
-                if polls.is_multiple_of(3_600) {
-                    let before = me.clock.now() - me.cfg.decision_retention;
-                    if let Err(e) = me.store.prune_decisions(before).await {
-                        tracing::warn!(error = %e, "cannot prune decisions");
-                    }
-                }
-            }
-        }));
         Ok(tasks)
+    }
+
+    /// A change from the feed: a tenant's policies changed (its snapshot is dropped), or a
+    /// managed policy was deleted (its compiled versions are forgotten too).
+    pub fn on_change(&self, c: &capstan_db::Change) {
+        match c.topic.as_str() {
+            TOPIC_POLICY => self.invalidate(&c.tenant),
+            TOPIC_POLICY_DELETED => {
+                self.forget_compiled(&c.tenant, &c.key);
+                self.invalidate(&c.tenant);
+            }
+            _ => {}
+        }
+    }
+
+    /// Drops decisions older than the retention.
+    pub async fn prune_decisions(&self) -> Result<u64, PolicyError> {
+        let before = self.clock.now() - self.cfg.decision_retention;
+        Ok(self.store.prune_decisions(before).await?)
     }
 
     /// Waits until every decision logged so far is written (before reading the log, and at
@@ -699,10 +673,11 @@ impl Authorizer for PolicyService {
                 "principal",
                 principal.as_str(),
                 builtin::ADMINISTRATOR,
+                self.clock.now(),
             )
             .await
             .map_err(|e| authz_error(e.into()))?;
-        self.changed(tenant).await.map_err(authz_error)?;
+        self.changed(tenant);
         Ok(())
     }
 }

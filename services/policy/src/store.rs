@@ -3,6 +3,8 @@
 
 use capstan_db::{on_pool, Db, DbError};
 
+use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
+
 /// A stored managed policy version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredVersion {
@@ -70,8 +72,37 @@ pub struct PolicyStore {
     db: Db,
 }
 
-fn affected(r: Result<u64, sqlx::Error>) -> Result<bool, DbError> {
-    Ok(r? > 0)
+/// Runs `$body` in one transaction as `tx`. The body evaluates to `(result, changed)`; when
+/// something changed, the tenant's revision is bumped and the feed rows of `$topics` (each a
+/// `(topic, key)`) are appended in the same transaction, so a committed change is never missing
+/// from the feed (the outbox).
+macro_rules! write_tx {
+    ($db:expr, $tenant:expr, $now:expr, $topics:expr, |$tx:ident| $body:expr) => {
+        on_pool!($db, |p| {
+            let mut $tx = p.begin().await?;
+            let (out, changed) = $body;
+            if changed {
+                sqlx::query(BUMP_REVISION)
+                    .bind($tenant)
+                    .execute(&mut *$tx)
+                    .await?;
+                for (topic, key) in $topics {
+                    capstan_db::append_change!($tx, $tenant, topic, key, $now).await?;
+                }
+            }
+            $tx.commit().await?;
+            Ok::<_, sqlx::Error>(out)
+        })
+    };
+}
+
+const BUMP_REVISION: &str = "INSERT INTO policy_revisions (tenant, revision) VALUES ($1, 1) \
+     ON CONFLICT (tenant) DO UPDATE SET revision = policy_revisions.revision + 1 \
+     RETURNING revision";
+
+/// The feed row every policy change appends: the tenant's snapshot is stale.
+fn policy_changed(tenant: &str) -> [(&'static str, &str); 1] {
+    [(TOPIC_POLICY, tenant)]
 }
 
 impl PolicyStore {
@@ -88,14 +119,10 @@ impl PolicyStore {
     /// Increments and returns the tenant's revision.
     pub async fn bump_revision(&self, tenant: &str) -> Result<i64, DbError> {
         let (rev,): (i64,) = on_pool!(&self.db, |p| {
-            sqlx::query_as(
-                "INSERT INTO policy_revisions (tenant, revision) VALUES ($1, 1) \
-                 ON CONFLICT (tenant) DO UPDATE SET revision = policy_revisions.revision + 1 \
-                 RETURNING revision",
-            )
-            .bind(tenant)
-            .fetch_one(p)
-            .await
+            sqlx::query_as(BUMP_REVISION)
+                .bind(tenant)
+                .fetch_one(p)
+                .await
         })?;
         Ok(rev)
     }
@@ -110,8 +137,7 @@ impl PolicyStore {
         now: i64,
     ) -> Result<i64, DbError> {
         let postgres = matches!(self.db, Db::Postgres(_));
-        let version = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+        let version = write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
             if postgres {
                 // Writers of one policy take turns, so concurrent PUTs each get the next version
                 // instead of colliding on MAX + 1 (a unique violation).
@@ -153,8 +179,7 @@ impl PolicyStore {
             .bind(version - KEEP_VERSIONS)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok::<i64, sqlx::Error>(version)
+            (version, true)
         })?;
         Ok(version)
     }
@@ -214,9 +239,9 @@ impl PolicyStore {
     }
 
     /// Deletes a managed policy with all its versions.
-    pub async fn delete_policy(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
-        let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+    pub async fn delete_policy(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
+        let topics = [(TOPIC_POLICY, tenant), (TOPIC_POLICY_DELETED, name)];
+        let n = write_tx!(&self.db, tenant, now, topics, |tx| {
             sqlx::query("DELETE FROM policy_versions WHERE tenant = $1 AND name = $2")
                 .bind(tenant)
                 .bind(name)
@@ -228,8 +253,7 @@ impl PolicyStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
+            (n, n > 0)
         })?;
         Ok(n > 0)
     }
@@ -251,22 +275,28 @@ impl PolicyStore {
 
     /// Creates a group (idempotent); true when it was new.
     pub async fn put_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
-        affected(on_pool!(&self.db, |p| {
-            sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
+        Ok(write_tx!(
+            &self.db,
+            tenant,
+            now,
+            policy_changed(tenant),
+            |tx| {
+                let n = sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
                 .bind(tenant)
                 .bind(name)
                 .bind(now)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
-        }))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (n > 0, n > 0)
+            }
+        )?)
     }
 
     /// Deletes a group, its memberships (as a group and as a member) and its attachments.
-    pub async fn delete_group(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
+    pub async fn delete_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         let as_member = format!("group:{name}");
-        let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+        let n = write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND (group_name = $2 OR member = $3)")
                 .bind(tenant)
                 .bind(name)
@@ -284,8 +314,7 @@ impl PolicyStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
+            (n, n > 0)
         })?;
         Ok(n > 0)
     }
@@ -303,15 +332,23 @@ impl PolicyStore {
     }
 
     /// Adds a member (idempotent).
-    pub async fn add_member(&self, tenant: &str, group: &str, member: &str) -> Result<(), DbError> {
-        on_pool!(&self.db, |p| {
+    pub async fn add_member(
+        &self,
+        tenant: &str,
+        group: &str,
+        member: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+            let n =
             sqlx::query("INSERT INTO policy_group_members (tenant, group_name, member) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(tenant)
                 .bind(group)
                 .bind(member)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            ((), n > 0)
         })?;
         Ok(())
     }
@@ -322,16 +359,25 @@ impl PolicyStore {
         tenant: &str,
         group: &str,
         member: &str,
+        now: i64,
     ) -> Result<bool, DbError> {
-        affected(on_pool!(&self.db, |p| {
+        Ok(write_tx!(
+            &self.db,
+            tenant,
+            now,
+            policy_changed(tenant),
+            |tx| {
+                let n =
             sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND group_name = $2 AND member = $3")
                 .bind(tenant)
                 .bind(group)
                 .bind(member)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
-        }))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (n > 0, n > 0)
+            }
+        )?)
     }
 
     /// Attaches a policy to a principal or group (idempotent).
@@ -341,16 +387,19 @@ impl PolicyStore {
         kind: &str,
         target: &str,
         policy: &str,
+        now: i64,
     ) -> Result<(), DbError> {
-        on_pool!(&self.db, |p| {
+        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+            let n =
             sqlx::query("INSERT INTO policy_attachments (tenant, target_kind, target, policy) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(tenant)
                 .bind(kind)
                 .bind(target)
                 .bind(policy)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            ((), n > 0)
         })?;
         Ok(())
     }
@@ -362,17 +411,26 @@ impl PolicyStore {
         kind: &str,
         target: &str,
         policy: &str,
+        now: i64,
     ) -> Result<bool, DbError> {
-        affected(on_pool!(&self.db, |p| {
+        Ok(write_tx!(
+            &self.db,
+            tenant,
+            now,
+            policy_changed(tenant),
+            |tx| {
+                let n =
             sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = $2 AND target = $3 AND policy = $4")
                 .bind(tenant)
                 .bind(kind)
                 .bind(target)
                 .bind(policy)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
-        }))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (n > 0, n > 0)
+            }
+        )?)
     }
 
     /// Sets a principal's permissions boundary.
@@ -381,32 +439,48 @@ impl PolicyStore {
         tenant: &str,
         principal: &str,
         policy: &str,
+        now: i64,
     ) -> Result<(), DbError> {
-        on_pool!(&self.db, |p| {
-            sqlx::query(
+        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+            let n = sqlx::query(
                 "INSERT INTO policy_boundaries (tenant, principal, policy) VALUES ($1, $2, $3) \
                  ON CONFLICT (tenant, principal) DO UPDATE SET policy = excluded.policy",
             )
             .bind(tenant)
             .bind(principal)
             .bind(policy)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            ((), n > 0)
         })?;
         Ok(())
     }
 
     /// Removes a principal's boundary; false if it had none.
-    pub async fn delete_boundary(&self, tenant: &str, principal: &str) -> Result<bool, DbError> {
-        affected(on_pool!(&self.db, |p| {
-            sqlx::query("DELETE FROM policy_boundaries WHERE tenant = $1 AND principal = $2")
+    pub async fn delete_boundary(
+        &self,
+        tenant: &str,
+        principal: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        Ok(write_tx!(
+            &self.db,
+            tenant,
+            now,
+            policy_changed(tenant),
+            |tx| {
+                let n = sqlx::query(
+                    "DELETE FROM policy_boundaries WHERE tenant = $1 AND principal = $2",
+                )
                 .bind(tenant)
                 .bind(principal)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
-        }))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (n > 0, n > 0)
+            }
+        )?)
     }
 
     /// Replaces a principal's tags.
@@ -415,9 +489,9 @@ impl PolicyStore {
         tenant: &str,
         principal: &str,
         tags: &[(String, String)],
+        now: i64,
     ) -> Result<(), DbError> {
-        on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query("DELETE FROM policy_tags WHERE tenant = $1 AND principal = $2")
                 .bind(tenant)
                 .bind(principal)
@@ -432,7 +506,7 @@ impl PolicyStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            tx.commit().await
+            ((), true)
         })?;
         Ok(())
     }
@@ -452,15 +526,15 @@ impl PolicyStore {
             "INSERT INTO {t} (tenant, {k}, document, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant, {k}) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at"
         );
-        on_pool!(&self.db, |p| {
+        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query(&sql)
                 .bind(tenant)
                 .bind(key)
                 .bind(document)
                 .bind(now)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+                .execute(&mut *tx)
+                .await?;
+            ((), true)
         })?;
         Ok(())
     }
@@ -489,17 +563,25 @@ impl PolicyStore {
         table: Keyed,
         tenant: &str,
         key: &str,
+        now: i64,
     ) -> Result<bool, DbError> {
         let (t, k) = table.names();
         let sql = format!("DELETE FROM {t} WHERE tenant = $1 AND {k} = $2");
-        affected(on_pool!(&self.db, |p| {
-            sqlx::query(&sql)
-                .bind(tenant)
-                .bind(key)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
-        }))
+        Ok(write_tx!(
+            &self.db,
+            tenant,
+            now,
+            policy_changed(tenant),
+            |tx| {
+                let n = sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                (n > 0, n > 0)
+            }
+        )?)
     }
 
     /// Everything that decides the tenant's authorizations.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -16,11 +16,16 @@ use capstan_auth::store::SqlStore;
 use capstan_auth::{AuthConfig, AuthService};
 use capstan_core::clock::Clock;
 use capstan_core::rng::Rng;
+use capstan_db::feed::FeedConfig;
 use capstan_db::Db;
+use capstan_db::Feed;
+use capstan_http::service::FeedSubscriber;
+use capstan_http::{Metric, Platform, Registration, Service};
 use capstan_policy::{PolicyConfig, PolicyService};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 use utoipa::OpenApi;
@@ -29,78 +34,157 @@ use crate::config::Settings;
 use crate::error::ServerError;
 use crate::metrics::HttpMetrics;
 
-/// Everything a request handler may need, built once.
+/// The services every server builds whatever `--services` says, because every other service
+/// stands on them: the policy engine guards every API and the issuer verifies every bearer
+/// token. `--services` decides only whether their routes are served.
+pub const PLATFORM: [&str; 2] = ["auth", "policy"];
+
+/// The services this build has beyond [`PLATFORM`]. Adding a service is its crate plus one line
+/// here: `Registration::new("identity", capstan_identity::build)`.
+pub fn registry() -> Vec<Registration> {
+    Vec::new()
+}
+
+/// The names of every service this build implements.
+pub fn implemented() -> Vec<&'static str> {
+    let mut names = PLATFORM.to_vec();
+    names.extend(registry().iter().map(|r| r.name));
+    names
+}
+
+/// A service the server runs, and whether its routes are served.
+pub struct Running {
+    /// The service.
+    pub service: Arc<dyn Service>,
+    /// Whether `--services` named it (a platform service runs either way).
+    pub served: bool,
+}
+
+/// The composition root: everything a request handler may need, built once. `dev`, `serve`
+/// and `bootstrap` all build it.
 pub struct App {
     /// The database.
     pub db: Db,
-    /// The issuer, when the auth service runs.
-    pub auth: Option<Arc<AuthService>>,
-    /// The policy engine; it guards every API, so it exists whenever auth or policy runs.
-    pub policy: Option<Arc<PolicyService>>,
-    /// Whether the policy API is served.
-    serve_policy_api: bool,
+    /// The change feed (one runner per server).
+    pub feed: Arc<Feed>,
+    /// The issuer (a platform service: it verifies every bearer token).
+    pub auth: Arc<AuthService>,
+    /// The policy engine (a platform service: it guards every API).
+    pub policy: Arc<PolicyService>,
+    /// Every service this server runs, platform ones first.
+    pub services: Vec<Running>,
     /// HTTP metrics.
     pub metrics: HttpMetrics,
+    feed_config: FeedConfig,
+    clock: Arc<dyn Clock>,
     request_ids: AtomicU64,
 }
 
 impl App {
-    /// Connects, optionally migrates, and builds the selected services.
+    /// Connects, optionally migrates, and builds the platform and the selected services of
+    /// `registry` (the standard one is [`registry`]; tests add their own).
     pub async fn build(
         settings: &Settings,
         public_url: String,
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
         migrate: bool,
+        registry: Vec<Registration>,
     ) -> Result<App, ServerError> {
         let db = Db::connect(&settings.database_url, settings.db_max_connections).await?;
         if migrate {
             db.migrate().await?;
         }
-        let runs = |name: &str| settings.services.iter().any(|s| s == name);
-        let (auth, policy) = if runs("auth") || runs("policy") {
-            let policy = Arc::new(PolicyService::new(
-                db.clone(),
-                clock.clone(),
-                policy_config(settings),
-            ));
-            let store = Arc::new(SqlStore::new(db.clone()));
-            let auth = Arc::new(AuthService::new(
-                auth_config(settings, public_url),
-                store,
-                &settings.master_key,
-                clock,
-                rng,
-                policy.clone(),
-            )?);
-            (Some(auth), Some(policy))
-        } else {
-            (None, None)
+        let selected = |name: &str| settings.services.iter().any(|s| s == name);
+        let feed = Feed::new(db.clone());
+        let policy = Arc::new(PolicyService::new(
+            db.clone(),
+            clock.clone(),
+            policy_config(settings),
+        ));
+        let auth = Arc::new(AuthService::new(
+            auth_config(settings, public_url.clone()),
+            Arc::new(SqlStore::new(db.clone())),
+            &settings.master_key,
+            clock.clone(),
+            rng.clone(),
+            policy.clone(),
+        )?);
+        let platform = Platform {
+            db: db.clone(),
+            feed: feed.clone(),
+            clock: clock.clone(),
+            rng,
+            authorizer: policy.clone(),
+            verifier: auth.clone(),
+            public_url,
         };
+        let mut services = vec![
+            Running {
+                service: auth.clone(),
+                served: selected("auth"),
+            },
+            Running {
+                service: policy.clone(),
+                served: selected("policy"),
+            },
+        ];
+        for reg in &registry {
+            if !selected(reg.name) {
+                continue;
+            }
+            if let Some(missing) = reg
+                .requires
+                .iter()
+                .find(|r| !PLATFORM.contains(r) && !selected(r))
+            {
+                return Err(ServerError::Config(format!(
+                    "service {:?} needs service {missing:?}: add it to --services",
+                    reg.name
+                )));
+            }
+            let service = (reg.build)(&platform).map_err(|e| ServerError::Service {
+                name: reg.name,
+                message: e.to_string(),
+            })?;
+            services.push(Running {
+                service,
+                served: true,
+            });
+        }
         for s in &settings.services {
-            if !crate::config::IMPLEMENTED.contains(&s.as_str()) {
+            if !PLATFORM.contains(&s.as_str()) && !registry.iter().any(|r| r.name == s) {
                 tracing::warn!(service = %s, "service is not available in this version; skipping");
             }
         }
         Ok(App {
             db,
-            serve_policy_api: settings.services.iter().any(|s| s == "policy"),
-            policy,
+            feed,
             auth,
+            policy,
+            services,
             metrics: HttpMetrics::default(),
+            feed_config: FeedConfig {
+                poll_every: settings.sync_interval,
+                ..FeedConfig::default()
+            },
+            clock,
             request_ids: AtomicU64::new(1),
         })
+    }
+
+    fn served(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
+        self.services
+            .iter()
+            .filter(|r| r.served)
+            .map(|r| &r.service)
     }
 
     /// All routes with middleware.
     pub fn router(self: &Arc<Self>, settings: &Settings) -> Router {
         let mut router = Router::new();
-        if let Some(auth) = &self.auth {
-            router = router.merge(capstan_auth::http::router(auth.clone()));
-        }
-        if let (Some(policy), Some(auth), true) = (&self.policy, &self.auth, self.serve_policy_api)
-        {
-            router = router.merge(capstan_policy::http::router(policy.clone(), auth.clone()));
+        for s in self.served() {
+            router = router.merge(s.clone().router(self.auth.clone()));
         }
         let ops = Router::new()
             .route("/healthz", get(healthz))
@@ -125,13 +209,61 @@ impl App {
                 settings.request_timeout,
             ))
     }
+
+    /// The OpenAPI document of every served endpoint.
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        let mut doc = OpsApi::openapi();
+        for s in self.served() {
+            doc.merge(s.openapi());
+        }
+        doc
+    }
+
+    /// Starts the change feed (its cursor placed before any service loads state, so no change
+    /// falls between), then every service's background tasks, then housekeeping.
+    async fn start(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, ServerError> {
+        for r in &self.services {
+            self.feed
+                .subscribe(Arc::new(FeedSubscriber(r.service.clone())));
+        }
+        let clock = self.clock.clone();
+        let mut tasks = self
+            .feed
+            .start(self.feed_config, Arc::new(move || clock.now()))
+            .await?;
+        for r in &self.services {
+            let name = r.service.name();
+            let started = r.service.clone().start().await;
+            tasks.extend(started.map_err(|e| ServerError::Service {
+                name,
+                message: e.to_string(),
+            })?);
+        }
+        let me = Arc::clone(self);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for r in &me.services {
+                    if let Err(e) = r.service.housekeeping().await {
+                        tracing::warn!(service = r.service.name(), error = %e, "housekeeping failed");
+                    }
+                }
+            }
+        }));
+        Ok(tasks)
+    }
 }
+
+/// How often services' housekeeping runs (real time; what is old is the injected clock's call).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// The policy service's settings, from the server's.
 pub fn policy_config(settings: &Settings) -> PolicyConfig {
     PolicyConfig {
         decision_retention: settings.decision_retention_seconds,
-        sync_interval: settings.sync_interval,
         ..PolicyConfig::default()
     }
 }
@@ -145,7 +277,6 @@ pub fn auth_config(settings: &Settings, public_url: String) -> AuthConfig {
         key_publish_delay: settings.key_publish_delay_seconds,
         leeway: AuthConfig::default().leeway,
         api_audience: settings.api_audience.clone(),
-        sync_interval: settings.sync_interval,
     }
 }
 
@@ -216,7 +347,12 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(app.auth.as_ref().map(|a| &a.metrics));
+    let services: Vec<Metric> = app
+        .services
+        .iter()
+        .flat_map(|r| r.service.metrics())
+        .collect();
+    let text = app.metrics.render(&services);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -234,19 +370,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 )]
 struct OpsApi;
 
-/// The OpenAPI document of every public endpoint.
-pub fn openapi_doc() -> utoipa::openapi::OpenApi {
-    let mut doc = OpsApi::openapi();
-    doc.merge(capstan_auth::http::AuthApi::openapi());
-    doc.merge(capstan_policy::http::PolicyApi::openapi());
-    doc
-}
-
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document")))]
-async fn openapi() -> Response {
-    Json(openapi_doc()).into_response()
+async fn openapi(State(app): State<Arc<App>>) -> Response {
+    Json(app.openapi()).into_response()
 }
 
 /// A running server.
@@ -263,13 +391,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds, builds and starts serving. The server stops on [`Server::shutdown`], or when
-    /// `external` resolves (SIGTERM in the binary).
+    /// Binds, builds the standard [`registry`] and starts serving. The server stops on
+    /// [`Server::shutdown`], or when the signal given to [`Server::run_until`] resolves.
     pub async fn start(
         settings: &Settings,
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
         migrate: bool,
+    ) -> Result<Server, ServerError> {
+        Server::start_with(settings, clock, rng, migrate, registry()).await
+    }
+
+    /// As [`Server::start`], with the services of `registry` instead of the standard ones.
+    pub async fn start_with(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        migrate: bool,
+        registry: Vec<Registration>,
     ) -> Result<Server, ServerError> {
         let listener = TcpListener::bind(settings.listen).await?;
         let addr = listener.local_addr()?;
@@ -279,18 +418,15 @@ impl Server {
             .unwrap_or_else(|| format!("http://{addr}"))
             .trim_end_matches('/')
             .to_owned();
-        let app = Arc::new(App::build(settings, public_url.clone(), clock, rng, migrate).await?);
-        let mut tasks = Vec::new();
-        if let Some(policy) = &app.policy {
-            tasks.extend(policy.start().await?);
-        }
-        if let Some(auth) = &app.auth {
-            let default = capstan_core::ids::TenantId::default_tenant();
-            auth.ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
-                .await?;
-            auth.check_master_key(&default).await?;
-            tasks.push(auth.start_sync().await?);
-        }
+        let app = Arc::new(
+            App::build(settings, public_url.clone(), clock, rng, migrate, registry).await?,
+        );
+        let default = capstan_core::ids::TenantId::default_tenant();
+        app.auth
+            .ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
+            .await?;
+        app.auth.check_master_key(&default).await?;
+        let tasks = app.start().await?;
         let router = app.router(settings);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -318,8 +454,8 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(p) = &self.app.policy {
-            p.flush_decisions().await;
+        for r in &self.app.services {
+            r.service.stop().await;
         }
         for t in self.tasks.drain(..) {
             t.abort();

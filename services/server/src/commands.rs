@@ -5,18 +5,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capstan_auth::store::SqlStore;
-use capstan_auth::AuthService;
 use capstan_core::clock::SystemClock;
 use capstan_core::crypto::MasterKey;
 use capstan_core::ids::TenantId;
 use capstan_core::jwt::Alg;
 use capstan_core::rng::SystemRng;
 use capstan_db::Db;
-use capstan_policy::PolicyService;
 use serde_json::json;
 
-use crate::app::{auth_config, policy_config, Server};
+use crate::app::{registry, App, Server};
 use crate::config::{master_key_from, Options, Settings};
 use crate::error::ServerError;
 
@@ -73,28 +70,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// The issuer for one-shot commands (bootstrap), configured like the server, with the policy
-/// engine as its authorizer so a new admin gets `AdministratorAccess`.
-fn auth_service(
-    db: &Db,
-    settings: &Settings,
-    public_url: String,
-) -> Result<AuthService, ServerError> {
-    let policy = Arc::new(PolicyService::new(
-        db.clone(),
-        Arc::new(SystemClock),
-        policy_config(settings),
-    ));
-    Ok(AuthService::new(
-        auth_config(settings, public_url),
-        Arc::new(SqlStore::new(db.clone())),
-        &settings.master_key,
-        Arc::new(SystemClock),
-        Arc::new(SystemRng::new()),
-        policy,
-    )?)
-}
-
 /// The admin credentials as printed (and written to `admin.json`). The issuer is included when
 /// the public URL is known.
 fn credentials_json(
@@ -140,7 +115,8 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("capstan.db").display()));
     let settings = Settings::resolve(&o, database_url, master, SocketAddr::from(DEV_LISTEN))?;
     let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(rng), true).await?;
-    if let Some(auth) = &server.app.auth {
+    {
+        let auth = &server.app.auth;
         let tenant = TenantId::default_tenant();
         let admin_path = data_dir.join("admin.json");
         if !auth.has_admin(&tenant).await? {
@@ -204,11 +180,20 @@ pub async fn migrate(o: Options) -> Result<(), ServerError> {
 
 /// `capstan bootstrap`.
 pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
-    let settings = production_settings(&o)?;
-    let db = Db::connect(&settings.database_url, 2).await?;
-    db.migrate().await?;
+    let mut settings = production_settings(&o)?;
+    settings.db_max_connections = 2;
     let public_url = o.public_url.as_deref();
-    let auth = auth_service(&db, &settings, public_url.unwrap_or_default().to_owned())?;
+    // The same composition root as the server; nothing is started or served.
+    let app = App::build(
+        &settings,
+        public_url.unwrap_or_default().to_owned(),
+        Arc::new(SystemClock),
+        Arc::new(SystemRng::new()),
+        true,
+        registry(),
+    )
+    .await?;
+    let auth = &app.auth;
     let tenant = TenantId::default_tenant();
     auth.ensure_tenant(&tenant, Alg::ES256).await?;
     if auth.has_admin(&tenant).await? && !force {

@@ -174,8 +174,6 @@ impl Options {
 
 /// The services Capstan is made of.
 pub const SERVICES: [&str; 5] = ["auth", "policy", "identity", "config", "trace"];
-/// Those this build implements.
-pub const IMPLEMENTED: [&str; 2] = ["auth", "policy"];
 
 /// Fully resolved settings of a running server.
 #[derive(Debug, Clone)]
@@ -217,7 +215,10 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_url: None,
             database_url,
-            services: IMPLEMENTED.iter().map(|s| s.to_string()).collect(),
+            services: crate::app::implemented()
+                .into_iter()
+                .map(String::from)
+                .collect(),
             master_key,
             token_ttl_seconds: 900,
             max_token_ttl_seconds: 86_400,
@@ -302,7 +303,10 @@ impl Settings {
 /// Validates `--services`; absent means every implemented service.
 pub fn parse_services(v: Option<&[String]>) -> Result<Vec<String>, ServerError> {
     let Some(list) = v else {
-        return Ok(IMPLEMENTED.iter().map(|s| s.to_string()).collect());
+        return Ok(crate::app::implemented()
+            .into_iter()
+            .map(String::from)
+            .collect());
     };
     let mut out: Vec<String> = Vec::new();
     for raw in list {

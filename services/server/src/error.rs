@@ -15,6 +15,14 @@ pub enum ServerError {
     /// Policy service failure.
     #[error(transparent)]
     Policy(#[from] capstan_policy::PolicyError),
+    /// A service failed to build or start.
+    #[error("service {name}: {message}")]
+    Service {
+        /// The service.
+        name: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::sync::{Mutex, PoisonError};
 
-use capstan_auth::service::AuthMetrics;
+use capstan_http::Metric;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -41,8 +40,8 @@ impl HttpMetrics {
         s.sum += seconds;
     }
 
-    /// The exposition text, with the issuer's counters when it runs.
-    pub fn render(&self, auth: Option<&AuthMetrics>) -> String {
+    /// The exposition text, followed by the services' own metrics.
+    pub fn render(&self, services: &[Metric]) -> String {
         let map = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
         let _ = writeln!(
@@ -105,33 +104,10 @@ impl HttpMetrics {
                 s.count
             );
         }
-        if let Some(a) = auth {
-            for (name, help, v) in [
-                (
-                    "capstan_tokens_issued_total",
-                    "Access tokens issued.",
-                    &a.tokens_issued,
-                ),
-                (
-                    "capstan_token_errors_total",
-                    "Token requests refused with an OAuth2 error.",
-                    &a.token_errors,
-                ),
-                (
-                    "capstan_introspections_total",
-                    "Introspection requests answered.",
-                    &a.introspections,
-                ),
-                (
-                    "capstan_revocations_total",
-                    "Access tokens revoked.",
-                    &a.revocations,
-                ),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-            }
+        for m in services {
+            let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
+            let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind);
+            let _ = writeln!(out, "{} {}", m.name, m.value);
         }
         out
     }
@@ -146,7 +122,8 @@ mod tests {
         let m = HttpMetrics::default();
         m.observe("/x", "GET", 200, 0.0007);
         m.observe("/x", "GET", 500, 0.2);
-        let text = m.render(None);
+        let text = m.render(&[Metric::counter("capstan_x_total", "X.", 3)]);
+        assert!(text.contains("# TYPE capstan_x_total counter\ncapstan_x_total 3"));
         assert!(text
             .contains("capstan_http_requests_total{route=\"/x\",method=\"GET\",status=\"200\"} 1"));
         assert!(

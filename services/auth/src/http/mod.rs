@@ -4,18 +4,21 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use capstan_http::{Api, BearerScheme};
+use capstan_core::authz::TokenVerifier;
+use capstan_http::{Api, BearerScheme, BoxError, Metric, Service};
 use utoipa::OpenApi;
 
+use crate::store::{TOPIC_CLIENT, TOPIC_REVOCATION, TOPIC_TENANT};
 use crate::AuthService;
 
 mod admin;
 pub(crate) mod error;
 mod oauth;
 
-/// The issuer's routes. Bearer tokens of the `/v1` API are verified by the issuer itself.
-pub fn router(svc: Arc<AuthService>) -> Router {
-    let state = Api::new(svc.clone(), svc);
+/// The issuer's routes; bearer tokens of the `/v1` API are verified by `verifier` (the issuer
+/// itself, in every server).
+pub fn router(svc: Arc<AuthService>, verifier: Arc<dyn TokenVerifier>) -> Router {
+    let state = Api::new(svc, verifier);
     Router::new()
         .route(
             "/t/{tenant}/.well-known/openid-configuration",
@@ -45,6 +48,68 @@ pub fn router(svc: Arc<AuthService>) -> Router {
         .route("/v1/keys/rotate", post(admin::rotate_key))
         .route("/v1/keys", get(admin::list_keys))
         .with_state(state)
+}
+
+/// The issuer as a platform service: its OAuth2 and `/v1` routes, its feed topics (client,
+/// tenant keys, revocations), revocation loading at start, housekeeping and counters.
+#[async_trait::async_trait]
+impl Service for AuthService {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router {
+        router(self, verifier)
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        AuthApi::openapi()
+    }
+
+    fn topics(&self) -> &[&'static str] {
+        &[TOPIC_CLIENT, TOPIC_TENANT, TOPIC_REVOCATION]
+    }
+
+    fn on_change(&self, change: &capstan_db::Change) {
+        AuthService::on_change(self, change);
+    }
+
+    async fn start(self: Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, BoxError> {
+        self.load_revocations().await?;
+        Ok(Vec::new())
+    }
+
+    async fn housekeeping(&self) -> Result<(), BoxError> {
+        AuthService::housekeeping(self).await?;
+        Ok(())
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let m = &self.metrics;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            Metric::counter(
+                "capstan_tokens_issued_total",
+                "Access tokens issued.",
+                n(&m.tokens_issued),
+            ),
+            Metric::counter(
+                "capstan_token_errors_total",
+                "Token requests refused with an OAuth2 error.",
+                n(&m.token_errors),
+            ),
+            Metric::counter(
+                "capstan_introspections_total",
+                "Introspection requests answered.",
+                n(&m.introspections),
+            ),
+            Metric::counter(
+                "capstan_revocations_total",
+                "Access tokens revoked.",
+                n(&m.revocations),
+            ),
+        ]
+    }
 }
 
 /// The issuer's part of the OpenAPI document.

@@ -1,0 +1,154 @@
+//! What a Capstan service is to the server: the one trait every service implements, and the
+//! [`Platform`] it is built from. The server's `App` holds a registry of them and is the only
+//! composition root: adding a service is its crate plus one [`Registration`] line.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use capstan_core::authz::{Authorizer, TokenVerifier};
+use capstan_core::clock::Clock;
+use capstan_core::rng::Rng;
+use capstan_db::{Change, Db, Feed};
+use tokio::task::JoinHandle;
+
+/// Errors a service reports to the server while building, starting or housekeeping.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A number a service exports at `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    /// Prometheus name (`capstan_<service>_…`).
+    pub name: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// The value now.
+    pub value: f64,
+}
+
+impl Metric {
+    /// A counter.
+    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Metric {
+        Metric {
+            name,
+            help,
+            kind: "counter",
+            value: value as f64,
+        }
+    }
+
+    /// A gauge.
+    pub fn gauge(name: &'static str, help: &'static str, value: f64) -> Metric {
+        Metric {
+            name,
+            help,
+            kind: "gauge",
+            value,
+        }
+    }
+}
+
+/// One platform service (auth, policy, identity, config, trace, …) as the server sees it.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Its name in `--services`.
+    fn name(&self) -> &'static str;
+
+    /// Its routes; bearer tokens are verified by `verifier`, privileged acts go through the
+    /// platform's authorizer (which the service got when it was built).
+    fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router;
+
+    /// Its part of `/openapi.json`.
+    fn openapi(&self) -> utoipa::openapi::OpenApi;
+
+    /// The change-feed topics it wants ([`Service::on_change`] receives them).
+    fn topics(&self) -> &[&'static str] {
+        &[]
+    }
+
+    /// A change on one of its topics, from any server. Quick: drop a cache entry, wake a waiter.
+    fn on_change(&self, _change: &Change) {}
+
+    /// Starts its background tasks; they are aborted when the server stops, after
+    /// [`Service::stop`].
+    async fn start(self: Arc<Self>) -> Result<Vec<JoinHandle<()>>, BoxError> {
+        Ok(Vec::new())
+    }
+
+    /// Periodic housekeeping (pruning, expiry), about once a minute by the real clock; what is
+    /// old is decided by the injected clock.
+    async fn housekeeping(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Its metrics, rendered at `/metrics`.
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
+
+    /// Graceful stop: finish what was accepted (flush queues) before the tasks are aborted.
+    async fn stop(&self) {}
+}
+
+/// Lets the change feed deliver a service's topics to it.
+pub struct FeedSubscriber(pub Arc<dyn Service>);
+
+impl capstan_db::Subscriber for FeedSubscriber {
+    fn topics(&self) -> &[&'static str] {
+        self.0.topics()
+    }
+
+    fn on_change(&self, change: &Change) {
+        self.0.on_change(change);
+    }
+}
+
+/// What every service is built from: the database and its change feed, injected time and
+/// randomness, and the two platform seams — the authorizer every privileged act asks (the
+/// policy engine) and the verifier of bearer tokens (the issuer).
+#[derive(Clone)]
+pub struct Platform {
+    /// The database.
+    pub db: Db,
+    /// The server's change feed (publish through it; subscribe with [`Service::topics`]).
+    pub feed: Arc<Feed>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness.
+    pub rng: Arc<dyn Rng>,
+    /// The policy engine.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// The issuer's token verification.
+    pub verifier: Arc<dyn TokenVerifier>,
+    /// The server's public base URL.
+    pub public_url: String,
+}
+
+/// Builds a service from the platform.
+pub type Build = Box<dyn Fn(&Platform) -> Result<Arc<dyn Service>, BoxError> + Send + Sync>;
+
+/// How a service is built, by name. The server's registry is a list of these.
+pub struct Registration {
+    /// The name in `--services`.
+    pub name: &'static str,
+    /// Other services it needs running in the same server (checked at start-up).
+    pub requires: &'static [&'static str],
+    /// Builds it.
+    pub build: Build,
+}
+
+impl Registration {
+    /// A registration of `name` built by `build`.
+    pub fn new(
+        name: &'static str,
+        build: impl Fn(&Platform) -> Result<Arc<dyn Service>, BoxError> + Send + Sync + 'static,
+    ) -> Registration {
+        Registration {
+            name,
+            requires: &[],
+            build: Box::new(build),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The service registry: a service added as a new one would be (its crate plus one line) is
+//! routed, guarded, documented, measured and fed; `--services` serves exactly what it names.
+
+use std::time::{Duration, Instant};
+
+use capstan_tests::{Ctx, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn admin_token(s: &TestServer) -> String {
+    let admin = s.admin().await;
+    s.token("default", &admin, &[]).await
+}
+
+/// A throwaway service, added through the registry as a new service would be: one route
+/// guarded by the platform's authorizer, one feed topic, one metric.
+mod echo {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use capstan_core::authz::{crn, Authorizer, TokenVerifier};
+    use capstan_db::{Change, Feed};
+    use capstan_http::{guard, Api, ApiResult, Bearer, Metric, Platform, Registration, Service};
+    use serde_json::{json, Value};
+    use utoipa::OpenApi;
+
+    pub struct Echo {
+        pub feed: Arc<Feed>,
+        pub authorizer: Arc<dyn Authorizer>,
+        pub seen: Mutex<Vec<String>>,
+        pub count: AtomicU64,
+    }
+
+    /// Read what the echo service has seen on its topic.
+    #[utoipa::path(get, path = "/v1/echo", responses((status = 200)), security(("bearer" = [])))]
+    async fn read(State(echo): State<Api<Echo>>, Bearer(caller): Bearer) -> ApiResult<Json<Value>> {
+        let resource = crn("echo", &caller.tenant, "thing");
+        guard(
+            echo.authorizer.as_ref(),
+            &caller,
+            "echo:Read",
+            &resource,
+            &[],
+        )
+        .await?;
+        let seen = echo.seen.lock().unwrap().clone();
+        Ok(Json(json!({ "seen": seen })))
+    }
+
+    /// Publish a change on the echo topic.
+    #[utoipa::path(post, path = "/v1/echo", responses((status = 200)), security(("bearer" = [])))]
+    async fn publish(
+        State(echo): State<Api<Echo>>,
+        Bearer(caller): Bearer,
+    ) -> ApiResult<Json<Value>> {
+        let resource = crn("echo", &caller.tenant, "thing");
+        guard(
+            echo.authorizer.as_ref(),
+            &caller,
+            "echo:Publish",
+            &resource,
+            &[],
+        )
+        .await?;
+        echo.feed
+            .publish(caller.tenant.as_str(), "echo", caller.principal.as_str(), 0)
+            .await?;
+        Ok(Json(json!({})))
+    }
+
+    #[derive(OpenApi)]
+    #[openapi(paths(read, publish))]
+    struct EchoApi;
+
+    #[async_trait::async_trait]
+    impl Service for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+
+        fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router {
+            Router::new()
+                .route("/v1/echo", get(read).post(publish))
+                .with_state(Api::new(self, verifier))
+        }
+
+        fn openapi(&self) -> utoipa::openapi::OpenApi {
+            EchoApi::openapi()
+        }
+
+        fn topics(&self) -> &[&'static str] {
+            &["echo"]
+        }
+
+        fn on_change(&self, change: &Change) {
+            self.seen.lock().unwrap().push(change.key.clone());
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn metrics(&self) -> Vec<Metric> {
+            vec![Metric::counter(
+                "capstan_echo_changes_total",
+                "Changes the echo service received.",
+                self.count.load(Ordering::Relaxed),
+            )]
+        }
+    }
+
+    /// The one line a new service adds to the registry.
+    pub fn registration() -> Registration {
+        Registration::new("echo", |p: &Platform| {
+            Ok(Arc::new(Echo {
+                feed: p.feed.clone(),
+                authorizer: p.authorizer.clone(),
+                seen: Mutex::new(Vec::new()),
+                count: AtomicU64::new(0),
+            }) as Arc<dyn Service>)
+        })
+    }
+}
+
+capstan_tests::on_both_backends!(
+    a_service_added_through_the_registry_is_routed_documented_measured_and_fed,
+    services_serve_exactly_what_they_name,
+);
+
+async fn a_service_added_through_the_registry_is_routed_documented_measured_and_fed(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.public_url = Some("http://capstan.test".into());
+    settings.services = vec!["auth".into(), "policy".into(), "echo".into()];
+    let a = ctx
+        .server_with_registry(settings.clone(), vec![echo::registration()])
+        .await;
+    let b = ctx
+        .server_with_registry(settings, vec![echo::registration()])
+        .await;
+    let token = admin_token(&a).await;
+
+    // Routed, and guarded by the policy engine like every API.
+    let (status, body) = b.api(Method::GET, "/v1/echo", &token, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["seen"], json!([]));
+    let orders = a
+        .create_client(&token, json!({"name": "orders", "audiences": ["capstan"]}))
+        .await;
+    let orders_token = a.token("default", &orders, &[]).await;
+    let (status, body) = a.api(Method::GET, "/v1/echo", &orders_token, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["action"], "echo:Read");
+
+    // In the OpenAPI document.
+    let doc: Value = a
+        .http
+        .get(a.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/v1/echo"]["get"].is_object(),
+        "{}",
+        doc["paths"]
+    );
+
+    // A change published on one server reaches the service on the other through the feed.
+    let (status, body) = a.api(Method::POST, "/v1/echo", &token, None).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, body) = b.api(Method::GET, "/v1/echo", &token, None).await;
+        if body["seen"].as_array().is_some_and(|s| s.len() == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change did not reach server b: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // In /metrics.
+    let metrics = b
+        .http
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("capstan_echo_changes_total 1"),
+        "{metrics}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn services_serve_exactly_what_they_name(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.public_url = Some("http://capstan.test".into());
+    let issuer = ctx.server_with(settings.clone()).await;
+    settings.services = vec!["policy".into()];
+    let policy_only = ctx.server_with(settings).await;
+    let token = admin_token(&issuer).await;
+    // The issuer's routes are not served, its tokens are still verified.
+    for path in ["/v1/clients", "/v1/tenants", "/v1/keys"] {
+        let (status, _) = policy_only.api(Method::GET, path, &token, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let r = policy_only
+        .http
+        .get(policy_only.url("/t/default/oauth2/jwks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (status, body) = policy_only
+        .api(Method::GET, "/v1/policies", &token, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = policy_only
+        .http
+        .get(policy_only.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/policies"].is_object());
+    assert!(doc["paths"].get("/v1/clients").is_none());
+    issuer.shutdown().await;
+    policy_only.shutdown().await;
+}
