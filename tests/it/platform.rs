@@ -13,6 +13,7 @@ capstan_tests::on_both_backends!(
     oversized_bodies_are_413_and_wrong_content_types_415_on_every_route,
     invalid_json_names_its_path,
     concurrent_puts_of_one_policy_across_two_servers_never_fail,
+    openapi_lists_exactly_the_routes_served,
 );
 
 async fn admin_token(s: &TestServer) -> String {
@@ -320,4 +321,65 @@ async fn database_outage_is_503_and_recovers() {
     let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
         .execute(&admin)
         .await;
+}
+
+/// `/openapi.json` against the router: the same paths, and on each path exactly the methods
+/// that do not fall through to the 405 fallback.
+async fn openapi_lists_exactly_the_routes_served(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let token = admin_token(&s).await;
+    let doc: Value = s
+        .http
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let documented = doc["paths"].as_object().unwrap();
+    let mut served: Vec<String> = s
+        .server
+        .app
+        .paths()
+        .iter()
+        .map(|p| p.replace("{*", "{"))
+        .collect();
+    served.sort();
+    let mut listed: Vec<String> = documented.keys().cloned().collect();
+    listed.sort();
+    assert_eq!(served, listed, "served paths vs /openapi.json");
+    for path in &served {
+        let concrete = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x1" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ] {
+            let r = s
+                .http
+                .request(method.clone(), s.url(&concrete))
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let routed = status != 405 && body["message"] != "no such endpoint";
+            let key = method.as_str().to_ascii_lowercase();
+            assert_eq!(
+                routed,
+                documented[path].get(&key).is_some(),
+                "{method} {path}: answered {status} {body}"
+            );
+        }
+    }
+    s.shutdown().await;
 }

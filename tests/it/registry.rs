@@ -20,10 +20,12 @@ mod echo {
 
     use axum::extract::State;
     use axum::routing::get;
-    use axum::{Json, Router};
+    use axum::Json;
     use capstan_core::authz::{crn, Authorizer, TokenVerifier};
     use capstan_db::{Change, Feed};
-    use capstan_http::{guard, Api, ApiResult, Bearer, Metric, Platform, Registration, Service};
+    use capstan_http::{
+        guard, Api, ApiResult, Bearer, Metric, Platform, Registration, RouteList, Routes, Service,
+    };
     use serde_json::{json, Value};
     use utoipa::OpenApi;
 
@@ -81,8 +83,8 @@ mod echo {
             "echo"
         }
 
-        fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router {
-            Router::new()
+        fn routes(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Routes {
+            RouteList::new()
                 .route("/v1/echo", get(read).post(publish))
                 .with_state(Api::new(self, verifier))
         }

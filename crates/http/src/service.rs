@@ -58,7 +58,7 @@ pub trait Service: Send + Sync + 'static {
 
     /// Its routes; bearer tokens are verified by `verifier`, privileged acts go through the
     /// platform's authorizer (which the service got when it was built).
-    fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router;
+    fn routes(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Routes;
 
     /// Its part of `/openapi.json`.
     fn openapi(&self) -> utoipa::openapi::OpenApi;
@@ -149,6 +149,56 @@ impl Registration {
             name,
             requires: &[],
             build: Box::new(build),
+        }
+    }
+}
+
+/// A service's routes: the router, and the paths it serves, so the server can hold its OpenAPI
+/// document against what it really serves.
+pub struct Routes {
+    /// The router, with its state.
+    pub router: Router,
+    /// Every path template routed (`/v1/policies/{name}`, `/v1/resource-policies/{*crn}`).
+    pub paths: Vec<&'static str>,
+}
+
+/// Builds [`Routes`]: `axum::Router::route`, remembering each path.
+pub struct RouteList<S> {
+    router: Router<S>,
+    paths: Vec<&'static str>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for RouteList<S> {
+    fn default() -> Self {
+        RouteList {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> RouteList<S> {
+    /// No routes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes `path` to `method_router`.
+    pub fn route(
+        mut self,
+        path: &'static str,
+        method_router: axum::routing::MethodRouter<S>,
+    ) -> Self {
+        self.router = self.router.route(path, method_router);
+        self.paths.push(path);
+        self
+    }
+
+    /// The finished routes, with their state.
+    pub fn with_state(self, state: S) -> Routes {
+        Routes {
+            router: self.router.with_state(state),
+            paths: self.paths,
         }
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{post, put};
-use axum::{Json, Router};
+use axum::Json;
 use capstan_core::authz::{Caller, TokenVerifier};
 use capstan_http::{
     Api, ApiError, ApiResult, Bearer, BearerScheme, BoxError, JsonBody, JsonText, Metric, Query,
-    Service,
+    RouteList, Routes, Service,
 };
 use capstan_iam::PolicyKind;
 use serde::Deserialize;
@@ -413,8 +413,8 @@ async fn simulate(
 }
 
 /// The policy service's routes; bearer tokens are verified by `verifier` (the issuer).
-pub fn router(svc: Arc<PolicyService>, verifier: Arc<dyn TokenVerifier>) -> Router {
-    Router::new()
+pub fn routes(svc: Arc<PolicyService>, verifier: Arc<dyn TokenVerifier>) -> Routes {
+    RouteList::new()
         .route("/v1/policies", axum::routing::get(list_policies))
         .route("/v1/policies:validate", post(validate))
         .route(
@@ -466,8 +466,8 @@ impl Service for PolicyService {
         "policy"
     }
 
-    fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router {
-        router(self, verifier)
+    fn routes(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Routes {
+        routes(self, verifier)
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {

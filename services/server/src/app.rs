@@ -20,7 +20,7 @@ use capstan_db::feed::FeedConfig;
 use capstan_db::Db;
 use capstan_db::Feed;
 use capstan_http::service::FeedSubscriber;
-use capstan_http::{Metric, Platform, Registration, Service};
+use capstan_http::{Metric, Platform, Registration, RouteList, Service};
 use capstan_policy::{PolicyConfig, PolicyService};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -182,18 +182,8 @@ impl App {
 
     /// All routes with middleware.
     pub fn router(self: &Arc<Self>, settings: &Settings) -> Router {
-        let mut router = Router::new();
-        for s in self.served() {
-            router = router.merge(s.clone().router(self.auth.clone()));
-        }
-        let ops = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .route("/openapi.json", get(openapi))
-            .with_state(self.clone());
+        let (router, _) = self.routes();
         router
-            .merge(ops)
             .fallback(capstan_http::error::not_found)
             .method_not_allowed_fallback(capstan_http::error::method_not_allowed)
             .layer(axum::extract::DefaultBodyLimit::max(
@@ -208,6 +198,29 @@ impl App {
                 StatusCode::REQUEST_TIMEOUT,
                 settings.request_timeout,
             ))
+    }
+
+    /// Every served route (services' and operations'), and the path templates routed.
+    fn routes(self: &Arc<Self>) -> (Router, Vec<&'static str>) {
+        let ops = RouteList::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi))
+            .with_state(self.clone());
+        let mut router = ops.router;
+        let mut paths = ops.paths;
+        for s in self.served() {
+            let r = s.clone().routes(self.auth.clone());
+            router = router.merge(r.router);
+            paths.extend(r.paths);
+        }
+        (router, paths)
+    }
+
+    /// The path templates this server routes (its OpenAPI document must list exactly these).
+    pub fn paths(self: &Arc<Self>) -> Vec<&'static str> {
+        self.routes().1
     }
 
     /// The OpenAPI document of every served endpoint.

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::routing::{get, post};
-use axum::Router;
 use capstan_core::authz::TokenVerifier;
-use capstan_http::{Api, BearerScheme, BoxError, Metric, Service};
+use capstan_http::{Api, BearerScheme, BoxError, Metric, RouteList, Routes, Service};
 use utoipa::OpenApi;
 
 use crate::store::{TOPIC_CLIENT, TOPIC_REVOCATION, TOPIC_TENANT};
@@ -17,9 +16,9 @@ mod oauth;
 
 /// The issuer's routes; bearer tokens of the `/v1` API are verified by `verifier` (the issuer
 /// itself, in every server).
-pub fn router(svc: Arc<AuthService>, verifier: Arc<dyn TokenVerifier>) -> Router {
+pub fn routes(svc: Arc<AuthService>, verifier: Arc<dyn TokenVerifier>) -> Routes {
     let state = Api::new(svc, verifier);
-    Router::new()
+    RouteList::new()
         .route(
             "/t/{tenant}/.well-known/openid-configuration",
             get(oauth::openid_configuration),
@@ -58,8 +57,8 @@ impl Service for AuthService {
         "auth"
     }
 
-    fn router(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Router {
-        router(self, verifier)
+    fn routes(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Routes {
+        routes(self, verifier)
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
