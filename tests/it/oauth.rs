@@ -25,26 +25,14 @@ async fn client_token_verifies_against_jwks_for_every_algorithm(ctx: &Ctx) {
 
     // Discovery points at the endpoints that work.
     let meta: Value = s
-        .http
-        .get(s.url("/.well-known/oauth-authorization-server/t/default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/.well-known/oauth-authorization-server/t/default")
+        .await;
     let issuer = s.url("/t/default");
     assert_eq!(meta["issuer"], issuer.as_str());
     assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth2/token"));
     let oidc: Value = s
-        .http
-        .get(s.url("/t/default/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/t/default/.well-known/openid-configuration")
+        .await;
     assert_eq!(oidc, meta);
 
     let token = s

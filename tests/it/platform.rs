@@ -68,15 +68,7 @@ fn v1_operations(doc: &Value) -> Vec<(Method, String, bool)> {
 async fn oversized_bodies_are_413_and_wrong_content_types_415_on_every_route(ctx: &Ctx) {
     let s = ctx.server().await;
     let token = admin_token(&s).await;
-    let doc: Value = s
-        .http
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = s.get_json("/openapi.json").await;
     let ops = v1_operations(&doc);
     assert!(ops.len() > 30, "the document lists the API: {}", ops.len());
     let big = format!("{{\"name\":\"{}\"}}", "a".repeat(70 * 1024));
@@ -232,6 +224,9 @@ async fn database_outage_is_503_and_recovers() {
         )
         .await;
     assert_eq!(status, 201);
+    // Let the feed deliver the setup's own changes (they evict cache entries), then warm the
+    // caches that must keep answering.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         s.introspect("default", &admin_creds, &token).await["active"],
         true
@@ -328,15 +323,7 @@ async fn database_outage_is_503_and_recovers() {
 async fn openapi_lists_exactly_the_routes_served(ctx: &Ctx) {
     let s = ctx.server().await;
     let token = admin_token(&s).await;
-    let doc: Value = s
-        .http
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = s.get_json("/openapi.json").await;
     let documented = doc["paths"].as_object().unwrap();
     let mut served: Vec<String> = s
         .server

@@ -154,15 +154,7 @@ async fn a_service_added_through_the_registry_is_routed_documented_measured_and_
     assert_eq!(body["action"], "echo:Read");
 
     // In the OpenAPI document.
-    let doc: Value = a
-        .http
-        .get(a.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = a.get_json("/openapi.json").await;
     assert!(
         doc["paths"]["/v1/echo"]["get"].is_object(),
         "{}",
@@ -226,15 +218,7 @@ async fn services_serve_exactly_what_they_name(ctx: &Ctx) {
         .api(Method::GET, "/v1/policies", &token, None)
         .await;
     assert_eq!(status, 200, "{body}");
-    let doc: Value = policy_only
-        .http
-        .get(policy_only.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = policy_only.get_json("/openapi.json").await;
     assert!(doc["paths"]["/v1/policies"].is_object());
     assert!(doc["paths"].get("/v1/clients").is_none());
     issuer.shutdown().await;

@@ -217,16 +217,21 @@ impl TestServer {
         (admin_token, c)
     }
 
-    /// The tenant's JWKS.
-    pub async fn jwks(&self, tenant: &str) -> Value {
+    /// GETs `path` without credentials and parses the JSON answer (panics unless JSON).
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.url(&format!("/t/{tenant}/oauth2/jwks")))
+            .get(self.url(path))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// The tenant's JWKS.
+    pub async fn jwks(&self, tenant: &str) -> Value {
+        self.get_json(&format!("/t/{tenant}/oauth2/jwks")).await
     }
 
     /// Shuts the server down gracefully.

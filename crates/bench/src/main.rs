@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+mod feed;
 mod policy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,6 +38,8 @@ enum Which {
     Policy,
     /// Only Capstan's in-process policy decisions (for profiling).
     PolicyEngine,
+    /// Change-feed delay: a write on one replica until another replica's subscriber has it.
+    Feed,
 }
 
 /// Capstan benchmarks.
@@ -393,6 +396,20 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
+    if args.which == Which::Feed {
+        let d = feed::measure(url, 1_000).await?;
+        let p = |v: &[u64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "change feed over {} writes: delivery p50 {} µs, p99 {} µs, max {} µs (the write itself: p50 {} µs, p99 {} µs)",
+            d.sorted.len(),
+            p(&d.sorted, 0.5),
+            p(&d.sorted, 0.99),
+            d.sorted.last().copied().unwrap_or(0),
+            p(&d.writes, 0.5),
+            p(&d.writes, 0.99),
+        );
+        return Ok(());
+    }
     if args.which == Which::Policy {
         return bench_policy(args, bin, url).await;
     }

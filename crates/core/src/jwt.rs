@@ -326,42 +326,7 @@ impl VerifyingKey {
     }
 }
 
-/// The `aud` claim: one audience is written as a string, several as an array (RFC 7519 §4.1.3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Audience {
-    /// A single audience.
-    One(String),
-    /// Several audiences.
-    Many(Vec<String>),
-}
-
-impl Audience {
-    /// Builds the claim from a list.
-    pub fn from_vec(mut v: Vec<String>) -> Audience {
-        if v.len() == 1 {
-            Audience::One(v.remove(0))
-        } else {
-            Audience::Many(v)
-        }
-    }
-
-    /// Whether `aud` is among the audiences.
-    pub fn contains(&self, aud: &str) -> bool {
-        match self {
-            Audience::One(a) => a == aud,
-            Audience::Many(v) => v.iter().any(|a| a == aud),
-        }
-    }
-
-    /// The audiences as a list.
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            Audience::One(a) => vec![a.clone()],
-            Audience::Many(v) => v.clone(),
-        }
-    }
-}
+pub use capstan_proto::auth::Audience;
 
 /// Claims of a Capstan access token (RFC 9068 plus `tenant`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

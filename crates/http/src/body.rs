@@ -131,12 +131,12 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
 
 /// Refuses, before any handler runs, a request whose declared `Content-Length` is over `limit`
 /// (413), so every route answers the same whether or not it reads its body. Bodies without a
-/// length (chunked) are cut by `DefaultBodyLimit` when an extractor reads them.
-pub async fn limit_body(
-    axum::extract::State(limit): axum::extract::State<usize>,
+/// length (chunked) are cut by `DefaultBodyLimit` when an extractor reads them. The server's
+/// request middleware calls this first.
+pub async fn reject_oversized(
     req: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+    limit: usize,
+) -> Result<Request, axum::response::Response> {
     use axum::response::IntoResponse;
     let declared = req
         .headers()
@@ -163,9 +163,9 @@ pub async fn limit_body(
                 header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),
             );
-            r
+            Err(r)
         }
-        _ => next.run(req).await,
+        _ => Ok(req),
     }
 }
 

@@ -9,7 +9,10 @@ use capstan_core::ids::{check_audience, check_scope_token, PrincipalId, Principa
 use capstan_core::jwt::{generate_key, Alg};
 use capstan_core::rng::random_b64;
 use capstan_db::DbError;
-use serde::{Deserialize, Serialize};
+pub use capstan_proto::auth::{
+    ClientView, ClientWithSecret, CreatedTenant, KeyView, NewClient, NewTenant, RotateKey,
+    RotateSecret, TenantView,
+};
 
 use crate::error::AuthError;
 use crate::model::{activation_time, Client, StoredKey, Tenant};
@@ -19,47 +22,6 @@ use crate::store::{TOPIC_CLIENT, TOPIC_TENANT};
 /// Limits on client definitions.
 const MAX_NAME: usize = 200;
 const MAX_LIST: usize = 100;
-
-/// `POST /v1/clients` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewClient {
-    /// Human-readable name (1–200 characters).
-    pub name: String,
-    /// Scopes the client may request (RFC 6749 scope tokens).
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// Audiences the client may request tokens for (at least one).
-    #[serde(default)]
-    pub audiences: Vec<String>,
-    /// Access-token lifetime in seconds (60 to the server's maximum); the server default if absent.
-    #[serde(default)]
-    pub token_ttl_seconds: Option<i64>,
-}
-
-/// A client as shown by the API (never its secret or hash).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ClientView {
-    /// Client id (also the principal id and `sub`).
-    pub client_id: String,
-    /// Tenant.
-    pub tenant: String,
-    /// Name.
-    pub name: String,
-    /// Allowed scopes.
-    pub scopes: Vec<String>,
-    /// Allowed audiences.
-    pub audiences: Vec<String>,
-    /// Token lifetime override.
-    pub token_ttl_seconds: Option<i64>,
-    /// Tenant administrator.
-    pub admin: bool,
-    /// Creation time (Unix seconds).
-    pub created_at: i64,
-    /// When the previous secret stops working, during a rotation grace period.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub previous_secret_expires_at: Option<i64>,
-}
 
 impl From<&Client> for ClientView {
     fn from(c: &Client) -> Self {
@@ -75,83 +37,6 @@ impl From<&Client> for ClientView {
             previous_secret_expires_at: c.previous_secret.as_ref().map(|(_, e)| *e),
         }
     }
-}
-
-/// A client together with its secret, returned once at creation or rotation.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ClientWithSecret {
-    /// The client.
-    #[serde(flatten)]
-    pub client: ClientView,
-    /// The secret; it cannot be retrieved again.
-    pub client_secret: String,
-}
-
-/// `POST /v1/tenants` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewTenant {
-    /// Tenant id: lowercase letters, digits and `-`, starting with a letter.
-    pub id: String,
-    /// `ES256` (default), `EdDSA` or `RS256`.
-    #[serde(default)]
-    pub signing_alg: Option<String>,
-}
-
-/// A tenant as shown by the API.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TenantView {
-    /// Tenant id.
-    pub id: String,
-    /// Signing algorithm.
-    pub signing_alg: String,
-    /// Issuer URL.
-    pub issuer: String,
-    /// Creation time.
-    pub created_at: i64,
-}
-
-/// A new tenant and its first administrator.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CreatedTenant {
-    /// The tenant.
-    pub tenant: TenantView,
-    /// Its administrator client, with the secret shown once.
-    pub admin_client: ClientWithSecret,
-}
-
-/// `POST /v1/keys/rotate` body.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RotateKey {
-    /// Algorithm of the new key (and of later keys); the tenant's current one if absent.
-    #[serde(default)]
-    pub alg: Option<String>,
-    /// Seconds before the new key signs; the server default if absent. 0 signs at once.
-    #[serde(default)]
-    pub publish_delay_seconds: Option<i64>,
-}
-
-/// A signing key's public facts.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct KeyView {
-    /// Key id.
-    pub kid: String,
-    /// Algorithm.
-    pub alg: String,
-    /// When it was published.
-    pub created_at: i64,
-    /// When it starts (started) signing.
-    pub activates_at: i64,
-}
-
-/// `POST /v1/clients/{id}/secret` body.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RotateSecret {
-    /// Seconds the old secret keeps working (0–30 days); 0 or absent ends it at once.
-    #[serde(default)]
-    pub grace_period_seconds: Option<i64>,
 }
 
 fn conflict_or(e: DbError, what: String) -> AuthError {

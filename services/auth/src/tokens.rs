@@ -7,7 +7,7 @@ use capstan_core::authz::{Caller, TokenVerifier, VerifiedToken, VerifyError};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{self, AccessClaims, Audience, Expect, TokenError};
 use capstan_core::rng::random_b64;
-use serde::Serialize;
+pub use capstan_proto::auth::{Introspection, TokenResponse};
 
 use crate::error::AuthError;
 use crate::model::Client;
@@ -20,60 +20,6 @@ pub struct ClientCredentials {
     pub client_id: String,
     /// The secret (never logged: this type is not printed anywhere).
     pub client_secret: String,
-}
-
-/// A successful token response (RFC 6749 §5.1).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TokenResponse {
-    /// The JWT access token.
-    pub access_token: String,
-    /// Always `Bearer`.
-    pub token_type: &'static str,
-    /// Lifetime in seconds.
-    pub expires_in: i64,
-    /// Granted scopes, space-separated.
-    pub scope: String,
-}
-
-/// An introspection answer (RFC 7662 §2.2). Inactive tokens carry only `active: false`.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct Introspection {
-    /// Whether the token is currently active.
-    pub active: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Granted scopes.
-    pub scope: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Client the token was issued to.
-    pub client_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Subject.
-    pub sub: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Audiences.
-    #[schema(value_type = Option<Vec<String>>)]
-    pub aud: Option<Audience>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Issuer.
-    pub iss: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Expiry.
-    pub exp: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Issued at.
-    pub iat: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Not before.
-    pub nbf: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Token id.
-    pub jti: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// `Bearer`.
-    pub token_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Tenant.
-    pub tenant: Option<String>,
 }
 
 /// Why a token is not active: a [`TokenError`] or one of the stateful checks.
@@ -173,7 +119,7 @@ impl AuthService {
         self.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
         Ok(TokenResponse {
             access_token,
-            token_type: "Bearer",
+            token_type: "Bearer".into(),
             expires_in: ttl,
             scope,
         })
@@ -261,7 +207,7 @@ impl AuthService {
                 iat: Some(c.iat),
                 nbf: Some(c.nbf),
                 jti: Some(c.jti),
-                token_type: Some("Bearer"),
+                token_type: Some("Bearer".into()),
                 tenant: Some(c.tenant),
             },
             Err(_) => Introspection::default(),

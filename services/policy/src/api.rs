@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use capstan_core::authz::{crn, guard, Caller, GuardError, TokenVerifier, VerifyError};
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_iam::{Context, Decision, Issue, Outcome, Policy, PolicyKind};
-use serde::{Deserialize, Serialize};
+pub use capstan_proto::policy::{
+    AuthorizeRequest, AuthorizeResponse, BatchRequest, BatchResponse, BoundaryRequest,
+    ContextValue, DecisionView, IssueView, MatchedView, PolicySummary, PolicyView, PutPolicyResult,
+    TagsRequest, Validation,
+};
 use serde_json::Value;
 
 use crate::builtin;
@@ -14,180 +18,12 @@ use crate::error::PolicyError;
 use crate::service::{PolicyService, Subject, GROUP_PREFIX};
 use crate::store::Keyed;
 
-/// A problem in a document, at a JSON path.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct IssueView {
-    /// JSON path, e.g. `$.Statement[0].Effect`.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl From<&Issue> for IssueView {
-    fn from(i: &Issue) -> Self {
-        IssueView {
-            path: i.path.clone(),
-            message: i.message.clone(),
-        }
+/// An engine issue as the API shows it.
+pub(crate) fn issue_view(i: &Issue) -> IssueView {
+    IssueView {
+        path: i.path.clone(),
+        message: i.message.clone(),
     }
-}
-
-/// Answer of `PUT /v1/policies/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PutPolicyResult {
-    /// Policy name.
-    pub name: String,
-    /// The new version, now the default.
-    pub version: i64,
-    /// Warnings about the document.
-    pub warnings: Vec<IssueView>,
-}
-
-/// A managed or built-in policy.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PolicyView {
-    /// Name.
-    pub name: String,
-    /// This version.
-    pub version: i64,
-    /// Whether this is the default version.
-    pub default: bool,
-    /// Built-in (read-only) policy.
-    pub builtin: bool,
-    /// The document.
-    #[schema(value_type = Object)]
-    pub document: Value,
-}
-
-/// A policy in a listing.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PolicySummary {
-    /// Name.
-    pub name: String,
-    /// Default version.
-    pub default_version: i64,
-    /// Stored versions (at most 5).
-    pub versions: Vec<i64>,
-    /// Built-in (read-only) policy.
-    pub builtin: bool,
-}
-
-/// Answer of `POST /v1/policies:validate`.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Validation {
-    /// No errors.
-    pub valid: bool,
-    /// Errors with JSON paths.
-    pub errors: Vec<IssueView>,
-    /// Warnings with JSON paths.
-    pub warnings: Vec<IssueView>,
-}
-
-/// A context value: one string or a list.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum ContextValue {
-    /// Single value.
-    One(String),
-    /// Several values.
-    Many(Vec<String>),
-}
-
-/// `POST /v1/authorize` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuthorizeRequest {
-    /// The principal asking (in the caller's tenant); or give `token`.
-    #[serde(default)]
-    pub principal: Option<String>,
-    /// An access token: principal, tenant, scopes and client id are taken from it.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// `<service>:<Action>`.
-    pub action: String,
-    /// The resource's CRN.
-    pub resource: String,
-    /// Extra condition keys.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub context: Option<BTreeMap<String, ContextValue>>,
-}
-
-/// A statement that produced a decision.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct MatchedView {
-    /// Policy name (a resource policy's CRN pattern, a guardrail's name).
-    pub policy: String,
-    /// Policy version.
-    pub version: u32,
-    /// Statement Sid (or `#<index>`).
-    pub sid: String,
-}
-
-/// A decision.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuthorizeResponse {
-    /// `Allow` or `Deny`.
-    pub decision: String,
-    /// `allowed`, `explicit_deny`, `implicit_deny`, `boundary` or `guardrail`.
-    pub reason: String,
-    /// The statements that decided.
-    pub matched: Vec<MatchedView>,
-    /// The tenant's policy revision the decision used.
-    pub policy_revision: i64,
-}
-
-/// `POST /v1/authorize:batch` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    /// Up to 100 requests.
-    pub requests: Vec<AuthorizeRequest>,
-}
-
-/// `POST /v1/authorize:batch` answer.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BatchResponse {
-    /// Decisions in request order.
-    pub decisions: Vec<AuthorizeResponse>,
-}
-
-/// A recorded decision.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DecisionView {
-    /// Principal.
-    pub principal: String,
-    /// Action.
-    pub action: String,
-    /// Resource.
-    pub resource: String,
-    /// `Allow` or `Deny`.
-    pub decision: String,
-    /// Reason code.
-    pub reason: String,
-    /// Policy revision.
-    pub policy_revision: i64,
-    /// Matched statements.
-    #[schema(value_type = Vec<Object>)]
-    pub matched: Value,
-    /// When (Unix seconds).
-    pub at: i64,
-}
-
-/// `PUT /v1/principals/{p}/boundary` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BoundaryRequest {
-    /// The managed or built-in policy that bounds the principal.
-    pub policy: String,
-}
-
-/// `PUT /v1/principals/{p}/tags` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TagsRequest {
-    /// The principal's tags (replacing the previous ones).
-    pub tags: BTreeMap<String, String>,
 }
 
 /// Limits of the authorization API.
@@ -274,7 +110,7 @@ impl PolicyService {
         Ok(PutPolicyResult {
             name: name.into(),
             version,
-            warnings: warnings.iter().map(IssueView::from).collect(),
+            warnings: warnings.iter().map(issue_view).collect(),
         })
     }
 
@@ -385,11 +221,11 @@ impl PolicyService {
             Ok(p) => Validation {
                 valid: true,
                 errors: vec![],
-                warnings: p.warnings.iter().map(IssueView::from).collect(),
+                warnings: p.warnings.iter().map(issue_view).collect(),
             },
             Err(errors) => Validation {
                 valid: false,
-                errors: errors.iter().map(IssueView::from).collect(),
+                errors: errors.iter().map(issue_view).collect(),
                 warnings: vec![],
             },
         })
@@ -622,7 +458,7 @@ impl PolicyService {
             .put_keyed(table, caller.tenant.as_str(), key, &doc, self.clock.now())
             .await?;
         self.changed(&caller.tenant);
-        Ok(warnings.iter().map(IssueView::from).collect())
+        Ok(warnings.iter().map(issue_view).collect())
     }
 
     /// Guards `policy:<Verb>ResourcePolicy` on `resource-policy/<crn>`, or

@@ -5,95 +5,12 @@ use std::sync::Arc;
 
 use capstan_core::authz::Caller;
 use capstan_iam::{Policy, PolicyKind};
-use serde::{Deserialize, Serialize};
+pub use capstan_proto::policy::{Change, SimulateRequest, SimulateResponse, SimulatedDecision};
 
-use crate::api::{
-    check_name, outcome_view, principal_id, AuthorizeRequest, AuthorizeResponse, MAX_BATCH,
-};
+use crate::api::{check_name, outcome_view, principal_id, MAX_BATCH};
 use crate::builtin;
 use crate::error::PolicyError;
 use crate::service::{PolicyService, Snapshot, Subject, Versioned};
-
-/// One proposed change.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Change {
-    /// A new default version of a managed policy.
-    PutPolicy {
-        /// Policy name.
-        name: String,
-        /// The document.
-        #[schema(value_type = Object)]
-        document: serde_json::Value,
-    },
-    /// Deleting a managed policy.
-    DeletePolicy {
-        /// Policy name.
-        name: String,
-    },
-    /// Attaching a policy to a principal or a group (give one).
-    Attach {
-        /// Policy name.
-        policy: String,
-        /// Principal id.
-        #[serde(default)]
-        principal: Option<String>,
-        /// Group name.
-        #[serde(default)]
-        group: Option<String>,
-    },
-    /// Detaching a policy from a principal or a group (give one).
-    Detach {
-        /// Policy name.
-        policy: String,
-        /// Principal id.
-        #[serde(default)]
-        principal: Option<String>,
-        /// Group name.
-        #[serde(default)]
-        group: Option<String>,
-    },
-}
-
-/// `POST /v1/simulate` body.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SimulateRequest {
-    /// The proposed changes, applied in order.
-    pub changes: Vec<Change>,
-    /// The requests to decide; or `replay`.
-    #[serde(default)]
-    pub requests: Option<Vec<AuthorizeRequest>>,
-    /// Re-decide the last N recorded decisions (1–1000).
-    #[serde(default)]
-    pub replay: Option<i64>,
-}
-
-/// One request decided before and after the changes.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SimulatedDecision {
-    /// Principal.
-    pub principal: String,
-    /// Action.
-    pub action: String,
-    /// Resource.
-    pub resource: String,
-    /// Decision with today's policies.
-    pub before: AuthorizeResponse,
-    /// Decision with the changes applied.
-    pub after: AuthorizeResponse,
-    /// Whether the decision (Allow/Deny) differs.
-    pub changed: bool,
-}
-
-/// `POST /v1/simulate` answer.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SimulateResponse {
-    /// How many decisions change.
-    pub changed: usize,
-    /// Every decision, the changed ones first.
-    pub results: Vec<SimulatedDecision>,
-}
 
 fn target(
     principal: &Option<String>,

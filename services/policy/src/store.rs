@@ -96,6 +96,16 @@ macro_rules! write_tx {
     };
 }
 
+/// One statement as a policy write (see [`write_tx!`]); evaluates to whether it changed a row.
+macro_rules! write_one {
+    ($db:expr, $tenant:expr, $now:expr, $query:expr) => {
+        write_tx!($db, $tenant, $now, policy_changed($tenant), |tx| {
+            let n = $query.execute(&mut *tx).await?.rows_affected();
+            (n > 0, n > 0)
+        })
+    };
+}
+
 const BUMP_REVISION: &str = "INSERT INTO policy_revisions (tenant, revision) VALUES ($1, 1) \
      ON CONFLICT (tenant) DO UPDATE SET revision = policy_revisions.revision + 1 \
      RETURNING revision";
@@ -275,22 +285,10 @@ impl PolicyStore {
 
     /// Creates a group (idempotent); true when it was new.
     pub async fn put_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
-        Ok(write_tx!(
-            &self.db,
-            tenant,
-            now,
-            policy_changed(tenant),
-            |tx| {
-                let n = sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
+        Ok(write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
                 .bind(tenant)
                 .bind(name)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                (n > 0, n > 0)
-            }
-        )?)
+                .bind(now))?)
     }
 
     /// Deletes a group, its memberships (as a group and as a member) and its attachments.
@@ -339,17 +337,10 @@ impl PolicyStore {
         member: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
-            let n =
-            sqlx::query("INSERT INTO policy_group_members (tenant, group_name, member) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_group_members (tenant, group_name, member) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(tenant)
                 .bind(group)
-                .bind(member)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            ((), n > 0)
-        })?;
+                .bind(member))?;
         Ok(())
     }
 
@@ -361,23 +352,10 @@ impl PolicyStore {
         member: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        Ok(write_tx!(
-            &self.db,
-            tenant,
-            now,
-            policy_changed(tenant),
-            |tx| {
-                let n =
-            sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND group_name = $2 AND member = $3")
+        Ok(write_one!(&self.db, tenant, now, sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND group_name = $2 AND member = $3")
                 .bind(tenant)
                 .bind(group)
-                .bind(member)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                (n > 0, n > 0)
-            }
-        )?)
+                .bind(member))?)
     }
 
     /// Attaches a policy to a principal or group (idempotent).
@@ -389,18 +367,11 @@ impl PolicyStore {
         policy: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
-            let n =
-            sqlx::query("INSERT INTO policy_attachments (tenant, target_kind, target, policy) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_attachments (tenant, target_kind, target, policy) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(tenant)
                 .bind(kind)
                 .bind(target)
-                .bind(policy)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            ((), n > 0)
-        })?;
+                .bind(policy))?;
         Ok(())
     }
 
@@ -413,24 +384,11 @@ impl PolicyStore {
         policy: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        Ok(write_tx!(
-            &self.db,
-            tenant,
-            now,
-            policy_changed(tenant),
-            |tx| {
-                let n =
-            sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = $2 AND target = $3 AND policy = $4")
+        Ok(write_one!(&self.db, tenant, now, sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = $2 AND target = $3 AND policy = $4")
                 .bind(tenant)
                 .bind(kind)
                 .bind(target)
-                .bind(policy)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                (n > 0, n > 0)
-            }
-        )?)
+                .bind(policy))?)
     }
 
     /// Sets a principal's permissions boundary.
@@ -441,19 +399,18 @@ impl PolicyStore {
         policy: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
-            let n = sqlx::query(
+        write_one!(
+            &self.db,
+            tenant,
+            now,
+            sqlx::query(
                 "INSERT INTO policy_boundaries (tenant, principal, policy) VALUES ($1, $2, $3) \
                  ON CONFLICT (tenant, principal) DO UPDATE SET policy = excluded.policy",
             )
             .bind(tenant)
             .bind(principal)
             .bind(policy)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            ((), n > 0)
-        })?;
+        )?;
         Ok(())
     }
 
@@ -464,22 +421,13 @@ impl PolicyStore {
         principal: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        Ok(write_tx!(
+        Ok(write_one!(
             &self.db,
             tenant,
             now,
-            policy_changed(tenant),
-            |tx| {
-                let n = sqlx::query(
-                    "DELETE FROM policy_boundaries WHERE tenant = $1 AND principal = $2",
-                )
+            sqlx::query("DELETE FROM policy_boundaries WHERE tenant = $1 AND principal = $2",)
                 .bind(tenant)
                 .bind(principal)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                (n > 0, n > 0)
-            }
         )?)
     }
 
@@ -567,20 +515,11 @@ impl PolicyStore {
     ) -> Result<bool, DbError> {
         let (t, k) = table.names();
         let sql = format!("DELETE FROM {t} WHERE tenant = $1 AND {k} = $2");
-        Ok(write_tx!(
+        Ok(write_one!(
             &self.db,
             tenant,
             now,
-            policy_changed(tenant),
-            |tx| {
-                let n = sqlx::query(&sql)
-                    .bind(tenant)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                (n > 0, n > 0)
-            }
+            sqlx::query(&sql).bind(tenant).bind(key)
         )?)
     }
 

@@ -76,6 +76,7 @@ pub struct App {
     /// HTTP metrics.
     pub metrics: HttpMetrics,
     feed_config: FeedConfig,
+    body_limit: usize,
     clock: Arc<dyn Clock>,
     request_ids: AtomicU64,
 }
@@ -168,6 +169,7 @@ impl App {
                 poll_every: settings.sync_interval,
                 ..FeedConfig::default()
             },
+            body_limit: settings.body_limit_bytes,
             clock,
             request_ids: AtomicU64::new(1),
         })
@@ -189,10 +191,7 @@ impl App {
             .layer(axum::extract::DefaultBodyLimit::max(
                 settings.body_limit_bytes,
             ))
-            .layer(axum::middleware::from_fn_with_state(
-                settings.body_limit_bytes,
-                capstan_http::body::limit_body,
-            ))
+            // Request id, span, metrics and the 413 for a declared length over the limit.
             .layer(axum::middleware::from_fn_with_state(self.clone(), observe))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
@@ -295,16 +294,23 @@ pub fn auth_config(settings: &Settings, public_url: String) -> AuthConfig {
 
 /// Tags each request with an id, logs it and records metrics under its route template.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let n = app.request_ids.fetch_add(1, Ordering::Relaxed);
+    let id = capstan_http::request_id::format(n);
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
-    let id = format!("{:016x}", app.request_ids.fetch_add(1, Ordering::Relaxed));
     let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
     let start = Instant::now();
-    let mut resp = capstan_http::request_id::scope(id.clone(), next.run(req))
+    let handled = async {
+        match capstan_http::body::reject_oversized(req, app.body_limit).await {
+            Ok(req) => next.run(req).await,
+            Err(too_large) => too_large,
+        }
+    };
+    let mut resp = capstan_http::request_id::scope(n, handled)
         .instrument(span.clone())
         .await;
     let elapsed = start.elapsed();
