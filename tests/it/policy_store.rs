@@ -1,7 +1,7 @@
-//! `PolicyStore` conformance: the same assertions for every backend.
+//! Policy store conformance (the store traits, through `SqlPolicyStore`): the same assertions for every backend.
 
 use capstan_db::{on_pool, Db};
-use capstan_policy::store::{DecisionRecord, Keyed, PolicyStore};
+use capstan_policy::store::*;
 use capstan_tests::Ctx;
 
 capstan_tests::on_both_backends!(
@@ -12,7 +12,7 @@ capstan_tests::on_both_backends!(
     decisions_are_batched_filtered_and_pruned,
 );
 
-async fn tenants(db: &Db, ids: &[&str]) -> PolicyStore {
+async fn tenants(db: &Db, ids: &[&str]) -> SqlPolicyStore {
     for id in ids {
         on_pool!(db, |p| {
             sqlx::query(
@@ -25,7 +25,7 @@ async fn tenants(db: &Db, ids: &[&str]) -> PolicyStore {
         })
         .unwrap();
     }
-    PolicyStore::new(db.clone())
+    SqlPolicyStore::new(db.clone())
 }
 
 async fn versions_keep_the_newest_five_and_the_newest_is_default(ctx: &Ctx) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use capstan_db::feed::FeedConfig;
 use capstan_db::{on_pool, Change, Db, Feed, Subscriber};
-use capstan_policy::store::PolicyStore;
+use capstan_policy::store::{GroupStore, SqlPolicyStore};
 
 /// Delivery delays in microseconds, sorted, over `writes` sequential writes.
 pub struct Delays {
@@ -56,7 +56,7 @@ pub async fn measure(url: &str, writes: usize) -> Result<Delays, String> {
         .start(FeedConfig::default(), Arc::new(|| 0))
         .await
         .map_err(e)?;
-    let store = PolicyStore::new(a);
+    let store = SqlPolicyStore::new(a);
     let mut sorted = Vec::with_capacity(writes);
     let mut write_us = Vec::with_capacity(writes);
     for i in 0..writes {

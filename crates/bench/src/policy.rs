@@ -2,6 +2,7 @@
 //! the same requests decided in-process by Capstan (the real `PolicyService::decide` path over a
 //! compiled snapshot), by a flat casbin-rs model and by cedar-policy, in one run.
 
+use capstan_policy::store::{AttachmentStore, GroupStore, PolicyVersions, SnapshotSource};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,7 +200,7 @@ fn lat(mut us: Vec<f64>, allows: usize) -> Lat {
 /// Writes the synthetic tenant (policies within the default limits, attachments, groups,
 /// members) into the `default` tenant of `db`.
 pub async fn store_tenant(db: &capstan_db::Db, d: &Dataset) -> Result<(), String> {
-    let store = capstan_policy::store::PolicyStore::new(db.clone());
+    let store = capstan_policy::store::SqlPolicyStore::new(db.clone());
     let now = SystemClock.now();
     let e = |e: capstan_db::DbError| e.to_string();
     let limits = capstan_iam::Limits::default();
@@ -276,7 +277,7 @@ pub async fn capstan_in_process(d: &Dataset) -> Result<InProcess, String> {
         .await
         .map_err(|e| e.to_string())?;
     let svc = Arc::new(PolicyService::new(
-        t.db.clone(),
+        Arc::new(capstan_policy::store::SqlPolicyStore::new(t.db.clone())),
         Arc::new(SystemClock),
         PolicyConfig::default(),
     ));

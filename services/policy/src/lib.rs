@@ -7,10 +7,12 @@
 
 pub mod api;
 pub mod builtin;
+mod decisions;
 pub mod error;
 pub mod http;
 pub mod service;
 pub mod simulate;
+mod snapshot;
 pub mod store;
 
 pub use error::PolicyError;

@@ -6,25 +6,22 @@
 //! as domain), the resource policies whose CRN pattern matches, the principal's boundary and the
 //! tenant's guardrails. Evaluation itself is `capstan_iam::evaluate`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use capstan_core::authz::{crn_tenant, Authorizer, AuthzError, Caller, GuardContext};
 use capstan_core::clock::Clock;
 use capstan_core::ids::{PrincipalId, TenantId};
-use capstan_db::Db;
-use capstan_iam::{
-    crn_matches, evaluate, Applicable, Context, Decision, IdentityIndex, Limits, Outcome, Policy,
-    PolicyKind, Request, Source,
-};
-use casbin::{DefaultRoleManager, RoleManager};
+use capstan_iam::{evaluate, Context, Decision, Limits, Outcome, Policy, Request};
 use tokio::sync::mpsc;
 
 use crate::builtin;
+use crate::decisions::LogMsg;
 use crate::error::PolicyError;
-use crate::store::{DecisionRecord, PolicyStore};
+use crate::snapshot::Snapshot;
+use crate::store::PolicyStore;
 
 /// Feed topic of policy changes (key: tenant).
 pub const TOPIC_POLICY: &str = "policy";
@@ -53,162 +50,6 @@ impl Default for PolicyConfig {
     }
 }
 
-/// A compiled policy and the version it came from.
-#[derive(Debug, Clone)]
-pub(crate) struct Versioned {
-    pub version: u32,
-    pub policy: Arc<Policy>,
-}
-
-/// One tenant's authorization state, compiled.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Snapshot {
-    pub revision: i64,
-    pub policies: HashMap<String, Versioned>,
-    pub principal_policies: HashMap<String, Vec<String>>,
-    pub group_policies: HashMap<String, Vec<String>>,
-    /// Every group a principal belongs to, directly or through nested groups.
-    pub groups_of: HashMap<String, Vec<String>>,
-    pub boundaries: HashMap<String, String>,
-    pub tags: HashMap<String, Vec<(String, String)>>,
-    pub resource_policies: Vec<(String, Policy)>,
-    pub guardrails: Vec<(String, Policy)>,
-    /// Per-principal identity indexes, built on demand.
-    pub indexes: IndexCache,
-}
-
-/// Identity indexes by principal. A cloned snapshot (simulation) starts with none, since its
-/// attachments may differ.
-#[derive(Debug, Default)]
-pub(crate) struct IndexCache(RwLock<HashMap<String, Arc<IdentityIndex>>>);
-
-impl Clone for IndexCache {
-    fn clone(&self) -> Self {
-        IndexCache::default()
-    }
-}
-
-impl Snapshot {
-    fn policy<'a>(&'a self, name: &'a str) -> Option<Source<'a>> {
-        if let Some(v) = self.policies.get(name) {
-            return Some(Source {
-                name,
-                version: v.version,
-                policy: &v.policy,
-            });
-        }
-        builtin::compiled().get(name).map(|p| Source {
-            name,
-            version: 1,
-            policy: p,
-        })
-    }
-
-    /// The policies that apply to `principal` acting on `resource`.
-    /// The principal's identity policies (its own and its groups', each once) merged into one
-    /// index, built on first use and kept for the life of this snapshot.
-    pub fn identity_index(&self, principal: &str) -> Arc<IdentityIndex> {
-        if let Some(ix) = self
-            .indexes
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(principal)
-        {
-            return ix.clone();
-        }
-        let direct = self.principal_policies.get(principal).into_iter().flatten();
-        let via_groups = self
-            .groups_of
-            .get(principal)
-            .into_iter()
-            .flatten()
-            .flat_map(|g| self.group_policies.get(g).into_iter().flatten());
-        // A policy attached directly and through a group counts once.
-        let mut policies: Vec<(String, u32, Arc<Policy>)> = Vec::new();
-        for n in direct.chain(via_groups) {
-            if let Some((version, p)) = self.policy_arc(n) {
-                if !policies.iter().any(|(_, _, q)| Arc::ptr_eq(q, &p)) {
-                    policies.push((n.clone(), version, p));
-                }
-            }
-        }
-        let ix = Arc::new(IdentityIndex::new(policies));
-        self.indexes
-            .0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(principal.to_owned(), ix.clone());
-        ix
-    }
-
-    fn policy_arc(&self, name: &str) -> Option<(u32, Arc<Policy>)> {
-        match self.policies.get(name) {
-            Some(v) => Some((v.version, v.policy.clone())),
-            None => builtin::compiled().get(name).map(|p| (1, p.clone())),
-        }
-    }
-
-    /// The policies that apply to `principal` acting on `resource`, with its identity policies
-    /// as the merged `index`.
-    pub fn applicable<'a>(
-        &'a self,
-        index: &'a IdentityIndex,
-        principal: &str,
-        resource: &str,
-    ) -> Applicable<'a> {
-        Applicable {
-            identity: Vec::new(),
-            identity_index: Some(index),
-            resource: self
-                .resource_policies
-                .iter()
-                .filter(|(pattern, _)| crn_matches(pattern, resource))
-                .map(|(pattern, p)| Source {
-                    name: pattern,
-                    version: 1,
-                    policy: p,
-                })
-                .collect(),
-            boundary: self.boundaries.get(principal).and_then(|b| self.policy(b)),
-            guardrails: self
-                .guardrails
-                .iter()
-                .map(|(name, p)| Source {
-                    name,
-                    version: 1,
-                    policy: p,
-                })
-                .collect(),
-        }
-    }
-}
-
-fn compile(text: &str, kind: PolicyKind) -> Option<Policy> {
-    // Stored documents were validated on the way in; limits are not re-applied so a lowered
-    // limit never disables a stored policy.
-    let limits = Limits {
-        max_chars: usize::MAX,
-        max_statements: usize::MAX,
-        max_values: usize::MAX,
-        max_depth: usize::MAX,
-    };
-    match Policy::parse(text, kind, &limits) {
-        Ok(p) => Some(p.policy),
-        Err(e) => {
-            tracing::error!(errors = ?e, "stored policy does not compile; ignoring it");
-            None
-        }
-    }
-}
-
-/// What the decision-log writer receives.
-enum LogMsg {
-    Record(DecisionRecord),
-    /// Answered once everything sent before it is written.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
 /// The principal facts a decision's context is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
@@ -224,25 +65,29 @@ pub struct Subject {
 
 /// The policy service.
 pub struct PolicyService {
-    pub(crate) store: PolicyStore,
+    pub(crate) store: Arc<dyn PolicyStore>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cfg: PolicyConfig,
-    cache: RwLock<HashMap<TenantId, Arc<Snapshot>>>,
+    pub(crate) cache: RwLock<HashMap<TenantId, Arc<Snapshot>>>,
     /// Compiled managed policies by (tenant, name, version), kept across snapshot rebuilds.
-    compiled: RwLock<HashMap<(TenantId, String, i64), Arc<Policy>>>,
-    generation: AtomicU64,
-    log: mpsc::Sender<LogMsg>,
-    log_rx: std::sync::Mutex<Option<mpsc::Receiver<LogMsg>>>,
+    pub(crate) compiled: RwLock<HashMap<(TenantId, String, i64), Arc<Policy>>>,
+    pub(crate) generation: AtomicU64,
+    pub(crate) log: mpsc::Sender<LogMsg>,
+    pub(crate) log_rx: std::sync::Mutex<Option<mpsc::Receiver<LogMsg>>>,
     /// Decisions dropped because the log queue was full.
     pub dropped_decisions: AtomicU64,
 }
 
 impl PolicyService {
     /// Builds the service; [`PolicyService::start`] runs its background tasks.
-    pub fn new(db: Db, clock: Arc<dyn Clock>, cfg: PolicyConfig) -> PolicyService {
+    pub fn new(
+        store: Arc<dyn PolicyStore>,
+        clock: Arc<dyn Clock>,
+        cfg: PolicyConfig,
+    ) -> PolicyService {
         let (tx, rx) = mpsc::channel(65_536);
         PolicyService {
-            store: PolicyStore::new(db),
+            store,
             clock,
             cfg,
             cache: RwLock::default(),
@@ -257,158 +102,6 @@ impl PolicyService {
     /// The limits documents are checked against.
     pub fn limits(&self) -> &Limits {
         &self.cfg.limits
-    }
-
-    pub(crate) async fn snapshot(&self, tenant: &TenantId) -> Result<Arc<Snapshot>, PolicyError> {
-        if let Some(s) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tenant)
-        {
-            return Ok(s.clone());
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let rows = self.store.load(tenant.as_str()).await?;
-        let mut snap = Snapshot {
-            revision: rows.revision,
-            ..Default::default()
-        };
-        snap.policies = self.compiled_defaults(tenant, rows.defaults).await?;
-        for (kind, target, policy) in rows.attachments {
-            let map = if kind == "group" {
-                &mut snap.group_policies
-            } else {
-                &mut snap.principal_policies
-            };
-            map.entry(target).or_default().push(policy);
-        }
-        // Group membership, transitively, through casbin's role manager.
-        let mut rm = DefaultRoleManager::new(10);
-        let domain = Some(tenant.as_str());
-        let mut members = HashSet::new();
-        for (group, member) in &rows.members {
-            rm.add_link(member, &format!("{GROUP_PREFIX}{group}"), domain);
-            members.insert(member.clone());
-        }
-        for m in members.iter().filter(|m| !m.starts_with(GROUP_PREFIX)) {
-            let mut groups = Vec::new();
-            let mut queue = vec![m.clone()];
-            let mut seen = HashSet::new();
-            while let Some(n) = queue.pop() {
-                for g in rm.get_roles(&n, domain) {
-                    if seen.insert(g.clone()) {
-                        if let Some(name) = g.strip_prefix(GROUP_PREFIX) {
-                            groups.push(name.to_owned());
-                        }
-                        queue.push(g);
-                    }
-                }
-            }
-            snap.groups_of.insert(m.clone(), groups);
-        }
-        snap.boundaries = rows.boundaries.into_iter().collect();
-        for (p, k, v) in rows.tags {
-            snap.tags.entry(p).or_default().push((k, v));
-        }
-        snap.resource_policies = rows
-            .resource_policies
-            .into_iter()
-            .filter_map(|(r, d)| compile(&d, PolicyKind::Resource).map(|p| (r, p)))
-            .collect();
-        snap.guardrails = rows
-            .guardrails
-            .into_iter()
-            .filter_map(|(n, d)| compile(&d, PolicyKind::Identity).map(|p| (n, p)))
-            .collect();
-        let snap = Arc::new(snap);
-        if self.generation.load(Ordering::SeqCst) == generation {
-            self.cache
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(tenant.clone(), snap.clone());
-        }
-        Ok(snap)
-    }
-
-    /// The compiled default versions. Documents already compiled (by name and version) are
-    /// reused, so a rebuild after one change compiles one document, not the tenant.
-    async fn compiled_defaults(
-        &self,
-        tenant: &TenantId,
-        defaults: Vec<(String, i64)>,
-    ) -> Result<HashMap<String, Versioned>, PolicyError> {
-        let key = |name: &str, version: i64| (tenant.clone(), name.to_owned(), version);
-        let missing: Vec<&(String, i64)> = {
-            let cache = self.compiled.read().unwrap_or_else(PoisonError::into_inner);
-            defaults
-                .iter()
-                .filter(|(n, v)| !cache.contains_key(&key(n, *v)))
-                .collect()
-        };
-        if !missing.is_empty() {
-            // A handful after a change: fetch them one by one; many at start: all at once.
-            let docs: Vec<(String, i64, String)> = if missing.len() <= 20 {
-                let mut docs = Vec::new();
-                for (name, version) in &missing {
-                    if let Some(v) = self
-                        .store
-                        .get_version(tenant.as_str(), name, Some(*version))
-                        .await?
-                    {
-                        docs.push((name.clone(), *version, v.document));
-                    }
-                }
-                docs
-            } else {
-                self.store.default_documents(tenant.as_str()).await?
-            };
-            let compiled: Vec<_> = docs
-                .into_iter()
-                .filter_map(|(n, v, d)| {
-                    compile(&d, PolicyKind::Identity).map(|p| (key(&n, v), Arc::new(p)))
-                })
-                .collect();
-            let mut cache = self
-                .compiled
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            cache.extend(compiled);
-        }
-        let mut cache = self
-            .compiled
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Versions that are no longer the default are dropped.
-        let current: HashSet<(TenantId, String, i64)> =
-            defaults.iter().map(|(n, v)| key(n, *v)).collect();
-        cache.retain(|k, _| &k.0 != tenant || current.contains(k));
-        Ok(defaults
-            .into_iter()
-            .filter_map(|(name, version)| {
-                let policy = cache.get(&key(&name, version))?.clone();
-                let version = u32::try_from(version).unwrap_or(u32::MAX);
-                Some((name, Versioned { version, policy }))
-            })
-            .collect())
-    }
-
-    /// Forgets compiled versions of a deleted policy (a recreated one starts again at version 1).
-    pub(crate) fn forget_compiled(&self, tenant: &str, name: &str) {
-        self.compiled
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|k, _| !(k.0.as_str() == tenant && k.1 == name));
-    }
-
-    fn invalidate(&self, tenant: &str) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        if let Ok(t) = TenantId::parse(tenant) {
-            self.cache
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&t);
-        }
     }
 
     /// After a write (which bumped the revision and appended the feed row in its transaction):
@@ -504,76 +197,6 @@ impl PolicyService {
         )
     }
 
-    fn record(
-        &self,
-        tenant: &TenantId,
-        principal: &str,
-        action: &str,
-        resource: &str,
-        o: &Outcome,
-        revision: i64,
-    ) {
-        let matched: Vec<serde_json::Value> = o
-            .matched
-            .iter()
-            .map(|m| serde_json::json!({"policy": m.policy, "version": m.version, "sid": m.sid}))
-            .collect();
-        let rec = DecisionRecord {
-            tenant: tenant.to_string(),
-            principal: principal.to_owned(),
-            action: action.to_owned(),
-            resource: resource.to_owned(),
-            decision: if o.decision == Decision::Allow {
-                "Allow"
-            } else {
-                "Deny"
-            }
-            .to_owned(),
-            reason: o.reason.as_str().to_owned(),
-            policy_revision: revision,
-            context: serde_json::json!({ "matched": matched }).to_string(),
-            at: self.clock.now(),
-        };
-        if self.log.try_send(LogMsg::Record(rec)).is_err() {
-            self.dropped_decisions.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Starts the decision-log writer. Changes reach [`PolicyService::on_change`] through the
-    /// server's change feed.
-    pub async fn start(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, PolicyError> {
-        let mut tasks = Vec::new();
-        let rx = self
-            .log_rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut rx) = rx {
-            let store = self.store.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut msgs = Vec::with_capacity(512);
-                let mut batch = Vec::with_capacity(512);
-                while rx.recv_many(&mut msgs, 512).await > 0 {
-                    let mut flushes = Vec::new();
-                    for m in msgs.drain(..) {
-                        match m {
-                            LogMsg::Record(r) => batch.push(r),
-                            LogMsg::Flush(done) => flushes.push(done),
-                        }
-                    }
-                    if let Err(e) = store.insert_decisions(&batch).await {
-                        tracing::warn!(error = %e, dropped = batch.len(), "cannot write decisions");
-                    }
-                    batch.clear();
-                    for f in flushes {
-                        let _ = f.send(());
-                    }
-                }
-            }));
-        }
-        Ok(tasks)
-    }
-
     /// A change from the feed: a tenant's policies changed (its snapshot is dropped), or a
     /// managed policy was deleted (its compiled versions are forgotten too).
     pub fn on_change(&self, c: &capstan_db::Change) {
@@ -584,21 +207,6 @@ impl PolicyService {
                 self.invalidate(&c.tenant);
             }
             _ => {}
-        }
-    }
-
-    /// Drops decisions older than the retention.
-    pub async fn prune_decisions(&self) -> Result<u64, PolicyError> {
-        let before = self.clock.now() - self.cfg.decision_retention;
-        Ok(self.store.prune_decisions(before).await?)
-    }
-
-    /// Waits until every decision logged so far is written (before reading the log, and at
-    /// shutdown).
-    pub async fn flush_decisions(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.log.send(LogMsg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
         }
     }
 }

@@ -10,7 +10,8 @@ pub use capstan_proto::policy::{Change, SimulateRequest, SimulateResponse, Simul
 use crate::api::{check_name, outcome_view, principal_id, MAX_BATCH};
 use crate::builtin;
 use crate::error::PolicyError;
-use crate::service::{PolicyService, Snapshot, Subject, Versioned};
+use crate::service::{PolicyService, Subject};
+use crate::snapshot::{Snapshot, Versioned};
 
 fn target(
     principal: &Option<String>,

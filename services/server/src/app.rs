@@ -21,6 +21,7 @@ use capstan_db::Db;
 use capstan_db::Feed;
 use capstan_http::service::FeedSubscriber;
 use capstan_http::{Metric, Platform, Registration, RouteList, Service};
+use capstan_policy::store::SqlPolicyStore;
 use capstan_policy::{PolicyConfig, PolicyService};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -99,7 +100,7 @@ impl App {
         let selected = |name: &str| settings.services.iter().any(|s| s == name);
         let feed = Feed::new(db.clone());
         let policy = Arc::new(PolicyService::new(
-            db.clone(),
+            Arc::new(SqlPolicyStore::new(db.clone())),
             clock.clone(),
             policy_config(settings),
         ));

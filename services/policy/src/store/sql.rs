@@ -1,74 +1,18 @@
-//! Storage of the policy service over [`capstan_db::Db`]. Every query is tenant-scoped, and every
-//! change bumps the tenant's policy revision.
+//! [`SqlPolicyStore`]: the policy store traits over Postgres and SQLite, each query written once
+//! (`on_pool!`), each write one transaction with its revision bump and feed row.
 
+use async_trait::async_trait;
 use capstan_db::{on_pool, Db, DbError};
 
+use super::{
+    AttachmentStore, DecisionLog, DecisionRecord, GroupStore, Keyed, KeyedDocuments,
+    PolicyVersions, SnapshotSource, StoredVersion, TenantRows, KEEP_VERSIONS,
+};
 use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
-
-/// A stored managed policy version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredVersion {
-    /// Version number (1, 2, …).
-    pub version: i64,
-    /// JSON text.
-    pub document: String,
-    /// Whether it is the default version.
-    pub is_default: bool,
-    /// Creation time.
-    pub created_at: i64,
-}
-
-/// Everything that decides a tenant's authorizations, as stored.
-#[derive(Debug, Clone, Default)]
-pub struct TenantRows {
-    /// Revision counter.
-    pub revision: i64,
-    /// Default versions: (name, version); documents are fetched separately, only when not
-    /// already compiled.
-    pub defaults: Vec<(String, i64)>,
-    /// (group, member).
-    pub members: Vec<(String, String)>,
-    /// (target kind, target, policy).
-    pub attachments: Vec<(String, String, String)>,
-    /// (principal, policy).
-    pub boundaries: Vec<(String, String)>,
-    /// (principal, key, value).
-    pub tags: Vec<(String, String, String)>,
-    /// (resource pattern, document).
-    pub resource_policies: Vec<(String, String)>,
-    /// (name, document).
-    pub guardrails: Vec<(String, String)>,
-}
-
-/// One decision-log record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecisionRecord {
-    /// Tenant.
-    pub tenant: String,
-    /// Principal.
-    pub principal: String,
-    /// Action.
-    pub action: String,
-    /// Resource.
-    pub resource: String,
-    /// `Allow` or `Deny`.
-    pub decision: String,
-    /// Reason code.
-    pub reason: String,
-    /// The tenant's policy revision the decision used.
-    pub policy_revision: i64,
-    /// Extra facts (JSON): matched statements, caller context.
-    pub context: String,
-    /// When.
-    pub at: i64,
-}
-
-/// How many versions of a managed policy are kept.
-pub const KEEP_VERSIONS: i64 = 5;
 
 /// The policy service's SQL store.
 #[derive(Debug, Clone)]
-pub struct PolicyStore {
+pub struct SqlPolicyStore {
     db: Db,
 }
 
@@ -115,31 +59,18 @@ fn policy_changed(tenant: &str) -> [(&'static str, &str); 1] {
     [(TOPIC_POLICY, tenant)]
 }
 
-impl PolicyStore {
+impl SqlPolicyStore {
     /// Wraps a migrated database.
     pub fn new(db: Db) -> Self {
-        PolicyStore { db }
+        SqlPolicyStore { db }
     }
+}
 
-    /// The database.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    /// Increments and returns the tenant's revision.
-    pub async fn bump_revision(&self, tenant: &str) -> Result<i64, DbError> {
-        let (rev,): (i64,) = on_pool!(&self.db, |p| {
-            sqlx::query_as(BUMP_REVISION)
-                .bind(tenant)
-                .fetch_one(p)
-                .await
-        })?;
-        Ok(rev)
-    }
-
+#[async_trait]
+impl PolicyVersions for SqlPolicyStore {
     /// Stores a new version of a managed policy, makes it the default and keeps the newest
     /// [`KEEP_VERSIONS`]. Returns the version.
-    pub async fn put_version(
+    async fn put_version(
         &self,
         tenant: &str,
         name: &str,
@@ -195,7 +126,7 @@ impl PolicyStore {
     }
 
     /// A version (the default one when `version` is `None`).
-    pub async fn get_version(
+    async fn get_version(
         &self,
         tenant: &str,
         name: &str,
@@ -224,10 +155,7 @@ impl PolicyStore {
     }
 
     /// Every managed policy: (name, default version, stored versions).
-    pub async fn list_policies(
-        &self,
-        tenant: &str,
-    ) -> Result<Vec<(String, i64, Vec<i64>)>, DbError> {
+    async fn list_policies(&self, tenant: &str) -> Result<Vec<(String, i64, Vec<i64>)>, DbError> {
         let rows: Vec<(String, i64, i64)> = on_pool!(&self.db, |p| {
             sqlx::query_as(
                 "SELECT v.name, d.version, v.version FROM policy_versions v \
@@ -249,7 +177,7 @@ impl PolicyStore {
     }
 
     /// Deletes a managed policy with all its versions.
-    pub async fn delete_policy(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
+    async fn delete_policy(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         let topics = [(TOPIC_POLICY, tenant), (TOPIC_POLICY_DELETED, name)];
         let n = write_tx!(&self.db, tenant, now, topics, |tx| {
             sqlx::query("DELETE FROM policy_versions WHERE tenant = $1 AND name = $2")
@@ -269,7 +197,7 @@ impl PolicyStore {
     }
 
     /// How many principals and groups use a policy (attachments and boundaries).
-    pub async fn uses(&self, tenant: &str, policy: &str) -> Result<i64, DbError> {
+    async fn uses(&self, tenant: &str, policy: &str) -> Result<i64, DbError> {
         let (n,): (i64,) = on_pool!(&self.db, |p| {
             sqlx::query_as(
                 "SELECT (SELECT COUNT(*) FROM policy_attachments WHERE tenant = $1 AND policy = $2) \
@@ -283,8 +211,24 @@ impl PolicyStore {
         Ok(n)
     }
 
+    /// The documents of every default version: (name, version, document).
+    async fn default_documents(&self, tenant: &str) -> Result<Vec<(String, i64, String)>, DbError> {
+        Ok(on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT v.name, v.version, v.document FROM policy_versions v JOIN policy_defaults d \
+                 ON d.tenant = v.tenant AND d.name = v.name AND d.version = v.version WHERE v.tenant = $1",
+            )
+            .bind(tenant)
+            .fetch_all(p)
+            .await
+        })?)
+    }
+}
+
+#[async_trait]
+impl GroupStore for SqlPolicyStore {
     /// Creates a group (idempotent); true when it was new.
-    pub async fn put_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
+    async fn put_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         Ok(write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
                 .bind(tenant)
                 .bind(name)
@@ -292,7 +236,7 @@ impl PolicyStore {
     }
 
     /// Deletes a group, its memberships (as a group and as a member) and its attachments.
-    pub async fn delete_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
+    async fn delete_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         let as_member = format!("group:{name}");
         let n = write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND (group_name = $2 OR member = $3)")
@@ -318,7 +262,7 @@ impl PolicyStore {
     }
 
     /// Whether a group exists.
-    pub async fn group_exists(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
+    async fn group_exists(&self, tenant: &str, name: &str) -> Result<bool, DbError> {
         let row: Option<(String,)> = on_pool!(&self.db, |p| {
             sqlx::query_as("SELECT name FROM policy_groups WHERE tenant = $1 AND name = $2")
                 .bind(tenant)
@@ -330,7 +274,7 @@ impl PolicyStore {
     }
 
     /// Adds a member (idempotent).
-    pub async fn add_member(
+    async fn add_member(
         &self,
         tenant: &str,
         group: &str,
@@ -345,7 +289,7 @@ impl PolicyStore {
     }
 
     /// Removes a member; false if it was none.
-    pub async fn remove_member(
+    async fn remove_member(
         &self,
         tenant: &str,
         group: &str,
@@ -357,9 +301,12 @@ impl PolicyStore {
                 .bind(group)
                 .bind(member))?)
     }
+}
 
+#[async_trait]
+impl AttachmentStore for SqlPolicyStore {
     /// Attaches a policy to a principal or group (idempotent).
-    pub async fn attach(
+    async fn attach(
         &self,
         tenant: &str,
         kind: &str,
@@ -376,7 +323,7 @@ impl PolicyStore {
     }
 
     /// Detaches; false if it was not attached.
-    pub async fn detach(
+    async fn detach(
         &self,
         tenant: &str,
         kind: &str,
@@ -392,7 +339,7 @@ impl PolicyStore {
     }
 
     /// Sets a principal's permissions boundary.
-    pub async fn set_boundary(
+    async fn set_boundary(
         &self,
         tenant: &str,
         principal: &str,
@@ -415,7 +362,7 @@ impl PolicyStore {
     }
 
     /// Removes a principal's boundary; false if it had none.
-    pub async fn delete_boundary(
+    async fn delete_boundary(
         &self,
         tenant: &str,
         principal: &str,
@@ -432,7 +379,7 @@ impl PolicyStore {
     }
 
     /// Replaces a principal's tags.
-    pub async fn set_tags(
+    async fn set_tags(
         &self,
         tenant: &str,
         principal: &str,
@@ -458,10 +405,13 @@ impl PolicyStore {
         })?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl KeyedDocuments for SqlPolicyStore {
     /// Upserts a document keyed by name in `policy_resource_policies` (`resource`) or
     /// `policy_guardrails` (`name`).
-    pub async fn put_keyed(
+    async fn put_keyed(
         &self,
         table: Keyed,
         tenant: &str,
@@ -488,7 +438,7 @@ impl PolicyStore {
     }
 
     /// Reads a keyed document.
-    pub async fn get_keyed(
+    async fn get_keyed(
         &self,
         table: Keyed,
         tenant: &str,
@@ -506,7 +456,7 @@ impl PolicyStore {
     }
 
     /// Deletes a keyed document; false if there was none.
-    pub async fn delete_keyed(
+    async fn delete_keyed(
         &self,
         table: Keyed,
         tenant: &str,
@@ -522,9 +472,12 @@ impl PolicyStore {
             sqlx::query(&sql).bind(tenant).bind(key)
         )?)
     }
+}
 
+#[async_trait]
+impl SnapshotSource for SqlPolicyStore {
     /// Everything that decides the tenant's authorizations.
-    pub async fn load(&self, tenant: &str) -> Result<TenantRows, DbError> {
+    async fn load(&self, tenant: &str) -> Result<TenantRows, DbError> {
         let db = &self.db;
         let revision: Option<(i64,)> = on_pool!(db, |p| {
             sqlx::query_as("SELECT revision FROM policy_revisions WHERE tenant = $1")
@@ -563,24 +516,22 @@ impl PolicyStore {
         })
     }
 
-    /// The documents of every default version: (name, version, document).
-    pub async fn default_documents(
-        &self,
-        tenant: &str,
-    ) -> Result<Vec<(String, i64, String)>, DbError> {
-        Ok(on_pool!(&self.db, |p| {
-            sqlx::query_as(
-                "SELECT v.name, v.version, v.document FROM policy_versions v JOIN policy_defaults d \
-                 ON d.tenant = v.tenant AND d.name = v.name AND d.version = v.version WHERE v.tenant = $1",
-            )
-            .bind(tenant)
-            .fetch_all(p)
-            .await
-        })?)
+    /// Increments and returns the tenant's revision.
+    async fn bump_revision(&self, tenant: &str) -> Result<i64, DbError> {
+        let (rev,): (i64,) = on_pool!(&self.db, |p| {
+            sqlx::query_as(BUMP_REVISION)
+                .bind(tenant)
+                .fetch_one(p)
+                .await
+        })?;
+        Ok(rev)
     }
+}
 
+#[async_trait]
+impl DecisionLog for SqlPolicyStore {
     /// Appends decisions in one statement.
-    pub async fn insert_decisions(&self, batch: &[DecisionRecord]) -> Result<(), DbError> {
+    async fn insert_decisions(&self, batch: &[DecisionRecord]) -> Result<(), DbError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -605,7 +556,7 @@ impl PolicyStore {
     }
 
     /// Recent decisions of a tenant, newest first.
-    pub async fn list_decisions(
+    async fn list_decisions(
         &self,
         tenant: &str,
         principal: Option<&str>,
@@ -667,7 +618,7 @@ impl PolicyStore {
     }
 
     /// Drops decisions older than `before`.
-    pub async fn prune_decisions(&self, before: i64) -> Result<u64, DbError> {
+    async fn prune_decisions(&self, before: i64) -> Result<u64, DbError> {
         Ok(on_pool!(&self.db, |p| {
             sqlx::query("DELETE FROM policy_decisions WHERE at < $1")
                 .bind(before)
@@ -675,23 +626,5 @@ impl PolicyStore {
                 .await
                 .map(|r| r.rows_affected())
         })?)
-    }
-}
-
-/// The tables that hold one document per key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keyed {
-    /// Resource policies, keyed by CRN pattern.
-    ResourcePolicy,
-    /// Guardrails, keyed by name.
-    Guardrail,
-}
-
-impl Keyed {
-    fn names(self) -> (&'static str, &'static str) {
-        match self {
-            Keyed::ResourcePolicy => ("policy_resource_policies", "resource"),
-            Keyed::Guardrail => ("policy_guardrails", "name"),
-        }
     }
 }

@@ -1,0 +1,317 @@
+//! A tenant's compiled authorization state: what a decision reads, built from storage, kept
+//! per tenant and dropped when the change feed says the tenant's policies changed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use capstan_core::ids::TenantId;
+use capstan_iam::{crn_matches, Applicable, IdentityIndex, Limits, Policy, PolicyKind, Source};
+use casbin::{DefaultRoleManager, RoleManager};
+
+use crate::builtin;
+use crate::error::PolicyError;
+use crate::service::{PolicyService, GROUP_PREFIX};
+
+/// A compiled policy and the version it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Versioned {
+    pub version: u32,
+    pub policy: Arc<Policy>,
+}
+
+/// One tenant's authorization state, compiled.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Snapshot {
+    pub revision: i64,
+    pub policies: HashMap<String, Versioned>,
+    pub principal_policies: HashMap<String, Vec<String>>,
+    pub group_policies: HashMap<String, Vec<String>>,
+    /// Every group a principal belongs to, directly or through nested groups.
+    pub groups_of: HashMap<String, Vec<String>>,
+    pub boundaries: HashMap<String, String>,
+    pub tags: HashMap<String, Vec<(String, String)>>,
+    pub resource_policies: Vec<(String, Policy)>,
+    pub guardrails: Vec<(String, Policy)>,
+    /// Per-principal identity indexes, built on demand.
+    pub indexes: IndexCache,
+}
+
+/// Identity indexes by principal. A cloned snapshot (simulation) starts with none, since its
+/// attachments may differ.
+#[derive(Debug, Default)]
+pub(crate) struct IndexCache(RwLock<HashMap<String, Arc<IdentityIndex>>>);
+
+impl Clone for IndexCache {
+    fn clone(&self) -> Self {
+        IndexCache::default()
+    }
+}
+
+impl Snapshot {
+    fn policy<'a>(&'a self, name: &'a str) -> Option<Source<'a>> {
+        if let Some(v) = self.policies.get(name) {
+            return Some(Source {
+                name,
+                version: v.version,
+                policy: &v.policy,
+            });
+        }
+        builtin::compiled().get(name).map(|p| Source {
+            name,
+            version: 1,
+            policy: p,
+        })
+    }
+
+    /// The policies that apply to `principal` acting on `resource`.
+    /// The principal's identity policies (its own and its groups', each once) merged into one
+    /// index, built on first use and kept for the life of this snapshot.
+    pub fn identity_index(&self, principal: &str) -> Arc<IdentityIndex> {
+        if let Some(ix) = self
+            .indexes
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(principal)
+        {
+            return ix.clone();
+        }
+        let direct = self.principal_policies.get(principal).into_iter().flatten();
+        let via_groups = self
+            .groups_of
+            .get(principal)
+            .into_iter()
+            .flatten()
+            .flat_map(|g| self.group_policies.get(g).into_iter().flatten());
+        // A policy attached directly and through a group counts once.
+        let mut policies: Vec<(String, u32, Arc<Policy>)> = Vec::new();
+        for n in direct.chain(via_groups) {
+            if let Some((version, p)) = self.policy_arc(n) {
+                if !policies.iter().any(|(_, _, q)| Arc::ptr_eq(q, &p)) {
+                    policies.push((n.clone(), version, p));
+                }
+            }
+        }
+        let ix = Arc::new(IdentityIndex::new(policies));
+        self.indexes
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(principal.to_owned(), ix.clone());
+        ix
+    }
+
+    fn policy_arc(&self, name: &str) -> Option<(u32, Arc<Policy>)> {
+        match self.policies.get(name) {
+            Some(v) => Some((v.version, v.policy.clone())),
+            None => builtin::compiled().get(name).map(|p| (1, p.clone())),
+        }
+    }
+
+    /// The policies that apply to `principal` acting on `resource`, with its identity policies
+    /// as the merged `index`.
+    pub fn applicable<'a>(
+        &'a self,
+        index: &'a IdentityIndex,
+        principal: &str,
+        resource: &str,
+    ) -> Applicable<'a> {
+        Applicable {
+            identity: Vec::new(),
+            identity_index: Some(index),
+            resource: self
+                .resource_policies
+                .iter()
+                .filter(|(pattern, _)| crn_matches(pattern, resource))
+                .map(|(pattern, p)| Source {
+                    name: pattern,
+                    version: 1,
+                    policy: p,
+                })
+                .collect(),
+            boundary: self.boundaries.get(principal).and_then(|b| self.policy(b)),
+            guardrails: self
+                .guardrails
+                .iter()
+                .map(|(name, p)| Source {
+                    name,
+                    version: 1,
+                    policy: p,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn compile(text: &str, kind: PolicyKind) -> Option<Policy> {
+    // Stored documents were validated on the way in; limits are not re-applied so a lowered
+    // limit never disables a stored policy.
+    let limits = Limits {
+        max_chars: usize::MAX,
+        max_statements: usize::MAX,
+        max_values: usize::MAX,
+        max_depth: usize::MAX,
+    };
+    match Policy::parse(text, kind, &limits) {
+        Ok(p) => Some(p.policy),
+        Err(e) => {
+            tracing::error!(errors = ?e, "stored policy does not compile; ignoring it");
+            None
+        }
+    }
+}
+
+impl PolicyService {
+    pub(crate) async fn snapshot(&self, tenant: &TenantId) -> Result<Arc<Snapshot>, PolicyError> {
+        if let Some(s) = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+        {
+            return Ok(s.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let rows = self.store.load(tenant.as_str()).await?;
+        let mut snap = Snapshot {
+            revision: rows.revision,
+            ..Default::default()
+        };
+        snap.policies = self.compiled_defaults(tenant, rows.defaults).await?;
+        for (kind, target, policy) in rows.attachments {
+            let map = if kind == "group" {
+                &mut snap.group_policies
+            } else {
+                &mut snap.principal_policies
+            };
+            map.entry(target).or_default().push(policy);
+        }
+        // Group membership, transitively, through casbin's role manager.
+        let mut rm = DefaultRoleManager::new(10);
+        let domain = Some(tenant.as_str());
+        let mut members = HashSet::new();
+        for (group, member) in &rows.members {
+            rm.add_link(member, &format!("{GROUP_PREFIX}{group}"), domain);
+            members.insert(member.clone());
+        }
+        for m in members.iter().filter(|m| !m.starts_with(GROUP_PREFIX)) {
+            let mut groups = Vec::new();
+            let mut queue = vec![m.clone()];
+            let mut seen = HashSet::new();
+            while let Some(n) = queue.pop() {
+                for g in rm.get_roles(&n, domain) {
+                    if seen.insert(g.clone()) {
+                        if let Some(name) = g.strip_prefix(GROUP_PREFIX) {
+                            groups.push(name.to_owned());
+                        }
+                        queue.push(g);
+                    }
+                }
+            }
+            snap.groups_of.insert(m.clone(), groups);
+        }
+        snap.boundaries = rows.boundaries.into_iter().collect();
+        for (p, k, v) in rows.tags {
+            snap.tags.entry(p).or_default().push((k, v));
+        }
+        snap.resource_policies = rows
+            .resource_policies
+            .into_iter()
+            .filter_map(|(r, d)| compile(&d, PolicyKind::Resource).map(|p| (r, p)))
+            .collect();
+        snap.guardrails = rows
+            .guardrails
+            .into_iter()
+            .filter_map(|(n, d)| compile(&d, PolicyKind::Identity).map(|p| (n, p)))
+            .collect();
+        let snap = Arc::new(snap);
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(tenant.clone(), snap.clone());
+        }
+        Ok(snap)
+    }
+
+    /// The compiled default versions. Documents already compiled (by name and version) are
+    /// reused, so a rebuild after one change compiles one document, not the tenant.
+    async fn compiled_defaults(
+        &self,
+        tenant: &TenantId,
+        defaults: Vec<(String, i64)>,
+    ) -> Result<HashMap<String, Versioned>, PolicyError> {
+        let key = |name: &str, version: i64| (tenant.clone(), name.to_owned(), version);
+        let missing: Vec<&(String, i64)> = {
+            let cache = self.compiled.read().unwrap_or_else(PoisonError::into_inner);
+            defaults
+                .iter()
+                .filter(|(n, v)| !cache.contains_key(&key(n, *v)))
+                .collect()
+        };
+        if !missing.is_empty() {
+            // A handful after a change: fetch them one by one; many at start: all at once.
+            let docs: Vec<(String, i64, String)> = if missing.len() <= 20 {
+                let mut docs = Vec::new();
+                for (name, version) in &missing {
+                    if let Some(v) = self
+                        .store
+                        .get_version(tenant.as_str(), name, Some(*version))
+                        .await?
+                    {
+                        docs.push((name.clone(), *version, v.document));
+                    }
+                }
+                docs
+            } else {
+                self.store.default_documents(tenant.as_str()).await?
+            };
+            let compiled: Vec<_> = docs
+                .into_iter()
+                .filter_map(|(n, v, d)| {
+                    compile(&d, PolicyKind::Identity).map(|p| (key(&n, v), Arc::new(p)))
+                })
+                .collect();
+            let mut cache = self
+                .compiled
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            cache.extend(compiled);
+        }
+        let mut cache = self
+            .compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Versions that are no longer the default are dropped.
+        let current: HashSet<(TenantId, String, i64)> =
+            defaults.iter().map(|(n, v)| key(n, *v)).collect();
+        cache.retain(|k, _| &k.0 != tenant || current.contains(k));
+        Ok(defaults
+            .into_iter()
+            .filter_map(|(name, version)| {
+                let policy = cache.get(&key(&name, version))?.clone();
+                let version = u32::try_from(version).unwrap_or(u32::MAX);
+                Some((name, Versioned { version, policy }))
+            })
+            .collect())
+    }
+
+    /// Forgets compiled versions of a deleted policy (a recreated one starts again at version 1).
+    pub(crate) fn forget_compiled(&self, tenant: &str, name: &str) {
+        self.compiled
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| !(k.0.as_str() == tenant && k.1 == name));
+    }
+
+    pub(crate) fn invalidate(&self, tenant: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(t) = TenantId::parse(tenant) {
+            self.cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&t);
+        }
+    }
+}
