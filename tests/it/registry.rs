@@ -21,7 +21,8 @@ mod echo {
     use axum::extract::State;
     use axum::routing::get;
     use axum::Json;
-    use capstan_core::authz::{crn, Authorizer, TokenVerifier};
+    use capstan_core::authz::{Authorizer, TokenVerifier};
+    use capstan_core::crn::Crn;
     use capstan_db::{Change, Feed};
     use capstan_http::{
         guard, Api, ApiResult, Bearer, Metric, Platform, Registration, RouteList, Routes, Service,
@@ -39,7 +40,7 @@ mod echo {
     /// Read what the echo service has seen on its topic.
     #[utoipa::path(get, path = "/v1/echo", responses((status = 200)), security(("bearer" = [])))]
     async fn read(State(echo): State<Api<Echo>>, Bearer(caller): Bearer) -> ApiResult<Json<Value>> {
-        let resource = crn("echo", &caller.tenant, "thing");
+        let resource = Crn::new("echo", &caller.tenant, "thing");
         guard(
             echo.authorizer.as_ref(),
             &caller,
@@ -58,7 +59,7 @@ mod echo {
         State(echo): State<Api<Echo>>,
         Bearer(caller): Bearer,
     ) -> ApiResult<Json<Value>> {
-        let resource = crn("echo", &caller.tenant, "thing");
+        let resource = Crn::new("echo", &caller.tenant, "thing");
         guard(
             echo.authorizer.as_ref(),
             &caller,

@@ -11,6 +11,7 @@
 
 use async_trait::async_trait;
 
+use crate::crn::Crn;
 use crate::ids::{PrincipalId, TenantId};
 
 /// An authenticated caller of a Capstan API, taken from a verified access token.
@@ -68,7 +69,7 @@ pub trait Authorizer: Send + Sync + 'static {
         &self,
         caller: &Caller,
         action: &str,
-        resource: &str,
+        resource: &Crn,
         context: GuardContext<'_>,
     ) -> Result<(), AuthzError>;
 
@@ -110,14 +111,14 @@ pub async fn guard(
     authz: &dyn Authorizer,
     caller: &Caller,
     action: &str,
-    resource: &str,
+    resource: &Crn,
     context: GuardContext<'_>,
 ) -> Result<(), GuardError> {
     match authz.authorize(caller, action, resource, context).await {
         Ok(()) => Ok(()),
         Err(AuthzError::Denied { reason }) => Err(GuardError::Forbidden {
             action: action.to_owned(),
-            resource: resource.to_owned(),
+            resource: resource.to_string(),
             reason,
         }),
         Err(AuthzError::Unavailable) => Err(GuardError::Unavailable),
@@ -174,29 +175,15 @@ impl Authorizer for AdminOnly {
         &self,
         caller: &Caller,
         _action: &str,
-        resource: &str,
+        resource: &Crn,
         _context: GuardContext<'_>,
     ) -> Result<(), AuthzError> {
         if !caller.admin {
             return Err(AuthzError::denied("not_admin"));
         }
-        if crn_tenant(resource) != Some(caller.tenant.as_str()) {
+        if resource.tenant() != caller.tenant.as_str() {
             return Err(AuthzError::denied("other_tenant"));
         }
         Ok(())
     }
-}
-
-/// The tenant part of a CRN.
-pub fn crn_tenant(crn: &str) -> Option<&str> {
-    let mut parts = crn.splitn(5, ':');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("crn"), Some("capstan"), Some(_service), Some(tenant)) => Some(tenant),
-        _ => None,
-    }
-}
-
-/// The CRN of a resource owned by `service` in `tenant`: `crn:capstan:<service>:<tenant>:<path>`.
-pub fn crn(service: &str, tenant: &TenantId, path: &str) -> String {
-    format!("crn:capstan:{service}:{tenant}:{path}")
 }

@@ -7,6 +7,7 @@
 
 pub mod authz;
 pub mod clock;
+pub mod crn;
 pub mod crypto;
 pub mod ids;
 pub mod jwt;

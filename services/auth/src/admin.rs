@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use capstan_core::authz::{crn, guard, AuthzError, Caller, GuardError};
+use capstan_core::authz::{guard, AuthzError, Caller, GuardError};
+use capstan_core::crn::Crn;
 use capstan_core::crypto::Secret;
 use capstan_core::ids::{check_audience, check_scope_token, PrincipalId, PrincipalKind, TenantId};
 use capstan_core::jwt::{generate_key, Alg};
@@ -47,7 +48,7 @@ fn conflict_or(e: DbError, what: String) -> AuthError {
 }
 
 impl AuthService {
-    async fn guard(&self, caller: &Caller, action: &str, resource: &str) -> Result<(), AuthError> {
+    async fn guard(&self, caller: &Caller, action: &str, resource: &Crn) -> Result<(), AuthError> {
         Ok(guard(self.authorizer.as_ref(), caller, action, resource, &[]).await?)
     }
 
@@ -162,7 +163,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:CreateTenant",
-            &crn("auth", &system, &format!("tenants/{id}")),
+            &Crn::new("auth", &system, &format!("tenants/{id}")),
         )
         .await?;
         let alg = match req.signing_alg.as_deref() {
@@ -192,7 +193,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:ListTenants",
-            &crn("auth", &system, "tenants/*"),
+            &Crn::new("auth", &system, "tenants/*"),
         )
         .await?;
         let tenants = self.store.list_tenants().await?;
@@ -208,7 +209,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:CreateClient",
-            &crn("auth", &caller.tenant, "clients/*"),
+            &Crn::new("auth", &caller.tenant, "clients/*"),
         )
         .await?;
         self.create_client_unchecked(&caller.tenant, req, false)
@@ -220,7 +221,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:ListClients",
-            &crn("auth", &caller.tenant, "clients/*"),
+            &Crn::new("auth", &caller.tenant, "clients/*"),
         )
         .await?;
         let clients = self.store.list_clients(&caller.tenant).await?;
@@ -236,7 +237,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:GetClient",
-            &crn("auth", &caller.tenant, &format!("clients/{id}")),
+            &Crn::new("auth", &caller.tenant, &format!("clients/{id}")),
         )
         .await?;
         let pid = Self::client_id(id)?;
@@ -253,7 +254,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:DeleteClient",
-            &crn("auth", &caller.tenant, &format!("clients/{id}")),
+            &Crn::new("auth", &caller.tenant, &format!("clients/{id}")),
         )
         .await?;
         let pid = Self::client_id(id)?;
@@ -279,7 +280,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:RotateClientSecret",
-            &crn("auth", &caller.tenant, &format!("clients/{id}")),
+            &Crn::new("auth", &caller.tenant, &format!("clients/{id}")),
         )
         .await?;
         let grace = req.grace_period_seconds.unwrap_or(0);
@@ -349,7 +350,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:RotateSigningKey",
-            &crn("auth", &caller.tenant, "keys/*"),
+            &Crn::new("auth", &caller.tenant, "keys/*"),
         )
         .await?;
         let delay = req
@@ -380,7 +381,7 @@ impl AuthService {
         self.guard(
             caller,
             "auth:ListSigningKeys",
-            &crn("auth", &caller.tenant, "keys/*"),
+            &Crn::new("auth", &caller.tenant, "keys/*"),
         )
         .await?;
         let keys = self.tenant_keys(&caller.tenant).await?;

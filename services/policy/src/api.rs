@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use capstan_core::authz::{crn, guard, Caller, GuardError, TokenVerifier, VerifyError};
+use capstan_core::authz::{guard, Caller, GuardError, TokenVerifier, VerifyError};
+use capstan_core::crn::Crn;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_iam::{Context, Decision, Issue, Outcome, Policy, PolicyKind};
 pub use capstan_proto::policy::{
@@ -73,7 +74,7 @@ pub(crate) fn outcome_view(o: Outcome, revision: i64) -> AuthorizeResponse {
 
 impl PolicyService {
     async fn guard(&self, caller: &Caller, action: &str, path: &str) -> Result<(), PolicyError> {
-        let resource = crn("policy", &caller.tenant, path);
+        let resource = Crn::new("policy", &caller.tenant, path);
         Ok(guard(self, caller, action, &resource, &[]).await?)
     }
 
@@ -486,8 +487,7 @@ impl PolicyService {
         match table {
             Keyed::Guardrail => check_name("guardrail name", key),
             Keyed::ResourcePolicy => {
-                let tenant_ok =
-                    capstan_core::authz::crn_tenant(key) == Some(caller.tenant.as_str());
+                let tenant_ok = Crn::parse(key).is_ok_and(|c| c.tenant() == caller.tenant.as_str());
                 if tenant_ok && key.len() <= 1024 {
                     Ok(())
                 } else {

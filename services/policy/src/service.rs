@@ -11,8 +11,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use capstan_core::authz::{crn_tenant, Authorizer, AuthzError, Caller, GuardContext};
+use capstan_core::authz::{Authorizer, AuthzError, Caller, GuardContext};
 use capstan_core::clock::Clock;
+use capstan_core::crn::Crn;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_iam::{evaluate, Context, Decision, Limits, Outcome, Policy, Request};
 use tokio::sync::mpsc;
@@ -239,11 +240,11 @@ impl Authorizer for PolicyService {
         &self,
         caller: &Caller,
         action: &str,
-        resource: &str,
+        resource: &Crn,
         context: GuardContext<'_>,
     ) -> Result<(), AuthzError> {
         // Tenants are isolated before any policy is read.
-        if crn_tenant(resource) != Some(caller.tenant.as_str()) {
+        if resource.tenant() != caller.tenant.as_str() {
             return Err(AuthzError::denied("other_tenant"));
         }
         let subject = Subject {
@@ -260,7 +261,13 @@ impl Authorizer for PolicyService {
             ctx
         });
         match self
-            .decide(&caller.tenant, &subject, action, resource, extra.as_ref())
+            .decide(
+                &caller.tenant,
+                &subject,
+                action,
+                resource.as_str(),
+                extra.as_ref(),
+            )
             .await
         {
             Ok((o, _)) if o.decision == Decision::Allow => Ok(()),
