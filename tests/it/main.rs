@@ -3,7 +3,8 @@
 //! Every test runs on SQLite and on Postgres (when `DATABASE_URL` is set) through
 //! `capstan_tests::on_both_backends!`, on a fresh database of its own.
 //!
-//! - End to end (`admin`, `oauth`, `policy`, `cluster`, `platform`, `registry`): the real server on port 0
+//! - End to end (`admin`, `oauth`, `rotation`, `policy`, `authorization`, `cluster`,
+//!   `platform`, `registry`): the real server on port 0
 //!   with a manual clock, driven over HTTP like a user would.
 //! - Storage conformance (`auth_store`, `policy_store`, `secrets`): the stores' traits, the same
 //!   assertions on every backend.
@@ -16,10 +17,12 @@
 
 mod admin;
 mod auth_store;
+mod authorization;
 mod cluster;
 mod oauth;
 mod platform;
 mod policy;
 mod policy_store;
 mod registry;
+mod rotation;
 mod secrets;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use capstan_db::DbError;
 
 mod sql;
+mod sql_decisions;
 
 pub use sql::SqlPolicyStore;
 

@@ -5,15 +5,15 @@ use async_trait::async_trait;
 use capstan_db::{on_pool, Db, DbError};
 
 use super::{
-    AttachmentStore, DecisionLog, DecisionRecord, GroupStore, Keyed, KeyedDocuments,
-    PolicyVersions, SnapshotSource, StoredVersion, TenantRows, KEEP_VERSIONS,
+    AttachmentStore, GroupStore, Keyed, KeyedDocuments, PolicyVersions, SnapshotSource,
+    StoredVersion, TenantRows, KEEP_VERSIONS,
 };
 use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
 
 /// The policy service's SQL store.
 #[derive(Debug, Clone)]
 pub struct SqlPolicyStore {
-    db: Db,
+    pub(super) db: Db,
 }
 
 /// Runs `$body` in one transaction as `tx`. The body evaluates to `(result, changed)`; when
@@ -525,106 +525,5 @@ impl SnapshotSource for SqlPolicyStore {
                 .await
         })?;
         Ok(rev)
-    }
-}
-
-#[async_trait]
-impl DecisionLog for SqlPolicyStore {
-    /// Appends decisions in one statement.
-    async fn insert_decisions(&self, batch: &[DecisionRecord]) -> Result<(), DbError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        on_pool!(&self.db, |p| {
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO policy_decisions (tenant, principal, action, resource, decision, reason, policy_revision, context, at) ",
-            );
-            qb.push_values(batch, |mut b, r| {
-                b.push_bind(&r.tenant)
-                    .push_bind(&r.principal)
-                    .push_bind(&r.action)
-                    .push_bind(&r.resource)
-                    .push_bind(&r.decision)
-                    .push_bind(&r.reason)
-                    .push_bind(r.policy_revision)
-                    .push_bind(&r.context)
-                    .push_bind(r.at);
-            });
-            qb.build().execute(p).await.map(|r| r.rows_affected())
-        })?;
-        Ok(())
-    }
-
-    /// Recent decisions of a tenant, newest first.
-    async fn list_decisions(
-        &self,
-        tenant: &str,
-        principal: Option<&str>,
-        decision: Option<&str>,
-        since: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<DecisionRecord>, DbError> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            String,
-            i64,
-        );
-        let rows: Vec<Row> = on_pool!(&self.db, |p| {
-            sqlx::query_as(
-                "SELECT tenant, principal, action, resource, decision, reason, policy_revision, context, at \
-                 FROM policy_decisions WHERE tenant = $1 AND ($2 IS NULL OR principal = $2) \
-                 AND ($3 IS NULL OR decision = $3) AND ($4 IS NULL OR at >= $4) ORDER BY seq DESC LIMIT $5",
-            )
-            .bind(tenant)
-            .bind(principal)
-            .bind(decision)
-            .bind(since)
-            .bind(limit)
-            .fetch_all(p)
-            .await
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    tenant,
-                    principal,
-                    action,
-                    resource,
-                    decision,
-                    reason,
-                    policy_revision,
-                    context,
-                    at,
-                )| DecisionRecord {
-                    tenant,
-                    principal,
-                    action,
-                    resource,
-                    decision,
-                    reason,
-                    policy_revision,
-                    context,
-                    at,
-                },
-            )
-            .collect())
-    }
-
-    /// Drops decisions older than `before`.
-    async fn prune_decisions(&self, before: i64) -> Result<u64, DbError> {
-        Ok(on_pool!(&self.db, |p| {
-            sqlx::query("DELETE FROM policy_decisions WHERE at < $1")
-                .bind(before)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
-        })?)
     }
 }

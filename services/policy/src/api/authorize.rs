@@ -1,0 +1,181 @@
+//! The authorization API: `/v1/authorize`, its batch form, and the decision log.
+
+use super::*;
+
+impl PolicyService {
+    async fn subject_of(
+        &self,
+        verifier: &dyn TokenVerifier,
+        caller: &Caller,
+        req: &AuthorizeRequest,
+    ) -> Result<Subject, PolicyError> {
+        match (&req.principal, &req.token) {
+            (Some(p), None) => Ok(Subject {
+                principal: principal_id(p)?.to_string(),
+                ..Default::default()
+            }),
+            (None, Some(t)) => {
+                let v = verifier.verify_access_token(t).await.map_err(|e| match e {
+                    VerifyError::Invalid(e) => {
+                        PolicyError::BadRequest(format!("token is not valid: {e}"))
+                    }
+                    VerifyError::Unavailable => PolicyError::Guard(GuardError::Unavailable),
+                    VerifyError::Internal => PolicyError::Guard(GuardError::Internal),
+                })?;
+                if v.tenant != caller.tenant {
+                    return Err(PolicyError::BadRequest(
+                        "the token belongs to another tenant".into(),
+                    ));
+                }
+                Ok(Subject {
+                    principal: v.principal.to_string(),
+                    client_id: Some(v.client_id),
+                    scopes: Some(v.scopes),
+                    source_ip: None,
+                })
+            }
+            _ => Err(PolicyError::BadRequest(
+                "give exactly one of principal and token".into(),
+            )),
+        }
+    }
+
+    /// The subject and context of an authorization request, checked.
+    pub(crate) async fn prepare(
+        &self,
+        verifier: &dyn TokenVerifier,
+        caller: &Caller,
+        req: &AuthorizeRequest,
+    ) -> Result<(Subject, Context), PolicyError> {
+        let subject = self.subject_of(verifier, caller, req).await?;
+        if !req.action.contains(':') {
+            return Err(PolicyError::BadRequest(format!(
+                "action {:?} must be <service>:<Action>",
+                req.action
+            )));
+        }
+        let mut ctx = Context::new();
+        for (k, v) in req.context.iter().flatten() {
+            if k.to_ascii_lowercase().starts_with("capstan:") {
+                return Err(PolicyError::BadRequest(format!(
+                    "context key {k:?}: capstan:* keys are set by Capstan"
+                )));
+            }
+            match v {
+                ContextValue::One(s) => ctx.set(k, [s.as_str()]),
+                ContextValue::Many(list) => ctx.set(k, list.iter().map(String::as_str)),
+            }
+        }
+        Ok((subject, ctx))
+    }
+
+    async fn authorize_one(
+        &self,
+        verifier: &dyn TokenVerifier,
+        caller: &Caller,
+        req: &AuthorizeRequest,
+    ) -> Result<AuthorizeResponse, PolicyError> {
+        let (subject, ctx) = self.prepare(verifier, caller, req).await?;
+        let (o, rev) = self
+            .decide(
+                &caller.tenant,
+                &subject,
+                &req.action,
+                &req.resource,
+                Some(&ctx),
+            )
+            .await?;
+        Ok(outcome_view(o, rev))
+    }
+
+    pub(crate) async fn guard_simulate(&self, caller: &Caller) -> Result<(), PolicyError> {
+        self.guard(caller, "policy:Simulate", "simulation").await
+    }
+
+    /// `POST /v1/authorize`.
+    pub async fn authorize_api(
+        &self,
+        verifier: &dyn TokenVerifier,
+        caller: &Caller,
+        req: AuthorizeRequest,
+    ) -> Result<AuthorizeResponse, PolicyError> {
+        self.guard(caller, "policy:Authorize", "authorizer").await?;
+        self.authorize_one(verifier, caller, &req).await
+    }
+
+    /// `POST /v1/authorize:batch`.
+    pub async fn authorize_batch(
+        &self,
+        verifier: &dyn TokenVerifier,
+        caller: &Caller,
+        req: BatchRequest,
+    ) -> Result<BatchResponse, PolicyError> {
+        self.guard(caller, "policy:Authorize", "authorizer").await?;
+        if req.requests.is_empty() || req.requests.len() > MAX_BATCH {
+            return Err(PolicyError::BadRequest(format!(
+                "requests: 1 to {MAX_BATCH} entries"
+            )));
+        }
+        let mut decisions = Vec::with_capacity(req.requests.len());
+        for (i, r) in req.requests.iter().enumerate() {
+            let d = self
+                .authorize_one(verifier, caller, r)
+                .await
+                .map_err(|e| match e {
+                    PolicyError::BadRequest(m) => {
+                        PolicyError::BadRequest(format!("requests[{i}]: {m}"))
+                    }
+                    other => other,
+                })?;
+            decisions.push(d);
+        }
+        Ok(BatchResponse { decisions })
+    }
+
+    /// `GET /v1/decisions`.
+    pub async fn list_decisions(
+        &self,
+        caller: &Caller,
+        principal: Option<&str>,
+        decision: Option<&str>,
+        since: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<Vec<DecisionView>, PolicyError> {
+        self.guard(caller, "policy:ListDecisions", "decision/*")
+            .await?;
+        if let Some(d) = decision {
+            if d != "Allow" && d != "Deny" {
+                return Err(PolicyError::BadRequest(
+                    "decision must be Allow or Deny".into(),
+                ));
+            }
+        }
+        let limit = limit.unwrap_or(100);
+        if !(1..=MAX_DECISIONS).contains(&limit) {
+            return Err(PolicyError::BadRequest(format!(
+                "limit must be between 1 and {MAX_DECISIONS}"
+            )));
+        }
+        self.flush_decisions().await;
+        let rows = self
+            .store
+            .list_decisions(caller.tenant.as_str(), principal, decision, since, limit)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let ctx: Value = serde_json::from_str(&r.context).unwrap_or(Value::Null);
+                DecisionView {
+                    principal: r.principal,
+                    action: r.action,
+                    resource: r.resource,
+                    decision: r.decision,
+                    reason: r.reason,
+                    policy_revision: r.policy_revision,
+                    matched: ctx.get("matched").cloned().unwrap_or(Value::Array(vec![])),
+                    at: r.at,
+                }
+            })
+            .collect())
+    }
+}
