@@ -206,7 +206,8 @@ impl Db {
         Ok(())
     }
 
-    /// Appends to the change feed.
+    /// Appends to the change feed in a statement of its own (writes that have a transaction
+    /// append in it with [`append_change!`]).
     pub async fn publish_change(
         &self,
         tenant: &str,
@@ -215,16 +216,10 @@ impl Db {
         now: i64,
     ) -> Result<(), DbError> {
         on_pool!(self, |p| {
-            sqlx::query(
-                "INSERT INTO core_changes (tenant, topic, key, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(tenant)
-            .bind(topic)
-            .bind(key)
-            .bind(now)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())
+            let mut conn = p.acquire().await?;
+            append_change!(conn, tenant, topic, key, now)
+                .await
+                .map(|r| r.rows_affected())
         })?;
         Ok(())
     }

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use capstan_core::clock::UnixTime;
 use capstan_core::ids::{PrincipalId, PrincipalKind, TenantId};
 use capstan_core::jwt::{Alg, Jwk};
-use capstan_db::{append_change, on_pool, Db, DbError};
+use std::sync::Arc;
+
+use capstan_db::{append_change, on_pool, Db, DbError, Feed};
 
 use crate::model::{Client, Revocation, StoredKey, Tenant};
 
@@ -101,15 +103,30 @@ pub const TOPIC_TENANT: &str = "tenant";
 pub const TOPIC_REVOCATION: &str = "revocation";
 
 /// The SQL implementation for Postgres and SQLite.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqlStore {
     db: Db,
+    /// The server's feed, woken after each committed write that appended to it (in-process
+    /// wake-up; other servers are woken by NOTIFY).
+    feed: Option<Arc<Feed>>,
 }
 
 impl SqlStore {
     /// Wraps a migrated database.
     pub fn new(db: Db) -> Self {
-        SqlStore { db }
+        SqlStore { db, feed: None }
+    }
+
+    /// Wakes `feed` after every committed write that appended to it.
+    pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    fn woke(&self) {
+        if let Some(f) = &self.feed {
+            f.wake();
+        }
     }
 }
 
@@ -265,6 +282,7 @@ impl ClientStore for SqlStore {
             .await?;
             tx.commit().await
         })?;
+        self.woke();
         Ok(())
     }
 
@@ -319,6 +337,7 @@ impl ClientStore for SqlStore {
             tx.commit().await?;
             Ok::<u64, sqlx::Error>(n)
         })?;
+        self.woke();
         Ok(n == 1)
     }
 
@@ -355,6 +374,7 @@ impl ClientStore for SqlStore {
             tx.commit().await?;
             Ok::<u64, sqlx::Error>(n)
         })?;
+        self.woke();
         Ok(n == 1)
     }
 
@@ -394,6 +414,7 @@ impl KeyStore for SqlStore {
             append_change!(tx, tenant, TOPIC_TENANT, tenant, k.created_at).await?;
             tx.commit().await
         })?;
+        self.woke();
         Ok(())
     }
 
@@ -454,6 +475,7 @@ impl RevocationStore for SqlStore {
             }
             tx.commit().await
         })?;
+        self.woke();
         Ok(())
     }
 

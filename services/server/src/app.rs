@@ -100,13 +100,13 @@ impl App {
         let selected = |name: &str| settings.services.iter().any(|s| s == name);
         let feed = Feed::new(db.clone());
         let policy = Arc::new(PolicyService::new(
-            Arc::new(SqlPolicyStore::new(db.clone())),
+            Arc::new(SqlPolicyStore::new(db.clone()).with_feed(feed.clone())),
             clock.clone(),
             policy_config(settings),
         ));
         let auth = Arc::new(AuthService::new(
             auth_config(settings, public_url.clone()),
-            Arc::new(SqlStore::new(db.clone())),
+            Arc::new(SqlStore::new(db.clone()).with_feed(feed.clone())),
             &settings.master_key,
             clock.clone(),
             rng.clone(),

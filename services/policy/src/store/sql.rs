@@ -2,7 +2,9 @@
 //! (`on_pool!`), each write one transaction with its revision bump and feed row.
 
 use async_trait::async_trait;
-use capstan_db::{on_pool, Db, DbError};
+use std::sync::Arc;
+
+use capstan_db::{on_pool, Db, DbError, Feed};
 
 use super::{
     AttachmentStore, GroupStore, Keyed, KeyedDocuments, PolicyVersions, SnapshotSource,
@@ -11,9 +13,12 @@ use super::{
 use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
 
 /// The policy service's SQL store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqlPolicyStore {
     pub(super) db: Db,
+    /// The server's feed, woken after each committed write (in-process wake-up; other servers
+    /// are woken by NOTIFY).
+    feed: Option<Arc<Feed>>,
 }
 
 /// Runs `$body` in one transaction as `tx`. The body evaluates to `(result, changed)`; when
@@ -21,8 +26,8 @@ pub struct SqlPolicyStore {
 /// `(topic, key)`) are appended in the same transaction, so a committed change is never missing
 /// from the feed (the outbox).
 macro_rules! write_tx {
-    ($db:expr, $tenant:expr, $now:expr, $topics:expr, |$tx:ident| $body:expr) => {
-        on_pool!($db, |p| {
+    ($store:expr, $tenant:expr, $now:expr, $topics:expr, |$tx:ident| $body:expr) => {{
+        let done = on_pool!(&$store.db, |p| {
             let mut $tx = p.begin().await?;
             let (out, changed) = $body;
             if changed {
@@ -36,14 +41,18 @@ macro_rules! write_tx {
             }
             $tx.commit().await?;
             Ok::<_, sqlx::Error>(out)
-        })
-    };
+        });
+        if done.is_ok() {
+            $store.woke();
+        }
+        done
+    }};
 }
 
 /// One statement as a policy write (see [`write_tx!`]); evaluates to whether it changed a row.
 macro_rules! write_one {
-    ($db:expr, $tenant:expr, $now:expr, $query:expr) => {
-        write_tx!($db, $tenant, $now, policy_changed($tenant), |tx| {
+    ($store:expr, $tenant:expr, $now:expr, $query:expr) => {
+        write_tx!($store, $tenant, $now, policy_changed($tenant), |tx| {
             let n = $query.execute(&mut *tx).await?.rows_affected();
             (n > 0, n > 0)
         })
@@ -62,7 +71,19 @@ fn policy_changed(tenant: &str) -> [(&'static str, &str); 1] {
 impl SqlPolicyStore {
     /// Wraps a migrated database.
     pub fn new(db: Db) -> Self {
-        SqlPolicyStore { db }
+        SqlPolicyStore { db, feed: None }
+    }
+
+    /// Wakes `feed` after every committed write.
+    pub fn with_feed(mut self, feed: Arc<Feed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    fn woke(&self) {
+        if let Some(f) = &self.feed {
+            f.wake();
+        }
     }
 }
 
@@ -78,7 +99,7 @@ impl PolicyVersions for SqlPolicyStore {
         now: i64,
     ) -> Result<i64, DbError> {
         let postgres = matches!(self.db, Db::Postgres(_));
-        let version = write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+        let version = write_tx!(self, tenant, now, policy_changed(tenant), |tx| {
             if postgres {
                 // Writers of one policy take turns, so concurrent PUTs each get the next version
                 // instead of colliding on MAX + 1 (a unique violation).
@@ -179,7 +200,7 @@ impl PolicyVersions for SqlPolicyStore {
     /// Deletes a managed policy with all its versions.
     async fn delete_policy(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         let topics = [(TOPIC_POLICY, tenant), (TOPIC_POLICY_DELETED, name)];
-        let n = write_tx!(&self.db, tenant, now, topics, |tx| {
+        let n = write_tx!(self, tenant, now, topics, |tx| {
             sqlx::query("DELETE FROM policy_versions WHERE tenant = $1 AND name = $2")
                 .bind(tenant)
                 .bind(name)
@@ -229,7 +250,7 @@ impl PolicyVersions for SqlPolicyStore {
 impl GroupStore for SqlPolicyStore {
     /// Creates a group (idempotent); true when it was new.
     async fn put_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
-        Ok(write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
+        Ok(write_one!(self, tenant, now, sqlx::query("INSERT INTO policy_groups (tenant, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (tenant, name) DO NOTHING")
                 .bind(tenant)
                 .bind(name)
                 .bind(now))?)
@@ -238,7 +259,7 @@ impl GroupStore for SqlPolicyStore {
     /// Deletes a group, its memberships (as a group and as a member) and its attachments.
     async fn delete_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         let as_member = format!("group:{name}");
-        let n = write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+        let n = write_tx!(self, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND (group_name = $2 OR member = $3)")
                 .bind(tenant)
                 .bind(name)
@@ -281,7 +302,7 @@ impl GroupStore for SqlPolicyStore {
         member: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_group_members (tenant, group_name, member) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        write_one!(self, tenant, now, sqlx::query("INSERT INTO policy_group_members (tenant, group_name, member) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(tenant)
                 .bind(group)
                 .bind(member))?;
@@ -296,7 +317,7 @@ impl GroupStore for SqlPolicyStore {
         member: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        Ok(write_one!(&self.db, tenant, now, sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND group_name = $2 AND member = $3")
+        Ok(write_one!(self, tenant, now, sqlx::query("DELETE FROM policy_group_members WHERE tenant = $1 AND group_name = $2 AND member = $3")
                 .bind(tenant)
                 .bind(group)
                 .bind(member))?)
@@ -314,7 +335,7 @@ impl AttachmentStore for SqlPolicyStore {
         policy: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        write_one!(&self.db, tenant, now, sqlx::query("INSERT INTO policy_attachments (tenant, target_kind, target, policy) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        write_one!(self, tenant, now, sqlx::query("INSERT INTO policy_attachments (tenant, target_kind, target, policy) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                 .bind(tenant)
                 .bind(kind)
                 .bind(target)
@@ -331,7 +352,7 @@ impl AttachmentStore for SqlPolicyStore {
         policy: &str,
         now: i64,
     ) -> Result<bool, DbError> {
-        Ok(write_one!(&self.db, tenant, now, sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = $2 AND target = $3 AND policy = $4")
+        Ok(write_one!(self, tenant, now, sqlx::query("DELETE FROM policy_attachments WHERE tenant = $1 AND target_kind = $2 AND target = $3 AND policy = $4")
                 .bind(tenant)
                 .bind(kind)
                 .bind(target)
@@ -347,7 +368,7 @@ impl AttachmentStore for SqlPolicyStore {
         now: i64,
     ) -> Result<(), DbError> {
         write_one!(
-            &self.db,
+            self,
             tenant,
             now,
             sqlx::query(
@@ -369,7 +390,7 @@ impl AttachmentStore for SqlPolicyStore {
         now: i64,
     ) -> Result<bool, DbError> {
         Ok(write_one!(
-            &self.db,
+            self,
             tenant,
             now,
             sqlx::query("DELETE FROM policy_boundaries WHERE tenant = $1 AND principal = $2",)
@@ -386,7 +407,7 @@ impl AttachmentStore for SqlPolicyStore {
         tags: &[(String, String)],
         now: i64,
     ) -> Result<(), DbError> {
-        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+        write_tx!(self, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query("DELETE FROM policy_tags WHERE tenant = $1 AND principal = $2")
                 .bind(tenant)
                 .bind(principal)
@@ -424,7 +445,7 @@ impl KeyedDocuments for SqlPolicyStore {
             "INSERT INTO {t} (tenant, {k}, document, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant, {k}) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at"
         );
-        write_tx!(&self.db, tenant, now, policy_changed(tenant), |tx| {
+        write_tx!(self, tenant, now, policy_changed(tenant), |tx| {
             sqlx::query(&sql)
                 .bind(tenant)
                 .bind(key)
@@ -466,7 +487,7 @@ impl KeyedDocuments for SqlPolicyStore {
         let (t, k) = table.names();
         let sql = format!("DELETE FROM {t} WHERE tenant = $1 AND {k} = $2");
         Ok(write_one!(
-            &self.db,
+            self,
             tenant,
             now,
             sqlx::query(&sql).bind(tenant).bind(key)
