@@ -26,11 +26,22 @@ mod echo {
     use capstan_db::{Change, Feed};
     use capstan_http::{
         guard, Api, ApiResult, Bearer, Metric, Platform, Registration, RouteList, Routes, Service,
+        ServiceConfig,
     };
     use serde_json::{json, Value};
     use utoipa::OpenApi;
 
+    /// The echo service's own section, `[service.echo]`.
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EchoConfig {
+        /// Put before every key the service records.
+        #[serde(default)]
+        pub prefix: String,
+    }
+
     pub struct Echo {
+        pub prefix: String,
         pub feed: Arc<Feed>,
         pub authorizer: Arc<dyn Authorizer>,
         pub seen: Mutex<Vec<String>>,
@@ -99,7 +110,10 @@ mod echo {
         }
 
         fn on_change(&self, change: &Change) {
-            self.seen.lock().unwrap().push(change.key.clone());
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("{}{}", self.prefix, change.key));
             self.count.fetch_add(1, Ordering::Relaxed);
         }
 
@@ -114,8 +128,10 @@ mod echo {
 
     /// The one line a new service adds to the registry.
     pub fn registration() -> Registration {
-        Registration::new("echo", |p: &Platform| {
+        Registration::new("echo", |p: &Platform, section: &ServiceConfig| {
+            let config: EchoConfig = section.parse()?;
             Ok(Arc::new(Echo {
+                prefix: config.prefix,
                 feed: p.feed.clone(),
                 authorizer: p.authorizer.clone(),
                 seen: Mutex::new(Vec::new()),
@@ -128,12 +144,17 @@ mod echo {
 capstan_tests::on_both_backends!(
     a_service_added_through_the_registry_is_routed_documented_measured_and_fed,
     services_serve_exactly_what_they_name,
+    a_service_section_with_a_mistake_stops_the_server_with_a_clear_message,
 );
 
 async fn a_service_added_through_the_registry_is_routed_documented_measured_and_fed(ctx: &Ctx) {
     let mut settings = ctx.settings();
     settings.public_url = Some("http://capstan.test".into());
     settings.services = vec!["auth".into(), "policy".into(), "echo".into()];
+    // Its own configuration section, `[service.echo]`.
+    settings
+        .service_config
+        .insert("echo".into(), json!({"prefix": "seen-"}));
     let a = ctx
         .server_with_registry(settings.clone(), vec![echo::registration()])
         .await;
@@ -168,7 +189,9 @@ async fn a_service_added_through_the_registry_is_routed_documented_measured_and_
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let (_, body) = b.api(Method::GET, "/v1/echo", &token, None).await;
-        if body["seen"].as_array().is_some_and(|s| s.len() == 1) {
+        if let Some([key]) = body["seen"].as_array().map(Vec::as_slice) {
+            // The key is the publisher's principal, with the configured prefix.
+            assert!(key.as_str().unwrap().starts_with("seen-svc_"), "{key}");
             break;
         }
         assert!(
@@ -224,4 +247,41 @@ async fn services_serve_exactly_what_they_name(ctx: &Ctx) {
     assert!(doc["paths"].get("/v1/clients").is_none());
     issuer.shutdown().await;
     policy_only.shutdown().await;
+}
+
+async fn a_service_section_with_a_mistake_stops_the_server_with_a_clear_message(ctx: &Ctx) {
+    use std::sync::Arc;
+
+    use capstan_core::clock::SystemClock;
+    use capstan_core::rng::SystemRng;
+    use capstan_server::Server;
+
+    let start = |settings: capstan_server::Settings| async move {
+        Server::start_with(
+            &settings,
+            Arc::new(SystemClock),
+            Arc::new(SystemRng::new()),
+            true,
+            vec![echo::registration()],
+        )
+        .await
+    };
+    let mut settings = ctx.settings();
+    settings.services = vec!["auth".into(), "policy".into(), "echo".into()];
+    settings
+        .service_config
+        .insert("echo".into(), json!({"prefx": "typo-"}));
+    let err = start(settings.clone()).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("service echo") && text.contains("prefx"),
+        "{text}"
+    );
+
+    settings.service_config.clear();
+    settings
+        .service_config
+        .insert("nope".into(), json!({"a": 1}));
+    let err = start(settings).await.err().expect("refused");
+    assert!(err.to_string().contains("[service.nope]"), "{err}");
 }

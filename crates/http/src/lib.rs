@@ -21,4 +21,6 @@ pub use bearer::{Api, Bearer, BearerScheme, Verifier};
 pub use body::{JsonBody, JsonOrDefault, JsonText, Query};
 pub use capstan_core::authz::guard;
 pub use error::{no_store, ApiError, ApiResult, RETRY_AFTER_SECONDS};
-pub use service::{BoxError, Metric, Platform, Registration, RouteList, Routes, Service};
+pub use service::{
+    BoxError, Metric, Platform, Registration, RouteList, Routes, Service, ServiceConfig,
+};

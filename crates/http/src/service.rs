@@ -50,7 +50,9 @@ impl Metric {
     }
 }
 
-/// One platform service (auth, policy, identity, config, trace, …) as the server sees it.
+/// One platform service (auth, policy, identity, config, trace, …) as the server sees it. A
+/// service also brings its configuration: its [`Registration`] builds it from its own
+/// `[service.<name>]` section ([`ServiceConfig`]).
 #[async_trait]
 pub trait Service: Send + Sync + 'static {
     /// Its name in `--services`.
@@ -126,8 +128,33 @@ pub struct Platform {
     pub public_url: String,
 }
 
-/// Builds a service from the platform.
-pub type Build = Box<dyn Fn(&Platform) -> Result<Arc<dyn Service>, BoxError> + Send + Sync>;
+/// A service's own configuration: the `[service.<name>]` section of the server's TOML file
+/// (empty when absent).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfig(serde_json::Value);
+
+impl ServiceConfig {
+    /// The section, as the server read it.
+    pub fn new(section: serde_json::Value) -> ServiceConfig {
+        ServiceConfig(section)
+    }
+
+    /// The section as the service's settings type `T` (give `T` `#[serde(deny_unknown_fields)]`
+    /// so a misspelt key is refused); an absent section is `T::default()`. Errors name the key.
+    pub fn parse<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, BoxError> {
+        if self.0.is_null() {
+            return Ok(T::default());
+        }
+        serde_path_to_error::deserialize(&self.0).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.inner()).into()
+        })
+    }
+}
+
+/// Builds a service from the platform and its configuration section.
+pub type Build =
+    Box<dyn Fn(&Platform, &ServiceConfig) -> Result<Arc<dyn Service>, BoxError> + Send + Sync>;
 
 /// How a service is built, by name. The server's registry is a list of these.
 pub struct Registration {
@@ -143,7 +170,10 @@ impl Registration {
     /// A registration of `name` built by `build`.
     pub fn new(
         name: &'static str,
-        build: impl Fn(&Platform) -> Result<Arc<dyn Service>, BoxError> + Send + Sync + 'static,
+        build: impl Fn(&Platform, &ServiceConfig) -> Result<Arc<dyn Service>, BoxError>
+            + Send
+            + Sync
+            + 'static,
     ) -> Registration {
         Registration {
             name,

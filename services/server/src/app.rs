@@ -20,7 +20,7 @@ use capstan_db::feed::FeedConfig;
 use capstan_db::Db;
 use capstan_db::Feed;
 use capstan_http::service::FeedSubscriber;
-use capstan_http::{Metric, Platform, Registration, RouteList, Service};
+use capstan_http::{Metric, Platform, Registration, RouteList, Service, ServiceConfig};
 use capstan_policy::store::SqlPolicyStore;
 use capstan_policy::{PolicyConfig, PolicyService};
 use serde_json::json;
@@ -41,7 +41,8 @@ use crate::metrics::HttpMetrics;
 pub const PLATFORM: [&str; 2] = ["auth", "policy"];
 
 /// The services this build has beyond [`PLATFORM`]. Adding a service is its crate plus one line
-/// here: `Registration::new("identity", capstan_identity::build)`.
+/// here: `Registration::new("identity", capstan_identity::build)`, where `build` takes the
+/// [`Platform`] and the service's own `[service.identity]` section.
 pub fn registry() -> Vec<Registration> {
     Vec::new()
 }
@@ -145,7 +146,14 @@ impl App {
                     reg.name
                 )));
             }
-            let service = (reg.build)(&platform).map_err(|e| ServerError::Service {
+            let section = ServiceConfig::new(
+                settings
+                    .service_config
+                    .get(reg.name)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let service = (reg.build)(&platform, &section).map_err(|e| ServerError::Service {
                 name: reg.name,
                 message: e.to_string(),
             })?;
@@ -153,6 +161,15 @@ impl App {
                 service,
                 served: true,
             });
+        }
+        if let Some(name) = settings
+            .service_config
+            .keys()
+            .find(|n| !registry.iter().any(|r| r.name == n.as_str()))
+        {
+            return Err(ServerError::Config(format!(
+                "[service.{name}]: this build has no service {name:?}"
+            )));
         }
         for s in &settings.services {
             if !PLATFORM.contains(&s.as_str()) && !registry.iter().any(|r| r.name == s) {

@@ -3,6 +3,7 @@
 //! layers cannot drift apart; unknown file keys and unknown `CAPSTAN_*` variables are errors.
 //! Every setting is listed in `docs/configuration.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -127,11 +128,15 @@ pub struct Options {
     /// How long the decision log keeps entries, in days [7].
     #[arg(long, env = "CAPSTAN_DECISION_RETENTION_DAYS")]
     pub decision_retention_days: Option<i64>,
+    /// Each registered service's own section, `[service.<name>]` in the file (file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub service: BTreeMap<String, toml::Table>,
 }
 
 macro_rules! merge_fields {
     ($hi:expr, $lo:expr, [$($f:ident),*]) => {
-        Options { config: $hi.config, $($f: $hi.$f.or($lo.$f)),* }
+        Options { config: $hi.config, service: $lo.service, $($f: $hi.$f.or($lo.$f)),* }
     };
 }
 
@@ -206,6 +211,8 @@ pub struct Settings {
     pub sync_interval: Duration,
     /// Decision-log retention.
     pub decision_retention_seconds: i64,
+    /// Registered services' own sections (`[service.<name>]`), as JSON for the kit.
+    pub service_config: BTreeMap<String, serde_json::Value>,
 }
 
 impl Settings {
@@ -229,6 +236,7 @@ impl Settings {
             body_limit_bytes: 64 * 1024,
             sync_interval: Duration::from_millis(250),
             decision_retention_seconds: 7 * 86_400,
+            service_config: BTreeMap::new(),
         }
     }
 
@@ -292,6 +300,16 @@ impl Settings {
         }
         if let Some(v) = o.decision_retention_days {
             s.decision_retention_seconds = positive("decision_retention_days", v)? * 86_400;
+        }
+        for (name, table) in &o.service {
+            if crate::app::PLATFORM.contains(&name.as_str()) {
+                return Err(ServerError::Config(format!(
+                    "[service.{name}]: {name} is configured by the top-level settings (docs/configuration.md)"
+                )));
+            }
+            let value = serde_json::to_value(table)
+                .map_err(|e| ServerError::Config(format!("[service.{name}]: {e}")))?;
+            s.service_config.insert(name.clone(), value);
         }
         if let Some(v) = o.sync_interval_ms {
             s.sync_interval = Duration::from_millis(v.clamp(10, 1000));
@@ -384,6 +402,23 @@ pub fn master_key_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_sections_come_from_the_file_only() {
+        let o: Options =
+            toml::from_str("services = [\"auth\"]\n[service.identity]\nsvid_ttl_seconds = 600\n")
+                .unwrap();
+        let key = MasterKey::parse(&"00".repeat(32)).unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let s = Settings::resolve(&o, "sqlite://x".into(), key.clone(), any).unwrap();
+        assert_eq!(
+            s.service_config["identity"],
+            serde_json::json!({"svid_ttl_seconds": 600})
+        );
+        let o: Options = toml::from_str("[service.auth]\ntoken_ttl_seconds = 60\n").unwrap();
+        let err = Settings::resolve(&o, "sqlite://x".into(), key, any).unwrap_err();
+        assert!(err.to_string().contains("[service.auth]"), "{err}");
+    }
 
     #[test]
     fn services_are_checked() {
