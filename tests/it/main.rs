@@ -19,6 +19,7 @@ mod admin;
 mod auth_store;
 mod authorization;
 mod cluster;
+mod feed;
 mod oauth;
 mod platform;
 mod policy;

@@ -36,7 +36,7 @@ macro_rules! append_change {
         .bind($tenant)
         .bind($topic)
         .bind($key)
-        .bind($now)
+        .bind::<i64>($now)
         .execute(&mut *$tx)
     };
 }
@@ -78,16 +78,9 @@ impl FeedCursor {
     /// Changes not returned before, oldest first.
     pub async fn poll(&mut self, db: &Db) -> Result<Vec<Change>, DbError> {
         let mut rows = Vec::new();
-        if let (Some(lo), Some(hi)) = (
-            self.gaps.keys().next().copied(),
-            self.gaps.keys().next_back().copied(),
-        ) {
-            rows.extend(
-                db.changes_between(lo, hi, Self::BATCH)
-                    .await?
-                    .into_iter()
-                    .filter(|c| self.gaps.contains_key(&c.seq)),
-            );
+        if !self.gaps.is_empty() {
+            let missing: Vec<i64> = self.gaps.keys().copied().collect();
+            rows.extend(db.changes_at(&missing).await?);
         }
         rows.extend(db.changes_after(self.cursor, Self::BATCH).await?);
         let now = Instant::now();

@@ -224,24 +224,32 @@ impl Db {
         Ok(())
     }
 
-    /// Feed entries with `from <= seq <= to`, oldest first, at most `limit`.
-    pub async fn changes_between(
-        &self,
-        from: i64,
-        to: i64,
-        limit: i64,
-    ) -> Result<Vec<Change>, DbError> {
-        Ok(on_pool!(self, |p| {
-            sqlx::query_as(
-                "SELECT seq, tenant, topic, key FROM core_changes WHERE seq >= $1 AND seq <= $2 \
-                 ORDER BY seq LIMIT $3",
+    /// The feed entries at these positions (those that exist), oldest first.
+    pub async fn changes_at(&self, seqs: &[i64]) -> Result<Vec<Change>, DbError> {
+        match self {
+            Db::Postgres(p) => Ok(sqlx::query_as(
+                "SELECT seq, tenant, topic, key FROM core_changes WHERE seq = ANY($1) ORDER BY seq",
             )
-            .bind(from)
-            .bind(to)
-            .bind(limit)
+            .bind(seqs)
             .fetch_all(p)
-            .await
-        })?)
+            .await?),
+            // SQLite commits one writer at a time, so its feed has no late rows; this path is
+            // kept correct, not fast: the range, filtered.
+            Db::Sqlite(p) => {
+                let (Some(lo), Some(hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+                    return Ok(Vec::new());
+                };
+                let rows: Vec<Change> = sqlx::query_as(
+                    "SELECT seq, tenant, topic, key FROM core_changes WHERE seq >= $1 AND seq <= $2 \
+                     ORDER BY seq",
+                )
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(p)
+                .await?;
+                Ok(rows.into_iter().filter(|c| seqs.contains(&c.seq)).collect())
+            }
+        }
     }
 
     /// Feed entries with `seq > after`, oldest first, at most `limit`.

@@ -491,16 +491,19 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // In-flight requests finish first (each is bounded by the request timeout), so what
+        // they queued (decisions) is flushed by the services' stop, before their tasks end.
+        let served = match (&mut self.task).await {
+            Ok(r) => r.map_err(ServerError::Io),
+            Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
+        };
         for r in &self.app.services {
             r.service.stop().await;
         }
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        match (&mut self.task).await {
-            Ok(r) => r.map_err(ServerError::Io),
-            Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
-        }
+        served
     }
 
     /// Runs until `signal` resolves (then shuts down gracefully) or the server task fails.
