@@ -102,11 +102,11 @@ async fn tenants_round_trip_and_conflict(ctx: &Ctx) {
     let dup = store.create_tenant(&got).await;
     assert!(matches!(dup, Err(DbError::Conflict)), "{dup:?}");
     assert!(store
-        .set_signing_alg(&tid("alpha"), Alg::RS256)
+        .set_signing_alg(&tid("alpha"), Alg::RS256, 200)
         .await
         .unwrap());
     assert!(!store
-        .set_signing_alg(&tid("nope"), Alg::RS256)
+        .set_signing_alg(&tid("nope"), Alg::RS256, 200)
         .await
         .unwrap());
     let got = store.get_tenant(&tid("alpha")).await.unwrap().unwrap();

@@ -366,7 +366,10 @@ impl AuthService {
             Some(a) => {
                 let alg = Alg::parse(a)?;
                 if alg != keys.tenant.signing_alg {
-                    self.store.set_signing_alg(&caller.tenant, alg).await?;
+                    self.store
+                        .set_signing_alg(&caller.tenant, alg, self.now())
+                        .await?;
+                    self.changed(&caller.tenant, TOPIC_TENANT, caller.tenant.as_str());
                 }
                 alg
             }

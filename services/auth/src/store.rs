@@ -28,7 +28,12 @@ pub trait TenantStore: Send + Sync {
     /// Every tenant, by id.
     async fn list_tenants(&self) -> Result<Vec<Tenant>, DbError>;
     /// Changes the algorithm of future signing keys.
-    async fn set_signing_alg(&self, id: &TenantId, alg: Alg) -> Result<bool, DbError>;
+    async fn set_signing_alg(
+        &self,
+        id: &TenantId,
+        alg: Alg,
+        now: UnixTime,
+    ) -> Result<bool, DbError>;
 }
 
 /// OAuth2 clients (and their principal rows).
@@ -180,15 +185,27 @@ impl TenantStore for SqlStore {
         rows.into_iter().map(tenant_from_row).collect()
     }
 
-    async fn set_signing_alg(&self, id: &TenantId, alg: Alg) -> Result<bool, DbError> {
+    async fn set_signing_alg(
+        &self,
+        id: &TenantId,
+        alg: Alg,
+        now: UnixTime,
+    ) -> Result<bool, DbError> {
         let n = on_pool!(&self.db, |p| {
-            sqlx::query("UPDATE core_tenants SET signing_alg = $2 WHERE id = $1")
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("UPDATE core_tenants SET signing_alg = $2 WHERE id = $1")
                 .bind(id.as_str())
                 .bind(alg.as_str())
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                append_change!(tx, id.as_str(), TOPIC_TENANT, id.as_str(), now).await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
         })?;
+        self.woke();
         Ok(n == 1)
     }
 }
