@@ -3,6 +3,32 @@
 use capstan_db::{append_change, Db, FeedCursor};
 use capstan_tests::Ctx;
 
+capstan_tests::on_both_backends!(a_cursor_starts_after_pruned_rows);
+
+/// Once pruning has emptied the table, a new cursor still starts after the last position handed
+/// out, not at 0 (where every later row would look like a jump over thousands of gaps).
+async fn a_cursor_starts_after_pruned_rows(ctx: &Ctx) {
+    let db = ctx.db();
+    for i in 0..5 {
+        db.publish_change("t", "x", &format!("k{i}"), 1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.prune_changes(i64::MAX).await.unwrap(), 5);
+    let mut cursor = FeedCursor::at_end(&db).await.unwrap();
+    assert!(cursor.position() >= 5, "{}", cursor.position());
+    assert!(cursor.poll(&db).await.unwrap().is_empty());
+    db.publish_change("t", "x", "after", 1).await.unwrap();
+    let got: Vec<String> = cursor
+        .poll(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(got, ["after"]);
+}
+
 /// Postgres assigns sequence values before commit: a row committed after a later one must still
 /// be delivered (and only once); a rolled-back position is simply never delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,8 +85,15 @@ mod echo {
         Ok(Json(json!({})))
     }
 
+    /// Takes longer than any test's request timeout.
+    #[utoipa::path(get, path = "/v1/echo/slow", responses((status = 200)))]
+    async fn slow() -> Json<Value> {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        Json(json!({}))
+    }
+
     #[derive(OpenApi)]
-    #[openapi(paths(read, publish))]
+    #[openapi(paths(read, publish, slow))]
     struct EchoApi;
 
     #[async_trait::async_trait]
@@ -98,6 +105,7 @@ mod echo {
         fn routes(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Routes {
             RouteList::new()
                 .route("/v1/echo", get(read).post(publish))
+                .route("/v1/echo/slow", get(slow))
                 .with_state(Api::new(self, verifier))
         }
 
@@ -145,7 +153,27 @@ capstan_tests::on_both_backends!(
     a_service_added_through_the_registry_is_routed_documented_measured_and_fed,
     services_serve_exactly_what_they_name,
     a_service_section_with_a_mistake_stops_the_server_with_a_clear_message,
+    a_request_over_the_timeout_is_a_json_503,
 );
+
+/// A handler that does not answer within `request_timeout_seconds` (one stuck on storage) gets
+/// the same answer as an outage: 503, `Retry-After`, a JSON body with the request id.
+async fn a_request_over_the_timeout_is_a_json_503(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.services = vec!["auth".into(), "policy".into(), "echo".into()];
+    settings.request_timeout = std::time::Duration::from_secs(1);
+    let s = ctx
+        .server_with_registry(settings, vec![echo::registration()])
+        .await;
+    let r = s.http.get(s.url("/v1/echo/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(body["request_id"], id.as_str());
+    s.shutdown().await;
+}
 
 async fn a_service_added_through_the_registry_is_routed_documented_measured_and_fed(ctx: &Ctx) {
     let mut settings = ctx.settings();

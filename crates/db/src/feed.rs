@@ -67,12 +67,21 @@ impl FeedCursor {
     /// Rows read per query.
     const BATCH: i64 = 10_000;
 
-    /// A cursor at the feed's current end: only later changes are returned.
+    /// A cursor at the feed's current end: only later changes are returned, plus those of the
+    /// last [`FeedCursor::MAX_GAPS`] positions that are not visible yet (transactions still
+    /// open at start-up).
     pub async fn at_end(db: &Db) -> Result<FeedCursor, DbError> {
-        Ok(FeedCursor {
-            cursor: db.latest_change().await?,
-            gaps: BTreeMap::new(),
-        })
+        let end = db.latest_change().await?;
+        let from = (end - Self::MAX_GAPS as i64 + 1).max(1);
+        let now = Instant::now();
+        let mut gaps: BTreeMap<i64, Instant> = (from..=end).map(|s| (s, now)).collect();
+        if !gaps.is_empty() {
+            let candidates: Vec<i64> = gaps.keys().copied().collect();
+            for c in db.changes_at(&candidates).await? {
+                gaps.remove(&c.seq);
+            }
+        }
+        Ok(FeedCursor { cursor: end, gaps })
     }
 
     /// Changes not returned before, oldest first.
@@ -87,7 +96,9 @@ impl FeedCursor {
         let mut fresh = Vec::with_capacity(rows.len());
         for c in rows {
             if c.seq > self.cursor {
-                for missing in (self.cursor + 1..c.seq).take(Self::MAX_GAPS) {
+                // The positions just below a new row are the ones most likely still committing.
+                let from = (self.cursor + 1).max(c.seq - Self::MAX_GAPS as i64);
+                for missing in from..c.seq {
                     self.gaps.insert(missing, now);
                 }
                 self.cursor = c.seq;
@@ -201,7 +212,12 @@ impl Feed {
         let mut cursor = FeedCursor::at_end(&self.db).await?;
         let mut tasks = Vec::new();
         if let Db::Postgres(pool) = &self.db {
-            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+            // The listener holds its connection for good: it gets its own, not a pool slot.
+            let own = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(pool.connect_options().as_ref().clone())
+                .await?;
+            let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
             listener.listen(CHANNEL).await?;
             let me = Arc::clone(self);
             tasks.push(tokio::spawn(async move {

@@ -65,8 +65,8 @@ impl DbError {
 
 /// Connection-level failures: the network, the pool, and the server codes that mean "not now"
 /// (Postgres SQLSTATE classes 08 connection exception, 28 invalid authorization — a role whose
-/// logins are refused —, 53 insufficient resources, 57P operator intervention; SQLite busy,
-/// locked, I/O and cannot-open).
+/// logins are refused —, 53 insufficient resources, 57P operator intervention, and the retryable
+/// 57014, 25006, 40001, 40P01; SQLite busy, locked, I/O and cannot-open).
 fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -83,6 +83,9 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
                         || code.starts_with("28")
                         || code.starts_with("53")
                         || code.starts_with("57P")
+                        // canceled (statement timeout), read-only during a failover,
+                        // serialization failure and deadlock: retryable.
+                        || matches!(code, "57014" | "25006" | "40001" | "40P01")
                 }
                 // SQLite extended codes keep the primary code in the low byte.
                 None => matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6 | 10 | 14)),
@@ -265,13 +268,28 @@ impl Db {
         })?)
     }
 
-    /// The newest position of the feed (0 when empty).
+    /// The newest position the feed has handed out, committed or not: the sequence's last value
+    /// (Postgres) or `sqlite_sequence` (SQLite), so an empty, pruned table does not read as 0.
     pub async fn latest_change(&self) -> Result<i64, DbError> {
-        let (seq,): (Option<i64>,) = on_pool!(self, |p| {
-            sqlx::query_as("SELECT MAX(seq) FROM core_changes")
+        let (seq,): (Option<i64>,) = match self {
+            Db::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT GREATEST(COALESCE(pg_sequence_last_value(\
+                     pg_get_serial_sequence('core_changes', 'seq')::regclass), 0), \
+                     COALESCE((SELECT MAX(seq) FROM core_changes), 0))",
+                )
                 .fetch_one(p)
-                .await
-        })?;
+                .await?
+            }
+            Db::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'core_changes'), 0), \
+                     COALESCE((SELECT MAX(seq) FROM core_changes), 0))",
+                )
+                .fetch_one(p)
+                .await?
+            }
+        };
         Ok(seq.unwrap_or(0))
     }
 

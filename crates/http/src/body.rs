@@ -91,12 +91,14 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDef
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = json_bytes(req, state).await?;
+        // An absent optional body is accepted whatever its declared type (`curl -d ''`).
+        let declared = check_content_type(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(rejection)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            Ok(JsonOrDefault(T::default()))
-        } else {
-            parse_json(&bytes).map(JsonOrDefault)
+            return Ok(JsonOrDefault(T::default()));
         }
+        declared?;
+        parse_json(&bytes).map(JsonOrDefault)
     }
 }
 

@@ -178,7 +178,9 @@ impl PolicyService {
             revision: rows.revision,
             ..Default::default()
         };
-        snap.policies = self.compiled_defaults(tenant, rows.defaults).await?;
+        snap.policies = self
+            .compiled_defaults(tenant, rows.defaults, generation)
+            .await?;
         for (kind, target, policy) in rows.attachments {
             let map = if kind == "group" {
                 &mut snap.group_policies
@@ -237,10 +239,15 @@ impl PolicyService {
 
     /// The compiled default versions. Documents already compiled (by name and version) are
     /// reused, so a rebuild after one change compiles one document, not the tenant.
+    ///
+    /// What was compiled is kept only if nothing was invalidated since the build began
+    /// (`generation`): a document read before a delete must not outlive it in the cache, or a
+    /// policy recreated under the same name and version would be served the deleted text.
     async fn compiled_defaults(
         &self,
         tenant: &TenantId,
         defaults: Vec<(String, i64)>,
+        generation: u64,
     ) -> Result<HashMap<String, Versioned>, PolicyError> {
         let key = |name: &str, version: i64| (tenant.clone(), name.to_owned(), version);
         let missing: Vec<&(String, i64)> = {
@@ -250,6 +257,7 @@ impl PolicyService {
                 .filter(|(n, v)| !cache.contains_key(&key(n, *v)))
                 .collect()
         };
+        let mut fresh: HashMap<(TenantId, String, i64), Arc<Policy>> = HashMap::new();
         if !missing.is_empty() {
             // A handful after a change: fetch them one by one; many at start: all at once.
             let docs: Vec<(String, i64, String)> = if missing.len() <= 20 {
@@ -267,30 +275,30 @@ impl PolicyService {
             } else {
                 self.store.default_documents(tenant.as_str()).await?
             };
-            let compiled: Vec<_> = docs
+            fresh = docs
                 .into_iter()
                 .filter_map(|(n, v, d)| {
                     compile(&d, PolicyKind::Identity).map(|p| (key(&n, v), Arc::new(p)))
                 })
                 .collect();
-            let mut cache = self
-                .compiled
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            cache.extend(compiled);
         }
         let mut cache = self
             .compiled
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        // Versions that are no longer the default are dropped.
-        let current: HashSet<(TenantId, String, i64)> =
-            defaults.iter().map(|(n, v)| key(n, *v)).collect();
-        cache.retain(|k, _| &k.0 != tenant || current.contains(k));
+        // Checked under the cache's lock; `forget_compiled` bumps the counter before it takes it.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            cache.extend(fresh.iter().map(|(k, p)| (k.clone(), p.clone())));
+            // Versions that are no longer the default are dropped.
+            let current: HashSet<(TenantId, String, i64)> =
+                defaults.iter().map(|(n, v)| key(n, *v)).collect();
+            cache.retain(|k, _| &k.0 != tenant || current.contains(k));
+        }
         Ok(defaults
             .into_iter()
             .filter_map(|(name, version)| {
-                let policy = cache.get(&key(&name, version))?.clone();
+                let k = key(&name, version);
+                let policy = fresh.get(&k).or_else(|| cache.get(&k))?.clone();
                 let version = u32::try_from(version).unwrap_or(u32::MAX);
                 Some((name, Versioned { version, policy }))
             })
@@ -299,6 +307,7 @@ impl PolicyService {
 
     /// Forgets compiled versions of a deleted policy (a recreated one starts again at version 1).
     pub(crate) fn forget_compiled(&self, tenant: &str, name: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.compiled
             .write()
             .unwrap_or_else(PoisonError::into_inner)

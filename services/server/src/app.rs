@@ -27,7 +27,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 use utoipa::OpenApi;
 
@@ -79,6 +78,7 @@ pub struct App {
     pub metrics: HttpMetrics,
     feed_config: FeedConfig,
     body_limit: usize,
+    request_timeout: Duration,
     clock: Arc<dyn Clock>,
     request_ids: AtomicU64,
 }
@@ -188,6 +188,7 @@ impl App {
                 ..FeedConfig::default()
             },
             body_limit: settings.body_limit_bytes,
+            request_timeout: settings.request_timeout,
             clock,
             request_ids: AtomicU64::new(1),
         })
@@ -209,12 +210,9 @@ impl App {
             .layer(axum::extract::DefaultBodyLimit::max(
                 settings.body_limit_bytes,
             ))
-            // Request id, span, metrics and the 413 for a declared length over the limit.
+            // Request id, span, metrics, the 413 for a declared length over the limit and the
+            // request timeout (a JSON 503 with Retry-After: a handler stuck on storage).
             .layer(axum::middleware::from_fn_with_state(self.clone(), observe))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                settings.request_timeout,
-            ))
     }
 
     /// Every served route (services' and operations'), and the path templates routed.
@@ -323,9 +321,19 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
     let start = Instant::now();
     let handled = async {
-        match capstan_http::body::reject_oversized(req, app.body_limit).await {
-            Ok(req) => next.run(req).await,
-            Err(too_large) => too_large,
+        let run = async {
+            match capstan_http::body::reject_oversized(req, app.body_limit).await {
+                Ok(req) => next.run(req).await,
+                Err(too_large) => too_large,
+            }
+        };
+        match tokio::time::timeout(app.request_timeout, run).await {
+            Ok(resp) => resp,
+            Err(_) => capstan_http::ApiError::Unavailable(format!(
+                "request not answered within {} s",
+                app.request_timeout.as_secs()
+            ))
+            .into_response(),
         }
     };
     let mut resp = capstan_http::request_id::scope(n, handled)
@@ -458,12 +466,13 @@ impl Server {
         let app = Arc::new(
             App::build(settings, public_url.clone(), clock, rng, migrate, registry).await?,
         );
+        // The feed's cursor is placed before any cache is filled, so no change falls between.
+        let tasks = app.start().await?;
         let default = capstan_core::ids::TenantId::default_tenant();
         app.auth
             .ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
             .await?;
         app.auth.check_master_key(&default).await?;
-        let tasks = app.start().await?;
         let router = app.router(settings);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -497,13 +506,19 @@ impl Server {
             Ok(r) => r.map_err(ServerError::Io),
             Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
         };
-        for r in &self.app.services {
+        self.stop_services().await;
+        served
+    }
+
+    /// Stops the services, latest registered first (the platform, whose decision log others
+    /// feed, last), then ends their tasks.
+    async fn stop_services(&mut self) {
+        for r in self.app.services.iter().rev() {
             r.service.stop().await;
         }
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        served
     }
 
     /// Runs until `signal` resolves (then shuts down gracefully) or the server task fails.
@@ -520,8 +535,13 @@ impl Server {
                 tracing::info!("shutting down");
                 self.shutdown().await
             }
-            Some(Ok(r)) => r.map_err(ServerError::Io),
-            Some(Err(e)) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
+            Some(ended) => {
+                self.stop_services().await;
+                match ended {
+                    Ok(r) => r.map_err(ServerError::Io),
+                    Err(e) => Err(ServerError::Io(std::io::Error::other(e.to_string()))),
+                }
+            }
         }
     }
 }
