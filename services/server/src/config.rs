@@ -351,8 +351,11 @@ pub fn parse_services(v: Option<&[String]>) -> Result<Vec<String>, ServerError> 
 /// Environment variables Capstan reads besides the flags' own.
 const EXTRA_ENV: [&str; 1] = ["CAPSTAN_MASTER_KEY"];
 
-/// Refuses `CAPSTAN_*` variables that no setting reads (a typo would otherwise be ignored).
-pub fn check_environment(vars: impl Iterator<Item = String>) -> Result<(), ServerError> {
+/// Warnings for `CAPSTAN_*` variables that no setting reads, each naming the closest known
+/// variable (a typo would otherwise be silently ignored). Kubernetes' service links for a
+/// Service named `capstan` (`CAPSTAN_SERVICE_HOST`, `CAPSTAN_PORT_8470_TCP_ADDR`, …), injected
+/// into every pod of its namespace, are not settings and are skipped.
+pub fn check_environment(vars: impl Iterator<Item = String>) -> Vec<String> {
     let cmd = Cli::command();
     let mut known: Vec<String> = EXTRA_ENV.iter().map(|s| s.to_string()).collect();
     for sub in cmd.get_subcommands() {
@@ -362,17 +365,66 @@ pub fn check_environment(vars: impl Iterator<Item = String>) -> Result<(), Serve
             }
         }
     }
+    known.sort();
+    known.dedup();
+    let mut warnings = Vec::new();
     for v in vars {
-        if v.starts_with("CAPSTAN_") && !known.contains(&v) {
-            known.sort();
-            known.dedup();
-            return Err(ServerError::Config(format!(
-                "unknown environment variable {v} (known: {})",
-                known.join(", ")
-            )));
+        if v.starts_with("CAPSTAN_") && !known.contains(&v) && !is_service_link(&v) {
+            let closest = known
+                .iter()
+                .min_by_key(|k| edit_distance(k, &v))
+                .map(String::as_str)
+                .unwrap_or("");
+            warnings.push(format!(
+                "unknown environment variable {v} is ignored (did you mean {closest}?)"
+            ));
         }
     }
-    Ok(())
+    warnings
+}
+
+/// Whether `v` is one of the variables Kubernetes injects for a Service named `capstan`:
+/// `CAPSTAN_SERVICE_HOST`, `CAPSTAN_SERVICE_PORT[_<name>]`, `CAPSTAN_PORT` and
+/// `CAPSTAN_PORT_<port>_<proto>[_PROTO|_PORT|_ADDR]`.
+fn is_service_link(v: &str) -> bool {
+    if v == "CAPSTAN_SERVICE_HOST" || v == "CAPSTAN_SERVICE_PORT" || v == "CAPSTAN_PORT" {
+        return true;
+    }
+    if v.starts_with("CAPSTAN_SERVICE_PORT_") {
+        return true;
+    }
+    let Some(rest) = v.strip_prefix("CAPSTAN_PORT_") else {
+        return false;
+    };
+    let mut parts = rest.split('_');
+    let port_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let proto_ok = parts
+        .next()
+        .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    let suffix_ok = match (parts.next(), parts.next()) {
+        (None, None) => true,
+        (Some("PROTO" | "PORT" | "ADDR"), None) => true,
+        _ => false,
+    };
+    port_ok && proto_ok && suffix_ok
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The master key from CAPSTAN_MASTER_KEY or the key file; `None` when neither is set.
@@ -433,11 +485,28 @@ mod tests {
     }
 
     #[test]
-    fn unknown_env_vars_are_refused() {
+    fn unknown_env_vars_are_warned_about_and_service_links_skipped() {
         let ok = ["CAPSTAN_LISTEN", "CAPSTAN_MASTER_KEY", "HOME"].map(String::from);
-        assert!(check_environment(ok.into_iter()).is_ok());
+        assert!(check_environment(ok.into_iter()).is_empty());
         let bad = ["CAPSTAN_LISTN".to_string()];
-        assert!(check_environment(bad.into_iter()).is_err());
+        let w = check_environment(bad.into_iter());
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("CAPSTAN_LISTN") && w[0].contains("did you mean CAPSTAN_LISTEN?"));
+        // What Kubernetes injects for a Service named `capstan` (port 8470, named "http").
+        let links = [
+            "CAPSTAN_SERVICE_HOST",
+            "CAPSTAN_SERVICE_PORT",
+            "CAPSTAN_SERVICE_PORT_HTTP",
+            "CAPSTAN_PORT",
+            "CAPSTAN_PORT_8470_TCP",
+            "CAPSTAN_PORT_8470_TCP_PROTO",
+            "CAPSTAN_PORT_8470_TCP_PORT",
+            "CAPSTAN_PORT_8470_TCP_ADDR",
+        ]
+        .map(String::from);
+        assert!(check_environment(links.into_iter()).is_empty());
+        let not_links = ["CAPSTAN_PORT_X_TCP", "CAPSTAN_PORT_8470_TCP_HOST"].map(String::from);
+        assert_eq!(check_environment(not_links.into_iter()).len(), 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), ServerError> {
-    check_environment(std::env::vars().map(|(k, _)| k))?;
+    let env_warnings = check_environment(std::env::vars().map(|(k, _)| k));
     let opts = match &cli.command {
         Command::Dev { opts }
         | Command::Serve { opts, .. }
@@ -29,6 +29,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         opts.log.as_deref(),
         std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
     )?;
+    for w in env_warnings {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

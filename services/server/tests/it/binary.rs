@@ -202,9 +202,12 @@ async fn bad_configuration_is_refused_with_a_clear_message() {
             "unknown service \"nope\"",
         ),
         (
-            vec!["dev", "--data-dir", data],
-            vec![("CAPSTAN_LISTN", "x")],
-            "unknown environment variable CAPSTAN_LISTN",
+            // An unknown variable is a warning naming the closest known one (Kubernetes
+            // injects CAPSTAN_SERVICE_HOST and friends, which are not even that); the command
+            // then fails for its own reason.
+            vec!["migrate", "--database-url", "mysql://x"],
+            vec![("CAPSTAN_LISTN", "x"), ("CAPSTAN_SERVICE_HOST", "10.0.0.1")],
+            "unknown environment variable CAPSTAN_LISTN is ignored (did you mean CAPSTAN_LISTEN?)",
         ),
         (
             vec!["serve", "--database-url", &db],
@@ -228,6 +231,23 @@ async fn bad_configuration_is_refused_with_a_clear_message() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Kubernetes injects service-link variables for a Service named `capstan` into every pod of its
+/// namespace; they are not settings and draw no warning.
+#[tokio::test]
+async fn kubernetes_service_links_are_not_settings() {
+    let out = capstan(&["migrate", "--database-url", "mysql://x"])
+        .env("CAPSTAN_SERVICE_HOST", "10.0.0.1")
+        .env("CAPSTAN_SERVICE_PORT", "8470")
+        .env("CAPSTAN_PORT", "tcp://10.0.0.1:8470")
+        .env("CAPSTAN_PORT_8470_TCP_ADDR", "10.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unsupported database url"), "{stderr}");
+    assert!(!stderr.contains("unknown environment variable"), "{stderr}");
 }
 
 #[tokio::test]
