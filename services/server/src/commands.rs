@@ -38,6 +38,30 @@ fn required_database_url(o: &Options) -> Result<String, ServerError> {
     })
 }
 
+/// Creates `dir` (and its parents) if missing, and makes it accessible to the owner only
+/// (0700): it holds the master key, the admin credentials and the database.
+fn private_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Creates `path` if missing, and makes it readable by the owner only (0600).
+fn private_file(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
 /// Writes `contents` to a new file readable only by the owner.
 fn write_private(path: &Path, contents: &str) -> Result<(), ServerError> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -96,7 +120,7 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(".capstan"));
-    std::fs::create_dir_all(&data_dir)?;
+    private_dir(&data_dir)?;
     let rng = SystemRng::new();
     let key_path = data_dir.join("master.key");
     let master = match master_key_from(env_master_key(), o.master_key_file.as_deref())? {
@@ -109,10 +133,15 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
             k
         }
     };
-    let database_url = o
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("capstan.db").display()));
+    let database_url = match o.database_url.clone() {
+        Some(url) => url,
+        None => {
+            // SQLite creates its -wal and -shm files with the database file's permissions.
+            let db_path = data_dir.join("capstan.db");
+            private_file(&db_path)?;
+            format!("sqlite://{}", db_path.display())
+        }
+    };
     let settings = Settings::resolve(&o, database_url, master, SocketAddr::from(DEV_LISTEN))?;
     let server = Server::start(&settings, Arc::new(SystemClock), Arc::new(rng), true).await?;
     {

@@ -148,6 +148,14 @@ async fn dev_runs_on_sqlite_and_reuses_its_admin() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("admin.json")).unwrap()).unwrap();
     assert_eq!(mode(&dir.join("admin.json")), 0o600);
     assert_eq!(mode(&dir.join("master.key")), 0o600);
+    // The data directory and the database (with its WAL files) are the owner's only.
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["capstan.db", "capstan.db-wal", "capstan.db-shm"] {
+        if dir.join(f).exists() {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+    }
+    assert!(dir.join("capstan.db-wal").exists());
     let printed_all = printed.join("\n");
     assert!(
         printed_all.contains(admin["client_secret"].as_str().unwrap()),
