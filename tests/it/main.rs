@@ -16,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+mod attacks;
 mod auth_store;
 mod authorization;
 mod cluster;

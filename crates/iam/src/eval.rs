@@ -72,6 +72,9 @@ pub enum Reason {
     Boundary,
     /// No tenant guardrail allows.
     Guardrail,
+    /// The resource belongs to another tenant: refused before any policy is read (tenants are
+    /// the isolation boundary; the caller decides what "another tenant" is).
+    OtherTenant,
 }
 
 impl Reason {
@@ -83,6 +86,7 @@ impl Reason {
             Reason::ImplicitDeny => "implicit_deny",
             Reason::Boundary => "boundary",
             Reason::Guardrail => "guardrail",
+            Reason::OtherTenant => "other_tenant",
         }
     }
 }

@@ -3,7 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use capstan_core::authz::{Caller, TokenVerifier, VerifiedToken, VerifyError};
+use capstan_core::authz::{guard, Caller, GuardError, TokenVerifier, VerifiedToken, VerifyError};
+use capstan_core::crn::Crn;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{self, AccessClaims, Audience, Expect, TokenError};
 use capstan_core::rng::random_b64;
@@ -215,7 +216,10 @@ impl AuthService {
     }
 
     /// RFC 7009 revocation by `caller`. Tokens that do not verify are ignored (200, as the RFC
-    /// says); a client may revoke its own tokens, an administrator any token of its tenant.
+    /// says). A client may revoke its own tokens; revoking another client's token is a
+    /// privileged act like any other: the policy engine decides `auth:RevokeToken` on
+    /// `crn:capstan:auth:<tenant>:clients/<that client>` (administrators have it through
+    /// `AdministratorAccess`; no admin flag is consulted).
     pub async fn revoke(
         &self,
         tenant: &TenantId,
@@ -225,11 +229,35 @@ impl AuthService {
         let Ok(claims) = self.verify_token(tenant, token, None).await? else {
             return Ok(());
         };
-        if claims.client_id != caller.id.as_str() && !caller.admin {
-            return Err(AuthError::oauth(
-                "unauthorized_client",
-                "the token was issued to another client",
-            ));
+        if claims.client_id != caller.id.as_str() {
+            let acting = Caller {
+                tenant: tenant.clone(),
+                principal: caller.id.clone(),
+                client_id: caller.id.to_string(),
+                scopes: Vec::new(),
+                admin: caller.admin,
+                source_ip: None,
+            };
+            let resource = Crn::new("auth", tenant, &format!("clients/{}", claims.client_id));
+            match guard(
+                self.authorizer.as_ref(),
+                &acting,
+                "auth:RevokeToken",
+                &resource,
+                &[],
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(GuardError::Forbidden { .. }) => {
+                    return Err(AuthError::oauth(
+                        "unauthorized_client",
+                        "the token was issued to another client, and this client may not revoke \
+                         its tokens (auth:RevokeToken)",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         self.store
             .revoke(tenant, &claims.jti, claims.exp, self.now())

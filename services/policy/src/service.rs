@@ -15,7 +15,7 @@ use capstan_core::authz::{Authorizer, AuthzError, Caller, GuardContext};
 use capstan_core::clock::Clock;
 use capstan_core::crn::Crn;
 use capstan_core::ids::{PrincipalId, TenantId};
-use capstan_iam::{evaluate, Context, Decision, Limits, Outcome, Policy, Request};
+use capstan_iam::{evaluate, Context, Decision, Limits, Outcome, Policy, Reason, Request};
 use tokio::sync::mpsc;
 
 use crate::builtin;
@@ -185,6 +185,17 @@ impl PolicyService {
         resource: &str,
         extra: Option<&Context>,
     ) -> Outcome {
+        // Tenants are isolated before any policy is read: a Capstan resource of another tenant
+        // (or one whose tenant part is not a tenant, such as a wildcard) is never allowed.
+        if resource.starts_with("crn:capstan:")
+            && Crn::parse(resource).map_or(true, |c| c.tenant() != tenant.as_str())
+        {
+            return Outcome {
+                decision: Decision::Deny,
+                reason: Reason::OtherTenant,
+                matched: Vec::new(),
+            };
+        }
         let ctx = self.context(snap, tenant, subject, extra);
         let index = snap.identity_index(&subject.principal);
         evaluate(

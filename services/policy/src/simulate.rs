@@ -115,6 +115,8 @@ impl PolicyService {
         let mut cases: Vec<(Subject, capstan_iam::Context, String, String)> = Vec::new();
         match (req.requests, req.replay) {
             (Some(requests), None) => {
+                // Deciding requests is what /v1/authorize does: it needs that permission too.
+                self.guard(caller, "policy:Authorize", "authorizer").await?;
                 if requests.is_empty() || requests.len() > MAX_BATCH {
                     return Err(PolicyError::BadRequest(format!(
                         "requests: 1 to {MAX_BATCH} entries"
@@ -126,6 +128,9 @@ impl PolicyService {
                 }
             }
             (None, Some(n)) => {
+                // Replaying reads the decision log: it needs that permission too.
+                self.guard(caller, "policy:ListDecisions", "decision/*")
+                    .await?;
                 if !(1..=1000).contains(&n) {
                     return Err(PolicyError::BadRequest(
                         "replay must be between 1 and 1000".into(),

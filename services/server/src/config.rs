@@ -403,11 +403,10 @@ fn is_service_link(v: &str) -> bool {
     let proto_ok = parts
         .next()
         .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
-    let suffix_ok = match (parts.next(), parts.next()) {
-        (None, None) => true,
-        (Some("PROTO" | "PORT" | "ADDR"), None) => true,
-        _ => false,
-    };
+    let suffix_ok = matches!(
+        (parts.next(), parts.next()),
+        (None | Some("PROTO" | "PORT" | "ADDR"), None)
+    );
     port_ok && proto_ok && suffix_ok
 }
 

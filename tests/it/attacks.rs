@@ -1,0 +1,209 @@
+//! The holes found by attacking the issuer and the policy engine (issue 7), each as a test that
+//! failed before its fix.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use capstan_tests::{Creds, Ctx, TestServer};
+
+use crate::policy::{put, service_client};
+
+capstan_tests::on_both_backends!(
+    simulate_needs_the_permissions_of_what_it_does,
+    authorize_refuses_resources_of_another_tenant,
+    revoking_another_clients_token_is_decided_by_the_policy_engine,
+);
+
+/// A service client whose only policy is `document`, and an API token of it.
+async fn with_only(s: &TestServer, admin: &str, name: &str, document: Value) -> (Creds, String) {
+    let c = service_client(s, admin, name).await;
+    let (status, body) = put(
+        s,
+        admin,
+        &format!("/v1/policies/{name}Only"),
+        Some(document),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put(
+        s,
+        admin,
+        &format!("/v1/principals/{}/policies/{name}Only", c.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let token = s.token("default", &c, &[("audience", "capstan")]).await;
+    (c, token)
+}
+
+fn allow(actions: &[&str], resource: &str) -> Value {
+    json!({"Version": "2012-10-17",
+           "Statement": {"Effect": "Allow", "Action": actions, "Resource": resource}})
+}
+
+/// 7.2: `replay` reads the decision log and `requests` decides like `/v1/authorize`, so each
+/// needs that permission besides `policy:Simulate`.
+async fn simulate_needs_the_permissions_of_what_it_does(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let admin_token = s.token("default", &admin, &[]).await;
+    let (_, sim) = with_only(
+        &s,
+        &admin_token,
+        "Sim",
+        allow(
+            &["policy:Simulate"],
+            "crn:capstan:policy:default:simulation",
+        ),
+    )
+    .await;
+    let replay = json!({"changes": [], "replay": 5});
+    let requests = json!({"changes": [], "requests": [{"principal": admin.id,
+        "action": "auth:ListClients", "resource": "crn:capstan:auth:default:clients/*"}]});
+    let (status, body) = s
+        .api(Method::POST, "/v1/simulate", &sim, Some(replay.clone()))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["action"], "policy:ListDecisions");
+    let (status, body) = s
+        .api(Method::POST, "/v1/simulate", &sim, Some(requests.clone()))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["action"], "policy:Authorize");
+
+    let (_, full) = with_only(
+        &s,
+        &admin_token,
+        "SimFull",
+        allow(
+            &[
+                "policy:Simulate",
+                "policy:Authorize",
+                "policy:ListDecisions",
+            ],
+            "crn:capstan:policy:default:*",
+        ),
+    )
+    .await;
+    for body in [replay, requests] {
+        let (status, answer) = s.api(Method::POST, "/v1/simulate", &full, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    s.shutdown().await;
+}
+
+/// 7.3: an administrator of tenant t2 asking `/v1/authorize` about a resource of `default` (or
+/// of a wildcard tenant) gets Deny `other_tenant`, as the guard path answers.
+async fn authorize_refuses_resources_of_another_tenant(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let admin_token = s.token("default", &admin, &[]).await;
+    let (status, created) = s
+        .api(
+            Method::POST,
+            "/v1/tenants",
+            &admin_token,
+            Some(json!({"id": "t2"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let t2 = Creds {
+        id: created["admin_client"]["client_id"]
+            .as_str()
+            .unwrap()
+            .into(),
+        secret: created["admin_client"]["client_secret"]
+            .as_str()
+            .unwrap()
+            .into(),
+    };
+    let t2_token = s.token("t2", &t2, &[]).await;
+    let ask = |resource: &str| json!({"principal": t2.id, "action": "auth:ListClients", "resource": resource});
+    for resource in [
+        "crn:capstan:auth:default:clients/*",
+        "crn:capstan:auth:*:clients/*",
+        "crn:capstan:auth:t2",
+    ] {
+        let (status, d) = s
+            .api(
+                Method::POST,
+                "/v1/authorize",
+                &t2_token,
+                Some(ask(resource)),
+            )
+            .await;
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(d["decision"], "Deny", "{resource}: {d}");
+        assert_eq!(d["reason"], "other_tenant", "{resource}: {d}");
+    }
+    let (_, d) = s
+        .api(
+            Method::POST,
+            "/v1/authorize",
+            &t2_token,
+            Some(ask("crn:capstan:auth:t2:clients/*")),
+        )
+        .await;
+    assert_eq!(d["decision"], "Allow", "{d}");
+    s.shutdown().await;
+}
+
+/// 7.4: revoking another client's token is `auth:RevokeToken`, decided by the policy engine like
+/// every privileged act; the admin flag alone no longer grants it.
+async fn revoking_another_clients_token_is_decided_by_the_policy_engine(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let root = s.admin().await;
+    let root_token = s.token("default", &root, &[]).await;
+    let orders = service_client(&s, &root_token, "orders").await;
+    let revoke = |who: Creds, token: String| {
+        let s = &s;
+        async move {
+            s.oauth("default", "revoke", &who, &[("token", &token)])
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    let active = |token: String| {
+        let (s, root) = (&s, root.clone());
+        async move { s.introspect("default", &root, &token).await["active"] == true }
+    };
+
+    // An administrator (AdministratorAccess) may.
+    let t = s.token("default", &orders, &[]).await;
+    assert_eq!(revoke(root.clone(), t.clone()).await, 200);
+    assert!(!active(t).await);
+
+    // An admin client whose AdministratorAccess was detached may not: no second admin model.
+    let other_admin = s.admin().await;
+    let (status, body) = s
+        .api(
+            Method::DELETE,
+            &format!(
+                "/v1/principals/{}/policies/AdministratorAccess",
+                other_admin.id
+            ),
+            &root_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let t = s.token("default", &orders, &[]).await;
+    assert_eq!(revoke(other_admin, t.clone()).await, 400);
+    assert!(active(t).await);
+
+    // A plain client granted auth:RevokeToken on orders' tokens may, and only on those.
+    let grant = allow(
+        &["auth:RevokeToken"],
+        &format!("crn:capstan:auth:default:clients/{}", orders.id),
+    );
+    let (revoker, _) = with_only(&s, &root_token, "Revoker", grant).await;
+    let t = s.token("default", &orders, &[]).await;
+    assert_eq!(revoke(revoker.clone(), t.clone()).await, 200);
+    assert!(!active(t).await);
+    let root_t = s.token("default", &root, &[]).await;
+    assert_eq!(revoke(revoker, root_t.clone()).await, 400);
+    assert!(active(root_t).await);
+    s.shutdown().await;
+}
