@@ -12,6 +12,8 @@ capstan_tests::on_both_backends!(
     simulate_needs_the_permissions_of_what_it_does,
     authorize_refuses_resources_of_another_tenant,
     revoking_another_clients_token_is_decided_by_the_policy_engine,
+    small_mistakes_get_clear_json_answers,
+    token_forms_are_parsed_in_bounded_time,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -205,5 +207,79 @@ async fn revoking_another_clients_token_is_decided_by_the_policy_engine(ctx: &Ct
     let root_t = s.token("default", &root, &[]).await;
     assert_eq!(revoke(revoker, root_t.clone()).await, 400);
     assert!(active(root_t).await);
+    s.shutdown().await;
+}
+
+/// 7.17: `[]` is not a body; 409 messages show ids, not Rust `Debug`; a path parameter that is
+/// not UTF-8 gets a JSON 400 like every other error.
+async fn small_mistakes_get_clear_json_answers(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let token = s.token("default", &admin, &[]).await;
+    let (status, body) = s
+        .api(Method::POST, "/v1/keys/rotate", &token, Some(json!([])))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("JSON object"),
+        "{body}"
+    );
+
+    let t2 = json!({"id": "t2"});
+    let (status, _) = s
+        .api(Method::POST, "/v1/tenants", &token, Some(t2.clone()))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = s.api(Method::POST, "/v1/tenants", &token, Some(t2)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["message"], "tenant \"t2\" already exists");
+
+    let r = s
+        .http
+        .get(s.url("/v1/clients/%FF%FE"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request", "{body}");
+    s.shutdown().await;
+}
+
+/// 7.11: repeated-parameter detection is a set lookup, and the parameter count is capped, so
+/// an unauthenticated token request costs bounded work.
+async fn token_forms_are_parsed_in_bounded_time(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let many: Vec<(String, String)> = (0..2_000).map(|i| (format!("p{i}"), "x".into())).collect();
+    let r = s
+        .http
+        .post(s.url("/t/default/oauth2/token"))
+        .basic_auth(&admin.id, Some(&admin.secret))
+        .form(&many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("at most 32"),
+        "{body}"
+    );
+    // Repeats are still refused.
+    let r = s
+        .oauth(
+            "default",
+            "token",
+            &admin,
+            &[("grant_type", "client_credentials"), ("grant_type", "x")],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
     s.shutdown().await;
 }

@@ -63,6 +63,17 @@ async fn json_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     Bytes::from_request(req, state).await.map_err(rejection)
 }
 
+/// Every request body of the API is a JSON object: serde would read `[]` as a struct with all
+/// its fields defaulted, so anything else is refused before parsing.
+fn require_object(bytes: &[u8]) -> Result<(), ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
+    }
+}
+
 /// Parses JSON, naming the path of the first problem (`$.scopes[1]`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
@@ -83,6 +94,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = json_bytes(req, state).await?;
+        require_object(&bytes)?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -98,6 +110,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDef
             return Ok(JsonOrDefault(T::default()));
         }
         declared?;
+        require_object(&bytes)?;
         parse_json(&bytes).map(JsonOrDefault)
     }
 }
@@ -173,3 +186,25 @@ pub async fn reject_oversized(
 
 /// How much of a refused body is read before answering.
 const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Path parameters deserialized into `T`; a parameter that does not decode (invalid UTF-8, a
+/// wrong type) is a JSON 400 that says which, like every other error.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| Path(p))
+            .map_err(|e| match e.status() {
+                StatusCode::BAD_REQUEST => ApiError::BadRequest(e.body_text()),
+                _ => ApiError::Internal(e.body_text()),
+            })
+    }
+}

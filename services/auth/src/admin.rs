@@ -171,7 +171,9 @@ impl AuthService {
             None => Alg::ES256,
         };
         if !self.ensure_tenant(&id, alg).await? {
-            return Err(AuthError::Conflict(format!("tenant {id:?} already exists")));
+            return Err(AuthError::Conflict(format!(
+                "tenant \"{id}\" already exists"
+            )));
         }
         let admin_client = self
             .create_admin_client(&id, &format!("{id}-admin"))
@@ -180,7 +182,7 @@ impl AuthService {
             .store
             .get_tenant(&id)
             .await?
-            .ok_or_else(|| AuthError::NotFound(format!("tenant {id:?} does not exist")))?;
+            .ok_or_else(|| AuthError::NotFound(format!("tenant \"{id}\" does not exist")))?;
         Ok(CreatedTenant {
             tenant: self.tenant_view(&tenant),
             admin_client,

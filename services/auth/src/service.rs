@@ -176,7 +176,7 @@ impl AuthService {
             .store
             .get_tenant(id)
             .await?
-            .ok_or_else(|| AuthError::NotFound(format!("tenant {id:?} does not exist")))?;
+            .ok_or_else(|| AuthError::NotFound(format!("tenant \"{id}\" does not exist")))?;
         let stored = self.store.list_keys(id).await?;
         let mut signers = HashMap::new();
         let mut verifiers = HashMap::new();

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Json;
 use capstan_core::authz::{Caller, TokenVerifier};
 use capstan_http::{
-    Api, ApiError, ApiResult, Bearer, BearerScheme, BoxError, JsonBody, JsonText, Metric, Query,
-    RouteList, Routes, Service,
+    Api, ApiError, ApiResult, Bearer, BearerScheme, BoxError, JsonBody, JsonText, Metric, Path,
+    Query, RouteList, Routes, Service,
 };
 use capstan_iam::PolicyKind;
 use serde::Deserialize;

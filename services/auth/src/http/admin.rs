@@ -1,9 +1,9 @@
 //! The `/v1` administration API (bearer access token with the Capstan API audience).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use capstan_http::{ApiResult, Bearer, JsonBody, JsonOrDefault};
+use capstan_http::{ApiResult, Bearer, JsonBody, JsonOrDefault, Path};
 
 use crate::admin::{
     ClientView, ClientWithSecret, CreatedTenant, KeyView, NewClient, NewTenant, RotateKey,

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use capstan_core::ids::TenantId;
-use capstan_http::{no_store, ApiResult};
+use capstan_http::{no_store, ApiResult, Path};
 use serde_json::json;
 
 use crate::error::AuthError;
@@ -102,6 +102,9 @@ pub(crate) async fn jwks(State(svc): Svc, Path(t): Path<String>) -> ApiResult<Re
     Ok(r)
 }
 
+/// No OAuth2 request needs more parameters than this; more is refused before any lookup.
+const MAX_FORM_PARAMETERS: usize = 32;
+
 /// A parsed `application/x-www-form-urlencoded` body. Repeated parameters are refused
 /// (RFC 6749 §3.2).
 struct Form(Vec<(String, String)>);
@@ -120,8 +123,15 @@ impl Form {
             ));
         }
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (k, v) in form_urlencoded::parse(body) {
-            if out.iter().any(|(seen, _)| *seen == k) {
+            if out.len() == MAX_FORM_PARAMETERS {
+                return Err(oauth_err(
+                    "invalid_request",
+                    format!("at most {MAX_FORM_PARAMETERS} parameters"),
+                ));
+            }
+            if !seen.insert(k.clone()) {
                 return Err(oauth_err(
                     "invalid_request",
                     format!("parameter {k:?} is repeated"),

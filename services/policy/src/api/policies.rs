@@ -66,8 +66,12 @@ impl PolicyService {
     ) -> Result<PolicyView, PolicyError> {
         self.guard(caller, "policy:GetPolicy", &format!("policy/{name}"))
             .await?;
-        let not_found =
-            || PolicyError::NotFound(format!("policy {name:?} (version {version:?}) not found"));
+        let not_found = || {
+            PolicyError::NotFound(match version {
+                Some(v) => format!("policy {name:?} has no version {v}"),
+                None => format!("policy {name:?} not found"),
+            })
+        };
         if let Some(text) = builtin::document(name) {
             if version.is_some_and(|v| v != 1) {
                 return Err(not_found());
