@@ -273,11 +273,15 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
         let fail = |_| CoreError::Crypto("signing failed");
         let sig = match &self.pair {
-            Pair::Ecdsa(k) => k
-                .sign(&self.sys, out.as_bytes())
-                .map_err(fail)?
-                .as_ref()
-                .to_vec(),
+            Pair::Ecdsa(k) => {
+                let mut sig = k
+                    .sign(&self.sys, out.as_bytes())
+                    .map_err(fail)?
+                    .as_ref()
+                    .to_vec();
+                to_low_s(&mut sig);
+                sig
+            }
             Pair::Ed(k) => k.sign(out.as_bytes()).as_ref().to_vec(),
             Pair::Rsa(k) => {
                 let mut sig = vec![0u8; k.public().modulus_len()];
@@ -289,6 +293,42 @@ impl SigningKey {
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&sig, &mut out);
         Ok(out)
+    }
+}
+
+/// The order of P-256 (big-endian).
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// ⌊n / 2⌋ for P-256: the largest `s` of a low-S signature.
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether an ES256 signature (`r ‖ s`, 64 bytes) is in low-S form. ECDSA signatures are
+/// malleable: `(r, n - s)` verifies as well as `(r, s)`. Capstan signs and accepts only the
+/// low-S form, so each token has exactly one valid encoding.
+fn is_low_s(sig: &[u8]) -> bool {
+    sig.len() == 64 && sig[32..] <= P256_HALF_N[..]
+}
+
+/// Rewrites an ES256 signature (`r ‖ s`) to its low-S form: `s := n - s` when `s > n / 2`.
+fn to_low_s(sig: &mut [u8]) {
+    if sig.len() == 64 && !is_low_s(sig) {
+        negate_s(sig);
+    }
+}
+
+/// `s := n - s` on a 64-byte `r ‖ s` (big-endian, with borrow).
+fn negate_s(sig: &mut [u8]) {
+    let s = &mut sig[32..];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        s[i] = (d + 256 * borrow) as u8;
     }
 }
 
@@ -424,6 +464,15 @@ pub fn verify<'k>(
     if header.alg != key.alg.jwt_alg() {
         return Err(TokenError::AlgorithmMismatch);
     }
+    if key.alg == Alg::ES256 {
+        let sig = token
+            .rsplit_once('.')
+            .and_then(|(_, s)| URL_SAFE_NO_PAD.decode(s).ok())
+            .ok_or(TokenError::Malformed)?;
+        if !is_low_s(&sig) {
+            return Err(TokenError::BadSignature);
+        }
+    }
     let mut validation = Validation::new(key.alg.jwt_alg());
     validation.validate_exp = false;
     validation.validate_nbf = false;
@@ -474,6 +523,41 @@ mod tests {
             client_id: "svc_a".into(),
             scope: "read".into(),
             tenant: "default".into(),
+        }
+    }
+
+    /// The high-S twin of a valid ES256 token verifies with a plain ECDSA check, and is refused.
+    #[test]
+    fn es256_signatures_are_low_s_and_high_s_is_refused() {
+        let rng = SystemRng::new();
+        let g = generate_key(Alg::ES256, &rng).unwrap();
+        let sk = SigningKey::from_pkcs8(&g.kid, Alg::ES256, g.private_pkcs8.expose()).unwrap();
+        let vk = VerifyingKey::from_jwk(&g.public).unwrap();
+        let expect = Expect {
+            issuer: "https://x/t/default",
+            audience: None,
+            now: 1000,
+            leeway: 0,
+        };
+        for _ in 0..64 {
+            let token = sk.sign(&claims(1000)).unwrap();
+            let (signed, sig) = token.rsplit_once('.').unwrap();
+            let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            assert!(is_low_s(&sig));
+            assert!(verify(&token, |_| Some(&vk), expect).is_ok());
+            negate_s(&mut sig);
+            let twin = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&sig));
+            // The twin is a valid ECDSA signature (the library alone would accept it)…
+            let mut v = Validation::new(Algorithm::ES256);
+            v.validate_exp = false;
+            v.required_spec_claims.clear();
+            v.validate_aud = false;
+            assert!(jsonwebtoken::decode::<AccessClaims>(&twin, &vk.decoding, &v).is_ok());
+            // …and Capstan refuses it.
+            assert_eq!(
+                verify(&twin, |_| Some(&vk), expect),
+                Err(TokenError::BadSignature)
+            );
         }
     }
 
