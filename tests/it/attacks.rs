@@ -14,6 +14,7 @@ capstan_tests::on_both_backends!(
     revoking_another_clients_token_is_decided_by_the_policy_engine,
     small_mistakes_get_clear_json_answers,
     token_forms_are_parsed_in_bounded_time,
+    far_future_dates_are_invalid_not_wrapped,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -281,5 +282,27 @@ async fn token_forms_are_parsed_in_bounded_time(ctx: &Ctx) {
         )
         .await;
     assert_eq!(r.status(), 400);
+    s.shutdown().await;
+}
+
+/// 7.7: a year past 9999 wrapped around (584555988-01-01 read as 1938), so `DateGreaterThan`
+/// a far-future date allowed today. Such a literal is now an invalid document.
+async fn far_future_dates_are_invalid_not_wrapped(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let token = s.token("default", &admin, &[]).await;
+    let doc = json!({"Version": "2012-10-17", "Statement": {"Effect": "Allow",
+        "Action": "orders:Get*", "Resource": "*",
+        "Condition": {"DateGreaterThan": {"capstan:CurrentTime": "584555988-01-01T00:00:00Z"}}}});
+    let (status, body) = put(&s, &token, "/v1/policies/Wrapped", Some(doc)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_policy", "{body}");
+    assert!(
+        body["errors"][0]["path"]
+            .as_str()
+            .unwrap()
+            .contains("DateGreaterThan"),
+        "{body}"
+    );
     s.shutdown().await;
 }

@@ -1,21 +1,29 @@
 //! Dates for the Date operators: ISO-8601 (as AWS accepts them) or epoch seconds, to epoch
 //! milliseconds.
 
+/// Epoch milliseconds of 0000-01-01T00:00:00Z and of 9999-12-31T23:59:59.999Z: the only years
+/// a date may name (4 digits), so no arithmetic can wrap.
+const MIN_MS: i64 = -62_167_219_200_000;
+const MAX_MS: i64 = 253_402_300_799_999;
+
 /// Parses `2026-11-24`, `2026-11-24T10:20:30Z`, `2026-11-24T10:20:30.5+01:00`, `…T10:20Z` or
-/// epoch seconds (`1795480000`, `1795480000.25`).
+/// epoch seconds (`1795480000`, `1795480000.25`). Years are 0000–9999 (four digits); anything
+/// outside that range is not a date.
 pub(crate) fn parse_date_ms(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return secs.is_finite().then(|| (secs * 1000.0).round() as i64);
+        let ms = secs * 1000.0;
+        return (ms.is_finite() && (MIN_MS as f64..=MAX_MS as f64).contains(&ms))
+            .then(|| ms.round() as i64);
     }
     let (date, rest) = match s.find(['T', 't', ' ']) {
         Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     };
     let mut d = date.split('-');
-    let year: i64 = d.next()?.parse().ok()?;
-    let month: u32 = d.next()?.parse().ok()?;
-    let day: u32 = d.next()?.parse().ok()?;
+    let year = digits(d.next()?, 4)?;
+    let month = u32::try_from(digits(d.next()?, 2)?).ok()?;
+    let day = u32::try_from(digits(d.next()?, 2)?).ok()?;
     if d.next().is_some()
         || !(1..=12).contains(&month)
         || day == 0
@@ -27,8 +35,8 @@ pub(crate) fn parse_date_ms(s: &str) -> Option<i64> {
     if let Some(rest) = rest {
         let (time, offset_ms) = split_offset(rest)?;
         let mut t = time.split(':');
-        let h: i64 = t.next()?.parse().ok()?;
-        let m: i64 = t.next()?.parse().ok()?;
+        let h = digits(t.next()?, 2)?;
+        let m = digits(t.next()?, 2)?;
         let sec: f64 = match t.next() {
             Some(x) => x.parse().ok()?,
             None => 0.0,
@@ -38,7 +46,14 @@ pub(crate) fn parse_date_ms(s: &str) -> Option<i64> {
         }
         ms += h * 3_600_000 + m * 60_000 + (sec * 1000.0).round() as i64 - offset_ms;
     }
-    Some(ms)
+    (MIN_MS..=MAX_MS).contains(&ms).then_some(ms)
+}
+
+/// Exactly `n` ASCII digits.
+fn digits(s: &str, n: usize) -> Option<i64> {
+    (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// Splits `HH:MM[:SS[.f]]` from its zone: `Z`, `±HH:MM`, `±HHMM`, `±HH` or none (UTC).
@@ -62,6 +77,9 @@ fn split_offset(s: &str) -> Option<(&str, i64)> {
             } else {
                 0
             };
+            if h > 23 || m > 59 {
+                return None;
+            }
             Some((time, sign * (h * 3_600_000 + m * 60_000)))
         }
         None => Some((s, 0)),
@@ -129,8 +147,23 @@ mod tests {
             "tomorrow",
             "2026-11",
             "",
+            // Years outside 0000-9999 used to wrap around (584555988 came out as 1938).
+            "584555988-01-01",
+            "10000-01-01",
+            "-0001-01-01",
+            "99-01-01",
+            "2026-1-01",
+            "2026-11-24T10:20+99:00",
+            "1e300",
+            "-1e300",
+            "253402300800",
         ] {
             assert_eq!(parse_date_ms(bad), None, "{bad}");
         }
+        assert_eq!(
+            parse_date_ms("9999-12-31T23:59:59.999Z"),
+            Some(253_402_300_799_999)
+        );
+        assert_eq!(parse_date_ms("0000-01-01"), Some(-62_167_219_200_000));
     }
 }
