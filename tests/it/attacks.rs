@@ -15,6 +15,8 @@ capstan_tests::on_both_backends!(
     small_mistakes_get_clear_json_answers,
     token_forms_are_parsed_in_bounded_time,
     far_future_dates_are_invalid_not_wrapped,
+    delegated_administration_is_scoped_by_policy_name_and_boundary,
+    validation_warns_about_condition_keys_nothing_fills,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -303,6 +305,179 @@ async fn far_future_dates_are_invalid_not_wrapped(ctx: &Ctx) {
             .unwrap()
             .contains("DateGreaterThan"),
         "{body}"
+    );
+    s.shutdown().await;
+}
+
+/// 7.1: an attach right named no policy, so any attach right was full administration. The
+/// guard context now carries `policy:PolicyName` (attach, detach, put, delete) and
+/// `policy:PermissionsBoundary` (boundaries, and creating a client with one), so delegated
+/// administration can be written as in the README.
+async fn delegated_administration_is_scoped_by_policy_name_and_boundary(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let root = s.admin().await;
+    let root_token = s.token("default", &root, &[]).await;
+    let docs = [
+        (
+            "OrdersRead",
+            allow(&["orders:Get*"], "crn:capstan:orders:default:*"),
+        ),
+        ("DelegatedBoundary", allow(&["orders:*"], "*")),
+        (
+            "DelegatedAdmin",
+            json!({"Version": "2012-10-17", "Statement": [
+                {"Sid": "AttachOnlyOrdersPolicies", "Effect": "Allow",
+                 "Action": ["policy:AttachPrincipalPolicy", "policy:DetachPrincipalPolicy"],
+                 "Resource": "crn:capstan:policy:default:principal/*",
+                 "Condition": {"StringLike": {"policy:PolicyName": "Orders*"}}},
+                {"Sid": "CreateOnlyBounded", "Effect": "Allow", "Action": "auth:CreateClient",
+                 "Resource": "crn:capstan:auth:default:clients/*",
+                 "Condition": {"StringEquals": {"policy:PermissionsBoundary": "DelegatedBoundary"}}}
+            ]}),
+        ),
+    ];
+    for (name, doc) in docs {
+        let (status, body) = put(&s, &root_token, &format!("/v1/policies/{name}"), Some(doc)).await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    let delegate = service_client(&s, &root_token, "delegate").await;
+    let (status, _) = put(
+        &s,
+        &root_token,
+        &format!("/v1/principals/{}/policies/DelegatedAdmin", delegate.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let d = s
+        .token("default", &delegate, &[("audience", "capstan")])
+        .await;
+    let worker = service_client(&s, &root_token, "worker").await;
+
+    // May not make itself (or anyone) an administrator…
+    for (target, policy) in [
+        (&delegate.id, "AdministratorAccess"),
+        (&worker.id, "PolicyFullAccess"),
+    ] {
+        let (status, body) = put(
+            &s,
+            &d,
+            &format!("/v1/principals/{target}/policies/{policy}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 403, "{policy}: {body}");
+        assert_eq!(body["action"], "policy:AttachPrincipalPolicy");
+    }
+    // …but may hand out the orders policies.
+    let (status, body) = put(
+        &s,
+        &d,
+        &format!("/v1/principals/{}/policies/OrdersRead", worker.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+
+    // Creates clients only with the boundary it was given.
+    let new = |boundary: Option<&str>| {
+        let mut b = json!({"name": "made-by-delegate", "audiences": ["orders-api"]});
+        if let Some(x) = boundary {
+            b["permissions_boundary"] = json!(x);
+        }
+        b
+    };
+    for boundary in [None, Some("AdministratorAccess")] {
+        let (status, body) = s
+            .api(Method::POST, "/v1/clients", &d, Some(new(boundary)))
+            .await;
+        assert_eq!(status, 403, "{boundary:?}: {body}");
+    }
+    let (status, made) = s
+        .api(
+            Method::POST,
+            "/v1/clients",
+            &d,
+            Some(new(Some("DelegatedBoundary"))),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    // The boundary holds whatever is attached to the new client later.
+    let made_id = made["client_id"].as_str().unwrap();
+    let (status, _) = put(
+        &s,
+        &root_token,
+        &format!("/v1/principals/{made_id}/policies/AdministratorAccess"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, decision) = s
+        .api(
+            Method::POST,
+            "/v1/authorize",
+            &root_token,
+            Some(json!({"principal": made_id, "action": "auth:ListClients",
+                        "resource": "crn:capstan:auth:default:clients/*"})),
+        )
+        .await;
+    assert_eq!(decision["decision"], "Deny", "{decision}");
+    assert_eq!(decision["reason"], "boundary", "{decision}");
+    // An unknown boundary is a 400, and leaves no client behind.
+    let (status, body) = s
+        .api(
+            Method::POST,
+            "/v1/clients",
+            &root_token,
+            Some(new(Some("Nope"))),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, clients) = s.api(Method::GET, "/v1/clients", &root_token, None).await;
+    assert_eq!(
+        clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == "made-by-delegate")
+            .count(),
+        1
+    );
+    s.shutdown().await;
+}
+
+/// 7.1: `policies:validate` warns on condition keys that Capstan never fills and that no caller
+/// could supply (a `capstan:` key it does not set, or a key without a service prefix).
+async fn validation_warns_about_condition_keys_nothing_fills(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let token = s.token("default", &admin, &[]).await;
+    let doc = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Action": "orders:Get*", "Resource": "*",
+        "Condition": {"StringEquals": {
+            "capstan:PrincipleTag/team": "a",
+            "team": "a",
+            "capstan:PrincipalTag/team": "a",
+            "orders:Region": "eu",
+            "policy:PolicyName": "x"}}}]});
+    let (status, v) = s
+        .api(Method::POST, "/v1/policies:validate", &token, Some(doc))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["valid"], true);
+    let mut paths: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "$.Statement[0].Condition.StringEquals.capstan:PrincipleTag/team",
+            "$.Statement[0].Condition.StringEquals.team",
+        ]
     );
     s.shutdown().await;
 }

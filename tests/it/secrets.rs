@@ -54,6 +54,7 @@ async fn secrets_and_private_keys_are_never_stored_in_clear(ctx: &Ctx) {
                 scopes: vec![],
                 audiences: vec!["api".into()],
                 token_ttl_seconds: None,
+                permissions_boundary: None,
             },
             false,
         )

@@ -82,6 +82,20 @@ pub trait Authorizer: Send + Sync + 'static {
     ) -> Result<(), AuthzError> {
         Ok(())
     }
+
+    /// Sets `policy` as the permissions boundary of a principal being created (after the
+    /// creator's guard allowed it). `Denied` says why the policy cannot be one (unknown). The
+    /// default refuses: an authorizer without boundaries cannot honour one.
+    async fn set_boundary(
+        &self,
+        _tenant: &TenantId,
+        _principal: &PrincipalId,
+        _policy: &str,
+    ) -> Result<(), AuthzError> {
+        Err(AuthzError::denied(
+            "permissions boundaries are not supported",
+        ))
+    }
 }
 
 /// A guarded act that did not go ahead.

@@ -55,6 +55,11 @@ pub struct NewClient {
     /// Access-token lifetime in seconds (60 to the server's maximum); the server default if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_ttl_seconds: Option<i64>,
+    /// A managed or built-in policy to set as the new principal's permissions boundary. The
+    /// create call's guard context carries it as `policy:PermissionsBoundary`, so a delegated
+    /// administrator can be allowed to create principals only with a given boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions_boundary: Option<String>,
 }
 
 /// A client as shown by the API (never its secret or hash).

@@ -136,6 +136,7 @@ impl AuthService {
             scopes: vec![],
             audiences: vec![self.cfg.api_audience.clone()],
             token_ttl_seconds: None,
+            permissions_boundary: None,
         };
         let created = self.create_client_unchecked(tenant, req, true).await?;
         let principal = PrincipalId::parse(&created.client.client_id)?;
@@ -208,14 +209,42 @@ impl AuthService {
         caller: &Caller,
         req: NewClient,
     ) -> Result<ClientWithSecret, AuthError> {
-        self.guard(
+        let boundary = req.permissions_boundary.clone();
+        let context: Vec<(&str, &str)> = boundary
+            .as_deref()
+            .map(|b| ("policy:PermissionsBoundary", b))
+            .into_iter()
+            .collect();
+        guard(
+            self.authorizer.as_ref(),
             caller,
             "auth:CreateClient",
             &Crn::new("auth", &caller.tenant, "clients/*"),
+            &context,
         )
         .await?;
-        self.create_client_unchecked(&caller.tenant, req, false)
-            .await
+        let created = self
+            .create_client_unchecked(&caller.tenant, req, false)
+            .await?;
+        if let Some(b) = boundary {
+            let id = PrincipalId::parse(&created.client.client_id)?;
+            if let Err(e) = self.authorizer.set_boundary(&caller.tenant, &id, &b).await {
+                // A principal never exists without the boundary it was created with.
+                let _ = self
+                    .store
+                    .delete_client(&caller.tenant, &id, self.now())
+                    .await;
+                self.changed(&caller.tenant, TOPIC_CLIENT, id.as_str());
+                return Err(match e {
+                    AuthzError::Denied { reason } => {
+                        AuthError::BadRequest(format!("permissions_boundary: {reason}"))
+                    }
+                    AuthzError::Unavailable => AuthError::Guard(GuardError::Unavailable),
+                    AuthzError::Internal => AuthError::Guard(GuardError::Internal),
+                });
+            }
+        }
+        Ok(created)
     }
 
     /// `GET /v1/clients`.

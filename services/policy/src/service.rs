@@ -306,6 +306,30 @@ impl Authorizer for PolicyService {
         self.changed(tenant);
         Ok(())
     }
+
+    async fn set_boundary(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+        policy: &str,
+    ) -> Result<(), AuthzError> {
+        match self.policy_exists(tenant, policy).await {
+            Ok(()) => {}
+            Err(PolicyError::NotFound(m)) => return Err(AuthzError::Denied { reason: m }),
+            Err(e) => return Err(authz_error(e)),
+        }
+        self.store
+            .set_boundary(
+                tenant.as_str(),
+                principal.as_str(),
+                policy,
+                self.clock.now(),
+            )
+            .await
+            .map_err(|e| authz_error(e.into()))?;
+        self.changed(tenant);
+        Ok(())
+    }
 }
 
 /// Why no decision could be made: unavailable storage, or a failure that is logged here.

@@ -4,7 +4,7 @@
 use super::*;
 
 impl PolicyService {
-    pub(super) async fn policy_exists(
+    pub(crate) async fn policy_exists(
         &self,
         tenant: &TenantId,
         name: &str,
@@ -129,7 +129,17 @@ impl PolicyService {
             };
             ("principal", a, format!("principal/{target}"))
         };
-        self.guard(caller, action, &path).await?;
+        let policy_crn = Crn::new("policy", &caller.tenant, &format!("policy/{policy}"));
+        self.guard_with(
+            caller,
+            action,
+            &path,
+            &[
+                (KEY_POLICY_NAME, policy),
+                (KEY_POLICY_CRN, policy_crn.as_str()),
+            ],
+        )
+        .await?;
         if group {
             self.group_exists(&caller.tenant, target).await?;
         } else {
@@ -161,7 +171,26 @@ impl PolicyService {
         } else {
             "policy:DeletePermissionsBoundary"
         };
-        self.guard(caller, action, &format!("principal/{principal}"))
+        // Setting names the new boundary; removing names the one removed, so a policy can
+        // forbid a delegated administrator to lift their own.
+        let current;
+        let boundary = match policy {
+            Some(p) => Some(p),
+            None => {
+                current = self
+                    .snapshot(&caller.tenant)
+                    .await?
+                    .boundaries
+                    .get(principal)
+                    .cloned();
+                current.as_deref()
+            }
+        };
+        let context: Vec<(&str, &str)> = boundary
+            .map(|b| (KEY_PERMISSIONS_BOUNDARY, b))
+            .into_iter()
+            .collect();
+        self.guard_with(caller, action, &format!("principal/{principal}"), &context)
             .await?;
         principal_id(principal)?;
         let t = caller.tenant.as_str();

@@ -11,8 +11,13 @@ impl PolicyService {
         text: &str,
     ) -> Result<PutPolicyResult, PolicyError> {
         check_name("policy name", name)?;
-        self.guard(caller, "policy:PutPolicy", &format!("policy/{name}"))
-            .await?;
+        self.guard_with(
+            caller,
+            "policy:PutPolicy",
+            &format!("policy/{name}"),
+            &[(KEY_POLICY_NAME, name)],
+        )
+        .await?;
         if builtin::document(name).is_some() {
             return Err(PolicyError::Conflict(format!(
                 "{name} is a built-in policy and cannot be changed"
@@ -104,8 +109,13 @@ impl PolicyService {
 
     /// `DELETE /v1/policies/{name}`: refused while the policy is attached or a boundary.
     pub async fn delete_policy(&self, caller: &Caller, name: &str) -> Result<(), PolicyError> {
-        self.guard(caller, "policy:DeletePolicy", &format!("policy/{name}"))
-            .await?;
+        self.guard_with(
+            caller,
+            "policy:DeletePolicy",
+            &format!("policy/{name}"),
+            &[(KEY_POLICY_NAME, name)],
+        )
+        .await?;
         if builtin::document(name).is_some() {
             return Err(PolicyError::Conflict(format!(
                 "{name} is a built-in policy and cannot be deleted"
@@ -139,11 +149,17 @@ impl PolicyService {
         self.guard(caller, "policy:ValidatePolicy", "policy/*")
             .await?;
         Ok(match Policy::parse(text, kind, self.limits()) {
-            Ok(p) => Validation {
-                valid: true,
-                errors: vec![],
-                warnings: p.warnings.iter().map(issue_view).collect(),
-            },
+            Ok(p) => {
+                let mut warnings = p.warnings;
+                if let Ok(value) = serde_json::from_str::<Value>(text) {
+                    warnings.extend(condition_key_warnings(&value));
+                }
+                Validation {
+                    valid: true,
+                    errors: vec![],
+                    warnings: warnings.iter().map(issue_view).collect(),
+                }
+            }
             Err(errors) => Validation {
                 valid: false,
                 errors: errors.iter().map(issue_view).collect(),
