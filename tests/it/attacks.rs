@@ -17,6 +17,7 @@ capstan_tests::on_both_backends!(
     far_future_dates_are_invalid_not_wrapped,
     delegated_administration_is_scoped_by_policy_name_and_boundary,
     validation_warns_about_condition_keys_nothing_fills,
+    stored_policies_that_no_longer_compile_deny_what_they_constrain,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -480,4 +481,103 @@ async fn validation_warns_about_condition_keys_nothing_fills(ctx: &Ctx) {
         ]
     );
     s.shutdown().await;
+}
+
+/// 7.5: a stored boundary or guardrail that no longer compiles was skipped, which widened
+/// access. It now denies everything it could have constrained, and is counted in /metrics.
+async fn stored_policies_that_no_longer_compile_deny_what_they_constrain(ctx: &Ctx) {
+    use capstan_db::on_pool;
+
+    let mut settings = ctx.settings();
+    settings.public_url = Some("http://capstan.test".into());
+    let a = ctx.server_with(settings.clone()).await;
+    let root = a.admin().await;
+    let root_token = a.token("default", &root, &[]).await;
+    let p = service_client(&a, &root_token, "bounded").await;
+    let (status, _) = put(
+        &a,
+        &root_token,
+        "/v1/policies/Bounded",
+        Some(allow(&["orders:*"], "*")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for path in [format!(
+        "/v1/principals/{}/policies/AdministratorAccess",
+        p.id
+    )] {
+        assert_eq!(put(&a, &root_token, &path, None).await.0, 204);
+    }
+    let (status, _) = put(
+        &a,
+        &root_token,
+        &format!("/v1/principals/{}/boundary", p.id),
+        Some(json!({"policy": "Bounded"})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let corrupt = |table: &'static str, column: &'static str, name: &'static str| {
+        let db = ctx.db();
+        async move {
+            let sql = format!(
+                "UPDATE {table} SET document = '{{\"Version\":\"2012-10-17\",\"Statement\":{{\"Effect\":\"Maybe\",\"Action\":\"*\",\"Resource\":\"*\"}}}}' WHERE {column} = '{name}'"
+            );
+            on_pool!(&db, |pool| sqlx::query(&sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))
+            .unwrap()
+        }
+    };
+    assert_eq!(corrupt("policy_versions", "name", "Bounded").await, 1);
+
+    // A fresh server compiles what is stored: the broken boundary denies everything.
+    let b = ctx.server_with(settings.clone()).await;
+    let ask = |action: &str| {
+        json!({"principal": p.id, "action": action,
+        "resource": "crn:capstan:auth:default:clients/*"})
+    };
+    for action in ["auth:ListClients", "orders:GetOrder"] {
+        let (_, d) = b
+            .api(
+                Method::POST,
+                "/v1/authorize",
+                &root_token,
+                Some(ask(action)),
+            )
+            .await;
+        assert_eq!(d["decision"], "Deny", "{action}: {d}");
+        assert_eq!(d["matched"][0]["sid"], "DoesNotCompile", "{d}");
+    }
+    let metrics = b
+        .http
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("capstan_policy_compile_failures_total 1"),
+        "{metrics}"
+    );
+
+    // A broken guardrail denies the whole tenant, its administrators included.
+    let (status, body) = put(
+        &a,
+        &root_token,
+        "/v1/guardrails/Everything",
+        Some(allow(&["*"], "*")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(corrupt("policy_guardrails", "name", "Everything").await, 1);
+    let c = ctx.server_with(settings).await;
+    let (status, body) = c.api(Method::GET, "/v1/clients", &root_token, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["reason"], "explicit_deny", "{body}");
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
 }

@@ -492,12 +492,19 @@ impl Service for PolicyService {
     }
 
     fn metrics(&self) -> Vec<Metric> {
-        vec![Metric::counter(
-            "capstan_policy_decisions_dropped_total",
-            "Decisions not logged because the decision-log queue was full.",
-            self.dropped_decisions
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )]
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            Metric::counter(
+                "capstan_policy_decisions_dropped_total",
+                "Decisions not logged because the decision-log queue was full.",
+                n(&self.dropped_decisions),
+            ),
+            Metric::counter(
+                "capstan_policy_compile_failures_total",
+                "Stored policies that did not compile (each denies everything until fixed).",
+                n(&self.compile_failures),
+            ),
+        ]
     }
 
     async fn stop(&self) {

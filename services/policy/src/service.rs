@@ -77,6 +77,8 @@ pub struct PolicyService {
     pub(crate) log_rx: std::sync::Mutex<Option<mpsc::Receiver<LogMsg>>>,
     /// Decisions dropped because the log queue was full.
     pub dropped_decisions: AtomicU64,
+    /// Stored documents that did not compile (each replaced by a deny-everything policy).
+    pub compile_failures: AtomicU64,
 }
 
 impl PolicyService {
@@ -97,6 +99,7 @@ impl PolicyService {
             log: tx,
             log_rx: std::sync::Mutex::new(Some(rx)),
             dropped_decisions: AtomicU64::new(0),
+            compile_failures: AtomicU64::new(0),
         }
     }
 

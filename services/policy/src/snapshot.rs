@@ -144,25 +144,30 @@ impl Snapshot {
     }
 }
 
-fn compile(text: &str, kind: PolicyKind) -> Option<Policy> {
-    // Stored documents were validated on the way in; limits are not re-applied so a lowered
-    // limit never disables a stored policy.
-    let limits = Limits {
-        max_chars: usize::MAX,
-        max_statements: usize::MAX,
-        max_values: usize::MAX,
-        max_depth: usize::MAX,
-    };
-    match Policy::parse(text, kind, &limits) {
-        Ok(p) => Some(p.policy),
-        Err(e) => {
-            tracing::error!(errors = ?e, "stored policy does not compile; ignoring it");
-            None
+impl PolicyService {
+    /// Compiles a stored document (`what` names it in the log), or its deny-everything
+    /// stand-in, counted in `capstan_policy_compile_failures_total`.
+    fn compile(&self, text: &str, kind: PolicyKind, what: &str) -> Policy {
+        // Stored documents were validated on the way in; limits are not re-applied so a lowered
+        // limit never disables a stored policy.
+        let limits = Limits {
+            max_chars: usize::MAX,
+            max_statements: usize::MAX,
+            max_values: usize::MAX,
+            max_depth: usize::MAX,
+        };
+        match Policy::parse(text, kind, &limits) {
+            Ok(p) => p.policy,
+            Err(e) => {
+                // Fail closed: skipping it would widen access (a guardrail or a boundary would
+                // stop limiting, a Deny would stop denying).
+                self.compile_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(policy = what, errors = ?e, "stored policy does not compile; it denies everything until fixed");
+                Policy::deny_all(kind)
+            }
         }
     }
-}
 
-impl PolicyService {
     pub(crate) async fn snapshot(&self, tenant: &TenantId) -> Result<Arc<Snapshot>, PolicyError> {
         if let Some(s) = self
             .cache
@@ -220,12 +225,18 @@ impl PolicyService {
         snap.resource_policies = rows
             .resource_policies
             .into_iter()
-            .filter_map(|(r, d)| compile(&d, PolicyKind::Resource).map(|p| (r, p)))
+            .map(|(r, d)| {
+                let p = self.compile(&d, PolicyKind::Resource, &r);
+                (r, p)
+            })
             .collect();
         snap.guardrails = rows
             .guardrails
             .into_iter()
-            .filter_map(|(n, d)| compile(&d, PolicyKind::Identity).map(|p| (n, p)))
+            .map(|(n, d)| {
+                let p = self.compile(&d, PolicyKind::Identity, &n);
+                (n, p)
+            })
             .collect();
         let snap = Arc::new(snap);
         if self.generation.load(Ordering::SeqCst) == generation {
@@ -277,8 +288,9 @@ impl PolicyService {
             };
             fresh = docs
                 .into_iter()
-                .filter_map(|(n, v, d)| {
-                    compile(&d, PolicyKind::Identity).map(|p| (key(&n, v), Arc::new(p)))
+                .map(|(n, v, d)| {
+                    let p = self.compile(&d, PolicyKind::Identity, &n);
+                    (key(&n, v), Arc::new(p))
                 })
                 .collect();
         }

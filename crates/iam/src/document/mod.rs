@@ -133,6 +133,32 @@ pub struct Parsed {
 }
 
 impl Policy {
+    /// A policy that denies every action on every resource (to every principal): what a stored
+    /// document that no longer compiles is replaced by, so a failure never widens access.
+    pub fn deny_all(kind: PolicyKind) -> Policy {
+        let text = match kind {
+            PolicyKind::Identity => {
+                r#"{"Version":"2012-10-17","Statement":{"Sid":"DoesNotCompile","Effect":"Deny","Action":"*","Resource":"*"}}"#
+            }
+            PolicyKind::Resource => {
+                r#"{"Version":"2012-10-17","Statement":{"Sid":"DoesNotCompile","Effect":"Deny","Principal":"*","Action":"*","Resource":"*"}}"#
+            }
+        };
+        match Policy::parse(text, kind, &Limits::default()) {
+            Ok(p) => p.policy,
+            // The constants parse (tested); were they not to, a policy with no Allow still
+            // grants nothing.
+            Err(_) => Policy {
+                version: Version::V2012,
+                id: None,
+                statements: Vec::new(),
+                by_action: HashMap::new(),
+                by_service: HashMap::new(),
+                any_service: Vec::new(),
+            },
+        }
+    }
+
     /// Parses and validates `text`; all errors are reported at once.
     pub fn parse(text: &str, kind: PolicyKind, limits: &Limits) -> Result<Parsed, Vec<Issue>> {
         let issue = |path: &str, m: String| Issue {

@@ -226,3 +226,12 @@ fn limits_are_counted_and_refused_clearly() {
     )
     .is_err());
 }
+
+#[test]
+fn deny_all_is_a_real_deny_everything_policy() {
+    for kind in [PolicyKind::Identity, PolicyKind::Resource] {
+        let p = Policy::deny_all(kind);
+        assert_eq!(p.statements.len(), 1);
+        assert_eq!(p.statements[0].sid, "DoesNotCompile");
+    }
+}
