@@ -18,6 +18,7 @@ capstan_tests::on_both_backends!(
     delegated_administration_is_scoped_by_policy_name_and_boundary,
     validation_warns_about_condition_keys_nothing_fills,
     stored_policies_that_no_longer_compile_deny_what_they_constrain,
+    control_characters_are_refused_and_cannot_erase_the_audit_log,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -580,4 +581,95 @@ async fn stored_policies_that_no_longer_compile_deny_what_they_constrain(ctx: &C
     for s in [a, b, c] {
         s.shutdown().await;
     }
+}
+
+/// 7.10: a NUL in a guarded path reached the decision log, and on Postgres failed the whole
+/// batch, erasing other principals' records. Names, paths and logged fields now refuse control
+/// characters with a 400, and a batch that still fails is written row by row.
+async fn control_characters_are_refused_and_cannot_erase_the_audit_log(ctx: &Ctx) {
+    use capstan_core::ids::TenantId;
+    use capstan_policy::service::Subject;
+
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let token = s.token("default", &admin, &[]).await;
+    let nobody = service_client(&s, &token, "nobody").await;
+    let nobody_token = s
+        .token("default", &nobody, &[("audience", "capstan")])
+        .await;
+    let cases = [
+        (Method::PUT, "/v1/groups/a%00b", None, &nobody_token),
+        (
+            Method::PUT,
+            "/v1/policies/P%0A",
+            Some(allow(&["a:b"], "*")),
+            &token,
+        ),
+        (
+            Method::POST,
+            "/v1/authorize",
+            Some(
+                json!({"principal": admin.id, "action": "a:b", "resource": "crn:capstan:x:default:a\u{0}"}),
+            ),
+            &token,
+        ),
+        (
+            Method::POST,
+            "/v1/clients",
+            Some(json!({"name": "evil\u{0}", "audiences": ["a"]})),
+            &token,
+        ),
+        (
+            Method::PUT,
+            &format!("/v1/principals/{}/tags", admin.id),
+            Some(json!({"tags": {"team": "a\u{0}b"}})),
+            &token,
+        ),
+    ];
+    for (method, path, body, bearer) in cases {
+        let (status, answer) = s.api(method.clone(), path, bearer, body).await;
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "bad_request", "{method} {path}: {answer}");
+    }
+
+    // A record the database refuses (NUL, on Postgres) costs only itself.
+    let policy = &s.server.app.policy;
+    let tenant = TenantId::default_tenant();
+    let who = Subject {
+        principal: admin.id.clone(),
+        ..Default::default()
+    };
+    policy
+        .decide(
+            &tenant,
+            &who,
+            "orders:Bad",
+            "crn:capstan:orders:default:a\u{0}",
+            None,
+        )
+        .await
+        .unwrap();
+    policy
+        .decide(
+            &tenant,
+            &who,
+            "orders:Kept",
+            "crn:capstan:orders:default:a",
+            None,
+        )
+        .await
+        .unwrap();
+    policy.flush_decisions().await;
+    let (status, log) = s
+        .api(Method::GET, "/v1/decisions?limit=1000", &token, None)
+        .await;
+    assert_eq!(status, 200, "{log}");
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["action"] == "orders:Kept"),
+        "{log}"
+    );
+    s.shutdown().await;
 }

@@ -188,7 +188,7 @@ pub async fn reject_oversized(
 const DRAIN_LIMIT: usize = 1 << 20;
 
 /// Path parameters deserialized into `T`; a parameter that does not decode (invalid UTF-8, a
-/// wrong type) is a JSON 400 that says which, like every other error.
+/// wrong type) or holds a control character is a JSON 400 that says which.
 #[derive(Debug)]
 pub struct Path<T>(pub T);
 
@@ -199,6 +199,16 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, ApiError> {
+        // Names, ids and CRNs are stored and logged: none may hold a NUL or another control
+        // character (Postgres refuses NUL in text, which would fail whatever batch holds it).
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        if let Some((name, _)) = raw.iter().find(|(_, v)| v.chars().any(char::is_control)) {
+            return Err(ApiError::BadRequest(format!(
+                "path parameter {name}: control characters are not allowed"
+            )));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(p)| Path(p))

@@ -477,8 +477,13 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 
 fn validate_client(req: &NewClient, max_ttl: i64) -> Result<(), AuthError> {
     let bad = |m: String| Err(AuthError::BadRequest(m));
-    if req.name.trim().is_empty() || req.name.chars().count() > MAX_NAME {
-        return bad(format!("name: must be 1 to {MAX_NAME} characters"));
+    if req.name.trim().is_empty()
+        || req.name.chars().count() > MAX_NAME
+        || req.name.chars().any(char::is_control)
+    {
+        return bad(format!(
+            "name: must be 1 to {MAX_NAME} characters, without control characters"
+        ));
     }
     if req.scopes.len() > MAX_LIST || req.audiences.len() > MAX_LIST {
         return bad(format!(

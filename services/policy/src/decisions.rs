@@ -65,6 +65,7 @@ impl PolicyService {
             .take();
         if let Some(mut rx) = rx {
             let store = self.store.clone();
+            let me = Arc::clone(self);
             tasks.push(tokio::spawn(async move {
                 let mut msgs = Vec::with_capacity(512);
                 let mut batch = Vec::with_capacity(512);
@@ -77,7 +78,14 @@ impl PolicyService {
                         }
                     }
                     if let Err(e) = store.insert_decisions(&batch).await {
-                        tracing::warn!(error = %e, dropped = batch.len(), "cannot write decisions");
+                        // One bad row must not erase the others: write them one by one.
+                        tracing::warn!(error = %e, rows = batch.len(), "decision batch failed; writing rows one by one");
+                        for row in batch.chunks(1) {
+                            if let Err(e) = store.insert_decisions(row).await {
+                                me.dropped_decisions.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "cannot write a decision");
+                            }
+                        }
                     }
                     batch.clear();
                     for f in flushes {

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// The longest action or resource a request may name: longer ones cost matching time and log
+/// space and name nothing Capstan stores.
+const MAX_NAME_BYTES: usize = 2048;
+
 impl PolicyService {
     async fn subject_of(
         &self,
@@ -47,6 +51,13 @@ impl PolicyService {
         caller: &Caller,
         req: &AuthorizeRequest,
     ) -> Result<(Subject, Context), PolicyError> {
+        for (field, value) in [("action", &req.action), ("resource", &req.resource)] {
+            if value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
+                return Err(PolicyError::BadRequest(format!(
+                    "{field}: at most {MAX_NAME_BYTES} bytes, without control characters"
+                )));
+            }
+        }
         let subject = self.subject_of(verifier, caller, req).await?;
         if !req.action.contains(':') {
             return Err(PolicyError::BadRequest(format!(

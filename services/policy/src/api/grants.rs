@@ -235,10 +235,11 @@ impl PolicyService {
             let ok = !k.is_empty()
                 && k.len() <= 128
                 && v.len() <= 256
+                && !v.chars().any(char::is_control)
                 && k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+-=._:/@".contains(c));
             if !ok {
-                return Err(PolicyError::BadRequest(format!("tag {k:?}: keys are 1-128 of letters, digits and +-=._:/@; values at most 256 characters")));
+                return Err(PolicyError::BadRequest(format!("tag {k:?}: keys are 1-128 of letters, digits and +-=._:/@; values at most 256 characters, without control characters")));
             }
         }
         let tags: Vec<(String, String)> = tags.into_iter().collect();
