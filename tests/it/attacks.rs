@@ -19,6 +19,7 @@ capstan_tests::on_both_backends!(
     validation_warns_about_condition_keys_nothing_fills,
     stored_policies_that_no_longer_compile_deny_what_they_constrain,
     control_characters_are_refused_and_cannot_erase_the_audit_log,
+    caches_that_requests_grow_are_bounded,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -671,5 +672,52 @@ async fn control_characters_are_refused_and_cannot_erase_the_audit_log(ctx: &Ctx
             .any(|d| d["action"] == "orders:Kept"),
         "{log}"
     );
+    s.shutdown().await;
+}
+
+/// 7.9: every unknown client id at the token endpoint was cached as a miss forever, and every
+/// made-up principal in /v1/authorize got an index of its own. Both are bounded now.
+async fn caches_that_requests_grow_are_bounded(ctx: &Ctx) {
+    use capstan_auth::tokens::ClientCredentials;
+    use capstan_core::ids::{PrincipalId, PrincipalKind, TenantId};
+    use capstan_core::rng::SystemRng;
+    use capstan_policy::service::Subject;
+
+    let s = ctx.server().await;
+    let tenant = TenantId::default_tenant();
+    let rng = SystemRng::new();
+    let auth = s.auth();
+    for _ in 0..10_500 {
+        let creds = ClientCredentials {
+            client_id: PrincipalId::generate(PrincipalKind::Service, &rng)
+                .unwrap()
+                .to_string(),
+            client_secret: "x".into(),
+        };
+        assert!(auth.authenticate_client(&tenant, &creds).await.is_err());
+    }
+    let (_, misses) = auth.cached_clients();
+    assert!(misses <= 10_000, "{misses} misses cached");
+
+    let policy = &s.server.app.policy;
+    for _ in 0..5_000 {
+        let who = Subject {
+            principal: PrincipalId::generate(PrincipalKind::Service, &rng)
+                .unwrap()
+                .to_string(),
+            ..Default::default()
+        };
+        policy
+            .decide_unlogged(
+                &tenant,
+                &who,
+                "orders:Get",
+                "crn:capstan:orders:default:o",
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(policy.cached_indexes(&tenant).await.unwrap(), 0);
     s.shutdown().await;
 }

@@ -92,6 +92,9 @@ pub struct AuthMetrics {
     pub revocations: AtomicU64,
 }
 
+/// At most this many unknown client ids are remembered as misses.
+pub(crate) const MAX_CLIENT_MISSES: u64 = 10_000;
+
 /// Clients by tenant and id; `None` caches a miss.
 type ClientCache = HashMap<(TenantId, PrincipalId), Option<Arc<Client>>>;
 
@@ -106,6 +109,8 @@ pub struct AuthService {
     pub(crate) hasher: SecretHasher,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
     clients: RwLock<ClientCache>,
+    /// Misses cached since the miss cache was last emptied.
+    client_misses: AtomicU64,
     /// Bumped on every invalidation, so a load that raced one is not cached.
     generation: AtomicU64,
     revoked: RwLock<HashMap<String, UnixTime>>,
@@ -145,6 +150,7 @@ impl AuthService {
             tenants: RwLock::default(),
             clients: RwLock::default(),
             generation: AtomicU64::new(0),
+            client_misses: AtomicU64::new(0),
             revoked: RwLock::default(),
             verified: RwLock::default(),
             metrics: AuthMetrics::default(),
@@ -227,9 +233,26 @@ impl AuthService {
         // Misses are cached too (tokens of deleted clients must not cost a query each); creating
         // a client publishes a change that clears them.
         if self.generation.load(Ordering::SeqCst) == generation {
-            write(&self.clients).insert(key, found.clone());
+            let mut cache = write(&self.clients);
+            if found.is_none() {
+                // Misses are what a request can make up (random client ids): bounded, and
+                // forgotten all at once when full (each costs one query to learn again).
+                let misses = self.client_misses.fetch_add(1, Ordering::Relaxed) + 1;
+                if misses > MAX_CLIENT_MISSES {
+                    cache.retain(|_, c| c.is_some());
+                    self.client_misses.store(1, Ordering::Relaxed);
+                }
+            }
+            cache.insert(key, found.clone());
         }
         Ok(found)
+    }
+
+    /// Cached client entries: (clients found, misses). For tests and metrics.
+    pub fn cached_clients(&self) -> (usize, usize) {
+        let cache = read(&self.clients);
+        let misses = cache.values().filter(|c| c.is_none()).count();
+        (cache.len() - misses, misses)
     }
 
     /// Whether a token id has been revoked.

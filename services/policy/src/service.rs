@@ -103,6 +103,11 @@ impl PolicyService {
         }
     }
 
+    /// How many per-principal indexes the tenant's current snapshot keeps (bounded).
+    pub async fn cached_indexes(&self, tenant: &TenantId) -> Result<usize, PolicyError> {
+        Ok(self.snapshot(tenant).await?.cached_indexes())
+    }
+
     /// The limits documents are checked against.
     pub fn limits(&self) -> &Limits {
         &self.cfg.limits

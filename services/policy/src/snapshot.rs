@@ -48,6 +48,16 @@ impl Clone for IndexCache {
     }
 }
 
+/// At most this many per-principal identity indexes are kept per snapshot.
+pub(crate) const MAX_INDEXES: usize = 20_000;
+
+fn empty_index() -> Arc<IdentityIndex> {
+    static EMPTY: std::sync::OnceLock<Arc<IdentityIndex>> = std::sync::OnceLock::new();
+    EMPTY
+        .get_or_init(|| Arc::new(IdentityIndex::new(Vec::new())))
+        .clone()
+}
+
 impl Snapshot {
     fn policy<'a>(&'a self, name: &'a str) -> Option<Source<'a>> {
         if let Some(v) = self.policies.get(name) {
@@ -93,13 +103,31 @@ impl Snapshot {
                 }
             }
         }
+        if policies.is_empty() {
+            // Every principal with nothing attached shares one empty index: an id a request
+            // makes up costs no memory.
+            return empty_index();
+        }
         let ix = Arc::new(IdentityIndex::new(policies));
-        self.indexes
+        let mut cache = self
+            .indexes
             .0
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(principal.to_owned(), ix.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded: past the bound an index is built per decision, not kept.
+        if cache.len() < MAX_INDEXES {
+            cache.insert(principal.to_owned(), ix.clone());
+        }
         ix
+    }
+
+    /// How many per-principal indexes this snapshot keeps (for tests and metrics).
+    pub fn cached_indexes(&self) -> usize {
+        self.indexes
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn policy_arc(&self, name: &str) -> Option<(u32, Arc<Policy>)> {
