@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use crate::context::Context;
-use crate::pattern::{arn_match, Pattern, Syntax};
+use crate::pattern::{ArnPattern, Pattern, Syntax};
 use crate::time::parse_date_ms;
 
 /// The comparison family of an operator.
@@ -133,7 +133,7 @@ enum Value {
     Bool(bool),
     Bytes(Vec<u8>),
     Net(IpAddr, u8),
-    Arn(String),
+    Arn(ArnPattern),
 }
 
 /// One `operator: { key: values }` entry.
@@ -214,20 +214,7 @@ impl Condition {
                     };
                     Value::Text(Pattern::parse(v, syntax)?)
                 }
-                Kind::ArnLike => {
-                    if variables && v.contains("${") {
-                        Value::Text(Pattern::parse(
-                            v,
-                            Syntax {
-                                wildcards: false,
-                                variables,
-                                fold_case: false,
-                            },
-                        )?)
-                    } else {
-                        Value::Arn(v.clone())
-                    }
-                }
+                Kind::ArnLike => Value::Arn(ArnPattern::parse(v, variables)?),
                 Kind::NumericEquals
                 | Kind::NumericLessThan
                 | Kind::NumericLessThanEquals
@@ -324,11 +311,7 @@ impl Condition {
             (Kind::StringEqualsIgnoreCase, Value::Text(p)) => p
                 .resolve(ctx, true)
                 .is_some_and(|p| p.matches(&req.to_lowercase())),
-            (Kind::ArnLike, Value::Arn(a)) => arn_match(a, req),
-            (Kind::ArnLike, Value::Text(p)) => p
-                .resolve(ctx, false)
-                .and_then(|p| p.as_literal().map(|a| arn_match(a, req)))
-                .unwrap_or(false),
+            (Kind::ArnLike, Value::Arn(a)) => a.matches(ctx, req),
             (k, Value::Number(n)) => parse_number(req).is_some_and(|r| match k {
                 Kind::NumericEquals => r == *n,
                 Kind::NumericLessThan => r < *n,

@@ -233,22 +233,77 @@ pub(crate) fn arn_parts(s: &str) -> Vec<&str> {
 
 /// ARN-style matching: every colon-separated part is matched on its own, so `*` does not cross a
 /// colon except in the last part.
-pub(crate) fn arn_match(pattern: &str, value: &str) -> bool {
-    let syntax = Syntax {
-        wildcards: true,
-        variables: false,
-        fold_case: false,
-    };
-    if pattern == "*" {
-        return true;
+#[cfg(test)]
+fn arn_match(pattern: &str, value: &str) -> bool {
+    ArnPattern::parse(pattern, false).is_ok_and(|p| p.matches(&Context::new(), value))
+}
+
+/// An ARN/CRN pattern (`ArnLike`, `ArnEquals`), compiled once, part by part. Variables are
+/// resolved into each part as literal text: a substituted `*` is never a wildcard, and a
+/// substituted `:` never splits a part.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ArnPattern {
+    /// `None` for `*` (any ARN).
+    parts: Option<Vec<Pattern>>,
+}
+
+impl ArnPattern {
+    /// Compiles `text`; `${…}` is a variable when `variables` (policy version 2012-10-17).
+    pub(crate) fn parse(text: &str, variables: bool) -> Result<ArnPattern, String> {
+        if text == "*" {
+            return Ok(ArnPattern { parts: None });
+        }
+        let syntax = Syntax {
+            wildcards: true,
+            variables,
+            fold_case: false,
+        };
+        let parts = split_outside_variables(text, if text.starts_with("crn:") { 5 } else { 6 })
+            .into_iter()
+            .map(|p| Pattern::parse(p, syntax))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ArnPattern { parts: Some(parts) })
     }
-    let (pp, vp) = (arn_parts(pattern), arn_parts(value));
-    pp.len() == vp.len()
-        && pp.iter().zip(vp.iter()).all(|(p, v)| {
-            Pattern::parse(p, syntax)
-                .map(|p| p.matches(v))
-                .unwrap_or(false)
-        })
+
+    /// Whether `value` matches, with variables taken from `ctx` (an unresolved one never
+    /// matches).
+    pub(crate) fn matches(&self, ctx: &Context, value: &str) -> bool {
+        let Some(parts) = &self.parts else {
+            return true;
+        };
+        let values = arn_parts(value);
+        values.len() == parts.len()
+            && parts
+                .iter()
+                .zip(values)
+                .all(|(p, v)| p.resolve(ctx, false).is_some_and(|p| p.matches(v)))
+    }
+}
+
+/// Splits at `:` into at most `n` parts, never inside `${…}` (a variable such as
+/// `${capstan:tenant}` is one token of one part).
+fn split_outside_variables(s: &str, n: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut depth) = (0usize, 0usize);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth > 0 => depth -= 1,
+            b':' if depth == 0 && parts.len() + 1 < n => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&s[start..]);
+    parts
 }
 
 #[cfg(test)]

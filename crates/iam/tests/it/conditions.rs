@@ -348,3 +348,46 @@ fn variables_are_refused_where_iam_forbids_them() {
         );
     }
 }
+
+/// A value substituted into an ArnLike pattern is literal: a tag `project = "*"` must not turn
+/// `…:order/${capstan:PrincipalTag/project}` into "every order" (it did, through a second parse).
+#[test]
+fn arn_like_substitutions_are_literal() {
+    let c = json!({"ArnLike": {"capstan:resource":
+        "crn:capstan:orders:acme:order/${capstan:PrincipalTag/project}"}});
+    let with = |project: &str| {
+        ctx(&[
+            ("capstan:PrincipalTag/project", &[project]),
+            ("capstan:resource", &[R]),
+        ])
+    };
+    assert!(holds(c.clone(), &with("42")));
+    assert!(
+        !holds(c.clone(), &with("*")),
+        "a substituted * is no wildcard"
+    );
+    assert!(
+        !holds(c.clone(), &with("4?")),
+        "a substituted ? is no wildcard"
+    );
+    // The policy's own wildcards still are, and a variable may stand in any part.
+    let own =
+        json!({"ArnLike": {"capstan:resource": "crn:capstan:orders:${capstan:tenant}:order/*"}});
+    assert!(holds(
+        own.clone(),
+        &ctx(&[("capstan:tenant", &["acme"]), ("capstan:resource", &[R])])
+    ));
+    assert!(!holds(
+        own,
+        &ctx(&[("capstan:tenant", &["*"]), ("capstan:resource", &[R])])
+    ));
+    // A substituted colon does not split a part.
+    let colon = json!({"ArnLike": {"capstan:resource": "crn:capstan:orders:acme:${capstan:PrincipalTag/p}"}});
+    assert!(!holds(
+        colon,
+        &ctx(&[
+            ("capstan:PrincipalTag/p", &["*:*"]),
+            ("capstan:resource", &[R])
+        ])
+    ));
+}
