@@ -20,6 +20,7 @@ capstan_tests::on_both_backends!(
     stored_policies_that_no_longer_compile_deny_what_they_constrain,
     control_characters_are_refused_and_cannot_erase_the_audit_log,
     caches_that_requests_grow_are_bounded,
+    an_emergency_rotation_supersedes_and_a_withdrawn_key_stops_verifying,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -720,4 +721,96 @@ async fn caches_that_requests_grow_are_bounded(ctx: &Ctx) {
     }
     assert_eq!(policy.cached_indexes(&tenant).await.unwrap(), 0);
     s.shutdown().await;
+}
+
+fn kid_of(token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+/// 7.13: a rotation with a long publish delay held back every later key, so a compromised key
+/// kept signing. `supersede` signs at once and withdraws pending keys; `DELETE /v1/keys/{kid}`
+/// withdraws a key from the JWKS at once, and its tokens stop verifying on every server.
+async fn an_emergency_rotation_supersedes_and_a_withdrawn_key_stops_verifying(ctx: &Ctx) {
+    use std::time::{Duration, Instant};
+
+    let mut settings = ctx.settings();
+    settings.public_url = Some("http://capstan.test".into());
+    let a = ctx.server_with(settings.clone()).await;
+    let b = ctx.server_with(settings).await;
+    let root = a.admin().await;
+    let token = a.token("default", &root, &[]).await;
+    let old = kid_of(&token);
+    // Later than the first key's activation second (keys activate in strict order).
+    a.clock.advance(10);
+    let (status, slow) = a
+        .api(
+            Method::POST,
+            "/v1/keys/rotate",
+            &token,
+            Some(json!({"publish_delay_seconds": 2_592_000})),
+        )
+        .await;
+    assert_eq!(status, 201, "{slow}");
+    let (status, fast) = a
+        .api(
+            Method::POST,
+            "/v1/keys/rotate",
+            &token,
+            Some(json!({"supersede": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{fast}");
+    let (_, keys) = a.api(Method::GET, "/v1/keys", &token, None).await;
+    let listed: Vec<String> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !listed.contains(&slow["kid"].as_str().unwrap().to_owned()),
+        "{listed:?}"
+    );
+    let fresh = a.token("default", &root, &[]).await;
+    assert_eq!(
+        kid_of(&fresh),
+        fast["kid"].as_str().unwrap(),
+        "the new key signs at once"
+    );
+
+    // The signing key cannot be withdrawn; the old one can, and its tokens die everywhere.
+    let (status, body) = a
+        .api(
+            Method::DELETE,
+            &format!("/v1/keys/{}", kid_of(&fresh)),
+            &fresh,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(b.introspect("default", &root, &token).await["active"] == true);
+    let (status, body) = a
+        .api(Method::DELETE, &format!("/v1/keys/{old}"), &fresh, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let jwks = a.jwks("default").await;
+    assert!(!jwks.to_string().contains(&old), "{jwks}");
+    assert_eq!(
+        a.introspect("default", &root, &token).await["active"],
+        false
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while b.introspect("default", &root, &token).await["active"] == true {
+        assert!(
+            Instant::now() < deadline,
+            "server b still accepts the withdrawn key's token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -139,6 +139,10 @@ pub struct RotateKey {
     /// Seconds before the new key signs; the server default if absent. 0 signs at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_delay_seconds: Option<i64>,
+    /// An emergency rotation: the new key signs at once, and keys still waiting to sign are
+    /// withdrawn (a pending key with a long delay can no longer hold back a replacement).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supersede: bool,
 }
 
 /// A signing key's public facts.

@@ -406,8 +406,53 @@ impl AuthService {
             }
             None => keys.tenant.signing_alg,
         };
+        if req.supersede {
+            // Withdraw what waits to sign, then sign with the new key at once.
+            let now = self.now();
+            let pending: Vec<String> = keys
+                .stored
+                .iter()
+                .filter(|k| k.activates_at > now)
+                .map(|k| k.kid.clone())
+                .collect();
+            if !pending.is_empty() {
+                self.store
+                    .delete_keys(&caller.tenant, &pending, now)
+                    .await?;
+            }
+            self.changed(&caller.tenant, TOPIC_TENANT, caller.tenant.as_str());
+            let k = self.add_key(&caller.tenant, alg, 0).await?;
+            return Ok(key_view(&k));
+        }
         let k = self.add_key(&caller.tenant, alg, delay).await?;
         Ok(key_view(&k))
+    }
+
+    /// `DELETE /v1/keys/{kid}`: withdraws a key from the JWKS at once; tokens it signed stop
+    /// verifying on every server. The key that signs now cannot be withdrawn until another
+    /// signs (rotate with `supersede` first).
+    pub async fn delete_key(&self, caller: &Caller, kid: &str) -> Result<(), AuthError> {
+        self.guard(
+            caller,
+            "auth:DeleteSigningKey",
+            &Crn::new("auth", &caller.tenant, &format!("keys/{kid}")),
+        )
+        .await?;
+        let keys = self.tenant_keys(&caller.tenant).await?;
+        let now = self.now();
+        if !keys.stored.iter().any(|k| k.kid == kid) {
+            return Err(AuthError::NotFound(format!("key {kid:?} not found")));
+        }
+        if crate::model::active_key(&keys.stored, now).is_some_and(|k| k.kid == kid) {
+            return Err(AuthError::Conflict(format!(
+                "key {kid:?} is the one that signs now: rotate with \"supersede\": true first"
+            )));
+        }
+        self.store
+            .delete_keys(&caller.tenant, &[kid.to_owned()], now)
+            .await?;
+        self.changed(&caller.tenant, TOPIC_TENANT, caller.tenant.as_str());
+        Ok(())
     }
 
     /// `GET /v1/keys`: the tenant's published keys.

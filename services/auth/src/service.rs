@@ -116,7 +116,7 @@ pub struct AuthService {
     revoked: RwLock<HashMap<String, UnixTime>>,
     /// Tokens whose signature, type and key were verified, by the whole token text (a forged
     /// payload is another key). Time, issuer and audience are re-checked on every use.
-    pub(crate) verified: RwLock<HashMap<String, Arc<capstan_core::jwt::AccessClaims>>>,
+    pub(crate) verified: RwLock<HashMap<String, Arc<(capstan_core::jwt::AccessClaims, String)>>>,
     /// Counters for `/metrics`.
     pub metrics: AuthMetrics,
 }
@@ -328,7 +328,7 @@ impl AuthService {
     pub async fn housekeeping(&self) -> Result<(), AuthError> {
         let now = self.now();
         write(&self.revoked).retain(|_, exp| *exp + self.cfg.leeway >= now);
-        write(&self.verified).retain(|_, c| c.exp + self.cfg.leeway >= now);
+        write(&self.verified).retain(|_, c| c.0.exp + self.cfg.leeway >= now);
         self.store.prune_revocations(now - self.cfg.leeway).await?;
         Ok(())
     }

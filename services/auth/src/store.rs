@@ -76,6 +76,13 @@ pub trait KeyStore: Send + Sync {
     async fn insert_key(&self, k: &StoredKey) -> Result<(), DbError>;
     /// The tenant's keys.
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, DbError>;
+    /// Withdraws keys (from the JWKS and from signing); returns how many existed.
+    async fn delete_keys(
+        &self,
+        tenant: &TenantId,
+        kids: &[String],
+        now: UnixTime,
+    ) -> Result<u64, DbError>;
 }
 
 /// Revoked tokens.
@@ -433,6 +440,33 @@ impl KeyStore for SqlStore {
         })?;
         self.woke();
         Ok(())
+    }
+
+    async fn delete_keys(
+        &self,
+        tenant: &TenantId,
+        kids: &[String],
+        now: UnixTime,
+    ) -> Result<u64, DbError> {
+        let n = on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await?;
+            let mut n = 0;
+            for kid in kids {
+                n += sqlx::query("DELETE FROM auth_signing_keys WHERE tenant = $1 AND kid = $2")
+                    .bind(tenant.as_str())
+                    .bind(kid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            if n > 0 {
+                append_change!(tx, tenant.as_str(), TOPIC_TENANT, tenant.as_str(), now).await?;
+            }
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        self.woke();
+        Ok(n)
     }
 
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, DbError> {

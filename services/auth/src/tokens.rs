@@ -147,11 +147,17 @@ impl AuthService {
         };
         let cached = read(&self.verified).get(token).cloned();
         let claims = match cached {
-            Some(c) if c.tenant == tenant.as_str() => {
-                if let Err(e) = jwt::check_claims(&c, expect) {
+            Some(c) if c.0.tenant == tenant.as_str() => {
+                // The key must still be published: a withdrawn key's tokens stop verifying at
+                // once, even those verified before.
+                let keys = self.tenant_keys(tenant).await?;
+                if keys.verifier(&c.1, now, self.cfg.max_token_ttl).is_none() {
+                    return Ok(Err(TokenError::UnknownKey.into()));
+                }
+                if let Err(e) = jwt::check_claims(&c.0, expect) {
                     return Ok(Err(e.into()));
                 }
-                (*c).clone()
+                c.0.clone()
             }
             _ => {
                 let keys = match self.tenant_keys(tenant).await {
@@ -161,16 +167,24 @@ impl AuthService {
                     Err(e) => return Err(e),
                 };
                 let max_ttl = self.cfg.max_token_ttl;
-                let claims =
-                    match jwt::verify(token, |kid| keys.verifier(kid, now, max_ttl), expect) {
-                        Ok(c) => c,
-                        Err(e) => return Ok(Err(e.into())),
-                    };
+                let mut signed_by = String::new();
+                let verified = jwt::verify(
+                    token,
+                    |kid| {
+                        signed_by = kid.to_owned();
+                        keys.verifier(kid, now, max_ttl)
+                    },
+                    expect,
+                );
+                let claims = match verified {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(e.into())),
+                };
                 let mut cache = write(&self.verified);
                 if cache.len() >= MAX_VERIFIED {
                     cache.clear();
                 }
-                cache.insert(token.to_owned(), Arc::new(claims.clone()));
+                cache.insert(token.to_owned(), Arc::new((claims.clone(), signed_by)));
                 claims
             }
         };

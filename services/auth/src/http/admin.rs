@@ -133,3 +133,17 @@ pub(crate) async fn list_keys(
 ) -> ApiResult<Json<Vec<KeyView>>> {
     Ok(Json(svc.list_keys(&caller).await?))
 }
+
+/// Withdraw a signing key from the JWKS at once; tokens it signed stop verifying everywhere.
+#[utoipa::path(delete, path = "/v1/keys/{kid}", tag = "keys",
+    params(("kid" = String, Path, description = "Key id")),
+    responses((status = 204), (status = 401), (status = 403), (status = 404), (status = 409)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_key(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path(kid): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc.delete_key(&caller, &kid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

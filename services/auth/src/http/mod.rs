@@ -46,6 +46,7 @@ pub fn routes(svc: Arc<AuthService>, verifier: Arc<dyn TokenVerifier>) -> Routes
         .route("/v1/clients/{id}/secret", post(admin::rotate_secret))
         .route("/v1/keys/rotate", post(admin::rotate_key))
         .route("/v1/keys", get(admin::list_keys))
+        .route("/v1/keys/{kid}", axum::routing::delete(admin::delete_key))
         .with_state(state)
 }
 
@@ -130,6 +131,7 @@ impl Service for AuthService {
         admin::rotate_secret,
         admin::rotate_key,
         admin::list_keys,
+        admin::delete_key,
     ),
     modifiers(&BearerScheme)
 )]
