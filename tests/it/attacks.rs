@@ -21,6 +21,7 @@ capstan_tests::on_both_backends!(
     control_characters_are_refused_and_cannot_erase_the_audit_log,
     caches_that_requests_grow_are_bounded,
     an_emergency_rotation_supersedes_and_a_withdrawn_key_stops_verifying,
+    a_client_sending_partial_headers_is_cut_off,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -813,4 +814,32 @@ async fn an_emergency_rotation_supersedes_and_a_withdrawn_key_stops_verifying(ct
     }
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// 7.12: a connection sending partial headers stayed open indefinitely. Headers must now
+/// arrive within `header_read_timeout_seconds`.
+async fn a_client_sending_partial_headers_is_cut_off(ctx: &Ctx) {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut settings = ctx.settings();
+    settings.header_read_timeout = Duration::from_secs(1);
+    let s = ctx.server_with(settings).await;
+    let mut conn = tokio::net::TcpStream::connect(s.server.addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection is still open after 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A well-behaved client is still served.
+    let r = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.shutdown().await;
 }

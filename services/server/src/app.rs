@@ -474,13 +474,13 @@ impl Server {
             .await?;
         app.auth.check_master_key(&default).await?;
         let router = app.router(settings);
+        let limits = crate::serve::ConnLimits {
+            header_read_timeout: settings.header_read_timeout,
+            max_connections: settings.max_connections,
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
+            crate::serve::serve(listener, router, limits, async move {
                 let _ = rx.await;
             })
             .await

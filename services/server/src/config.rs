@@ -122,6 +122,12 @@ pub struct Options {
     /// Largest accepted request body in bytes [65536].
     #[arg(long, env = "CAPSTAN_BODY_LIMIT_BYTES")]
     pub body_limit_bytes: Option<usize>,
+    /// Seconds a client may take to send a request's headers [10].
+    #[arg(long, env = "CAPSTAN_HEADER_READ_TIMEOUT_SECONDS")]
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Connections served at once; more wait in the listen backlog [4096].
+    #[arg(long, env = "CAPSTAN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// How often caches poll the database for changes made by other servers, in ms [250].
     #[arg(long, env = "CAPSTAN_SYNC_INTERVAL_MS")]
     pub sync_interval_ms: Option<u64>,
@@ -170,6 +176,8 @@ impl Options {
                 db_max_connections,
                 request_timeout_seconds,
                 body_limit_bytes,
+                header_read_timeout_seconds,
+                max_connections,
                 sync_interval_ms,
                 decision_retention_days
             ]
@@ -207,6 +215,10 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Body limit.
     pub body_limit_bytes: usize,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Connection limit.
+    pub max_connections: usize,
     /// Cache sync interval.
     pub sync_interval: Duration,
     /// Decision-log retention.
@@ -234,6 +246,8 @@ impl Settings {
             db_max_connections: 16,
             request_timeout: Duration::from_secs(30),
             body_limit_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
             sync_interval: Duration::from_millis(250),
             decision_retention_seconds: 7 * 86_400,
             service_config: BTreeMap::new(),
@@ -294,6 +308,12 @@ impl Settings {
         }
         if let Some(v) = o.request_timeout_seconds {
             s.request_timeout = Duration::from_secs(v.max(1));
+        }
+        if let Some(v) = o.header_read_timeout_seconds {
+            s.header_read_timeout = Duration::from_secs(v.clamp(1, 300));
+        }
+        if let Some(v) = o.max_connections {
+            s.max_connections = v.max(1);
         }
         if let Some(v) = o.body_limit_bytes {
             s.body_limit_bytes = v.max(1024);

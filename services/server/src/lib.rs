@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod serve;
 pub mod telemetry;
 
 pub use app::{App, Server};
