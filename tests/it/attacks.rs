@@ -22,6 +22,7 @@ capstan_tests::on_both_backends!(
     caches_that_requests_grow_are_bounded,
     an_emergency_rotation_supersedes_and_a_withdrawn_key_stops_verifying,
     a_client_sending_partial_headers_is_cut_off,
+    what_a_decision_reads_is_bounded,
 );
 
 /// A service client whose only policy is `document`, and an API token of it.
@@ -841,5 +842,95 @@ async fn a_client_sending_partial_headers_is_cut_off(ctx: &Ctx) {
     // A well-behaved client is still served.
     let r = s.http.get(s.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    s.shutdown().await;
+}
+
+/// 7.8: matching costs grow with wildcards, text and the number of policies. Values hold at
+/// most 16 wildcards, actions and resources at most 2 KiB (path parameters 1 KiB), and a
+/// principal or group at most 20 attached policies (a principal at most 10 groups), so the worst
+/// decision costs a measured ~2 ms (docs/BENCHMARKS.md).
+async fn what_a_decision_reads_is_bounded(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let token = s.token("default", &admin, &[]).await;
+    let greedy = format!("*{}", "?".repeat(6_000));
+    let (status, body) = put(
+        &s,
+        &token,
+        "/v1/policies/Greedy",
+        Some(allow(&["a:b"], &greedy)),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("wildcard"),
+        "{body}"
+    );
+
+    let big = format!("crn:capstan:orders:default:{}", "a".repeat(3_000));
+    let (status, _) = s
+        .api(
+            Method::POST,
+            "/v1/authorize",
+            &token,
+            Some(json!({"principal": admin.id, "action": "orders:Get", "resource": big})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s
+        .api(
+            Method::GET,
+            &format!("/v1/guardrails/{}", "g".repeat(2_000)),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let target = service_client(&s, &token, "crowded").await;
+    for i in 0..21 {
+        let name = format!("P{i}");
+        let (status, _) = put(
+            &s,
+            &token,
+            &format!("/v1/policies/{name}"),
+            Some(allow(&["a:b"], "*")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, body) = put(
+            &s,
+            &token,
+            &format!("/v1/principals/{}/policies/{name}", target.id),
+            None,
+        )
+        .await;
+        if i < 20 {
+            assert_eq!(status, 204, "{body}");
+        } else {
+            assert_eq!(status, 409, "{body}");
+            assert!(
+                body["message"].as_str().unwrap().contains("limit is 20"),
+                "{body}"
+            );
+        }
+    }
+    for i in 0..11 {
+        let group = format!("g{i}");
+        assert_eq!(
+            put(&s, &token, &format!("/v1/groups/{group}"), None)
+                .await
+                .0,
+            204
+        );
+        let (status, body) = put(
+            &s,
+            &token,
+            &format!("/v1/groups/{group}/members/{}", target.id),
+            None,
+        )
+        .await;
+        assert_eq!(status, if i < 10 { 204 } else { 409 }, "{body}");
+    }
     s.shutdown().await;
 }

@@ -23,6 +23,7 @@ use tokio::process::{Child, Command};
 
 mod feed;
 mod policy;
+mod worst;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -40,6 +41,8 @@ enum Which {
     PolicyEngine,
     /// Change-feed delay: a write on one replica until another replica's subscriber has it.
     Feed,
+    /// The most expensive decision the policy limits allow (in-process).
+    Worst,
 }
 
 /// Capstan benchmarks.
@@ -108,6 +111,18 @@ fn main() -> Result<(), String> {
             "first touch p50 {:.1} µs p99 {:.1} µs; engine p50 {:.1} µs p99 {:.1} µs; with log p50 {:.1} µs p99 {:.1} µs",
             r.cold.p50, r.cold.p99, r.engine.p50, r.engine.p99, r.logged.p50, r.logged.p99
         );
+        return Ok(());
+    }
+    if args.which == Which::Worst {
+        for spread in [true, false] {
+            let (worst, statements) = worst::measure(20, spread)?;
+            let shape = if spread {
+                "16 wildcards per pattern"
+            } else {
+                "one wildcard, 1 KB literal"
+            };
+            println!("worst-case decision at the limits ({shape}): {worst:?} over 20 runs ({statements} statements)");
+        }
         return Ok(());
     }
     if args.which == Which::Sign {

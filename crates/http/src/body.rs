@@ -187,6 +187,9 @@ pub async fn reject_oversized(
 /// How much of a refused body is read before answering.
 const DRAIN_LIMIT: usize = 1 << 20;
 
+/// The longest path parameter (a name, an id, a CRN pattern).
+pub const MAX_PATH_PARAM: usize = 1024;
+
 /// Path parameters deserialized into `T`; a parameter that does not decode (invalid UTF-8, a
 /// wrong type) or holds a control character is a JSON 400 that says which.
 #[derive(Debug)]
@@ -207,6 +210,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts
         if let Some((name, _)) = raw.iter().find(|(_, v)| v.chars().any(char::is_control)) {
             return Err(ApiError::BadRequest(format!(
                 "path parameter {name}: control characters are not allowed"
+            )));
+        }
+        if let Some((name, _)) = raw.iter().find(|(_, v)| v.len() > MAX_PATH_PARAM) {
+            return Err(ApiError::BadRequest(format!(
+                "path parameter {name}: at most {MAX_PATH_PARAM} bytes"
             )));
         }
         axum::extract::Path::<T>::from_request_parts(parts, state)

@@ -183,6 +183,7 @@ impl PolicyService {
             max_statements: usize::MAX,
             max_values: usize::MAX,
             max_depth: usize::MAX,
+            max_wildcards: usize::MAX,
         };
         match Policy::parse(text, kind, &limits) {
             Ok(p) => p.policy,

@@ -34,6 +34,9 @@ pub struct Limits {
     pub max_values: usize,
     /// JSON nesting depth.
     pub max_depth: usize,
+    /// Wildcard characters (`*`, `?`) in one value: matching costs grow with them, so a
+    /// request's worst case stays small (see docs/BENCHMARKS.md).
+    pub max_wildcards: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             max_statements: 100,
             max_values: 100,
             max_depth: 6,
+            max_wildcards: 16,
         }
     }
 }

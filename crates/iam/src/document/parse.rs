@@ -178,7 +178,25 @@ impl Parser<'_> {
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match item {
-                Value::String(s) if !s.is_empty() => out.push(s.clone()),
+                Value::String(s) if !s.is_empty() => {
+                    let wildcards = s.chars().filter(|c| *c == '*' || *c == '?').count();
+                    if wildcards > self.limits.max_wildcards {
+                        let p = if v.is_array() {
+                            format!("{path}[{i}]")
+                        } else {
+                            path.to_owned()
+                        };
+                        self.err(
+                            &p,
+                            format!(
+                                "{wildcards} wildcard characters (* or ?); the limit is {}",
+                                self.limits.max_wildcards
+                            ),
+                        );
+                        return None;
+                    }
+                    out.push(s.clone())
+                }
                 Value::Number(n) => out.push(n.to_string()),
                 Value::Bool(b) => out.push(b.to_string()),
                 _ => {

@@ -190,6 +190,7 @@ fn limits_are_counted_and_refused_clearly() {
         max_statements: 3,
         max_values: 4,
         max_depth: 6,
+        max_wildcards: 16,
     };
     let parse = |doc: Value| Policy::parse(&doc.to_string(), PolicyKind::Identity, &limits);
     let st = json!({"Effect": "Allow", "Action": "a:b", "Resource": "*"});
@@ -215,6 +216,20 @@ fn limits_are_counted_and_refused_clearly() {
     let e = parse(json!({"Statement": {"Effect": "Allow", "Action": "a:b", "Resource": "*", "Condition": {"StringEquals": {"k": [[[["deep"]]]]}}}})).unwrap_err();
     assert!(e[0].message.contains("levels deep"), "{e:?}");
     // Deep nesting far past serde's limits is refused, never a crash.
+    // Patterns whose matching cost an attacker could grow: `*` followed by thousands of `?`.
+    let greedy = format!("*{}", "?".repeat(6_000));
+    let e = parse(json!({"Statement": {"Effect": "Allow", "Action": "a:b", "Resource": greedy}}));
+    assert!(
+        Policy::parse(
+            &json!({"Statement": {"Effect": "Allow", "Action": "a:b", "Resource": format!("*{}", "?".repeat(6_000))}}).to_string(),
+            PolicyKind::Identity,
+            &Limits { max_chars: 1_000_000, ..limits }
+        )
+        .unwrap_err()[0]
+            .message
+            .contains("6001 wildcard characters (* or ?); the limit is 16"),
+        "{e:?}"
+    );
     let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(Policy::parse(
         &deep,

@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Policies attached to one principal or one group. With [`MAX_GROUPS_PER_PRINCIPAL`], this
+/// bounds the policies one decision reads (see docs/BENCHMARKS.md).
+pub const MAX_ATTACHMENTS: usize = 20;
+/// Groups one principal belongs to (directly or through nesting).
+pub const MAX_GROUPS_PER_PRINCIPAL: usize = 10;
+
 impl PolicyService {
     pub(crate) async fn policy_exists(
         &self,
@@ -94,6 +100,19 @@ impl PolicyService {
         }
         let t = caller.tenant.as_str();
         let now = self.clock.now();
+        if present && !member.starts_with(GROUP_PREFIX) {
+            let snap = self.snapshot(&caller.tenant).await?;
+            let groups = snap.groups_of.get(member).map_or(0, Vec::len);
+            let already = snap
+                .groups_of
+                .get(member)
+                .is_some_and(|g| g.iter().any(|n| n == group));
+            if !already && groups >= MAX_GROUPS_PER_PRINCIPAL {
+                return Err(PolicyError::Conflict(format!(
+                    "{member:?} is in {groups} groups; the limit is {MAX_GROUPS_PER_PRINCIPAL}"
+                )));
+            }
+        }
         if present {
             self.store.add_member(t, group, member, now).await?;
         } else if !self.store.remove_member(t, group, member, now).await? {
@@ -149,6 +168,19 @@ impl PolicyService {
         let now = self.clock.now();
         if present {
             self.policy_exists(&caller.tenant, policy).await?;
+            let snap = self.snapshot(&caller.tenant).await?;
+            let attached = if group {
+                snap.group_policies.get(target)
+            } else {
+                snap.principal_policies.get(target)
+            };
+            let count = attached.map_or(0, Vec::len);
+            let already = attached.is_some_and(|a| a.iter().any(|p| p == policy));
+            if !already && count >= MAX_ATTACHMENTS {
+                return Err(PolicyError::Conflict(format!(
+                    "{target:?} has {count} policies attached; the limit is {MAX_ATTACHMENTS}"
+                )));
+            }
             self.store.attach(t, kind, target, policy, now).await?;
         } else if !self.store.detach(t, kind, target, policy, now).await? {
             return Err(PolicyError::NotFound(format!(
