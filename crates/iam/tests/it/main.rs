@@ -8,6 +8,7 @@ mod conditions;
 mod decisions;
 mod matching;
 mod properties;
+mod robustness;
 mod validation;
 
 use capstan_iam::{

@@ -330,7 +330,44 @@ pub(crate) async fn revoke(
 
 #[cfg(test)]
 mod tests {
-    use super::form_decode;
+    use super::{form_decode, Form};
+    use axum::http::{header, HeaderMap, HeaderValue};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any body, up to the server's limit, parses or is refused with an OAuth error,
+        /// quickly: no panic, no quadratic case (repeats are a set lookup, parameters capped).
+        #[test]
+        fn the_form_parser_takes_anything(
+            noise in proptest::collection::vec(
+                prop_oneof![Just(b'&'), Just(b'='), Just(b'%'), Just(b'a'), any::<u8>()],
+                0..512,
+            ),
+            params in 0usize..8_000,
+            repeat in any::<bool>(),
+        ) {
+            // Random bytes, then up to 8,000 parameters (distinct, or one repeated): the shapes
+            // that were quadratic, up to the 64 KiB body limit.
+            let mut body = noise;
+            for i in 0..params {
+                let name = if repeat { 0 } else { i };
+                body.extend_from_slice(format!("&p{name}=v").as_bytes());
+            }
+            body.truncate(65_536);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+            let start = std::time::Instant::now();
+            let _ = Form::parse(&headers, &body);
+            let decoded = form_decode(&String::from_utf8_lossy(&body));
+            prop_assert!(start.elapsed() < std::time::Duration::from_millis(50), "{:?}", start.elapsed());
+            let _ = decoded;
+        }
+    }
 
     #[test]
     fn decodes_form_encoding() {
