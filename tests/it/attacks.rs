@@ -722,6 +722,19 @@ async fn caches_that_requests_grow_are_bounded(ctx: &Ctx) {
             .unwrap();
     }
     assert_eq!(policy.cached_indexes(&tenant).await.unwrap(), 0);
+
+    // Mint-and-revoke: each revoked id is kept only until its token expires.
+    let admin = s.admin().await;
+    let before = auth.revoked_count();
+    for _ in 0..50 {
+        let t = s.token("default", &admin, &[]).await;
+        let r = s.oauth("default", "revoke", &admin, &[("token", &t)]).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(auth.revoked_count(), before + 50);
+    s.clock.advance(900 + 60);
+    auth.housekeeping().await.unwrap();
+    assert_eq!(auth.revoked_count(), 0);
     s.shutdown().await;
 }
 

@@ -248,6 +248,11 @@ impl AuthService {
         Ok(found)
     }
 
+    /// Revoked token ids remembered (each until its token expires). For tests and metrics.
+    pub fn revoked_count(&self) -> usize {
+        read(&self.revoked).len()
+    }
+
     /// Cached client entries: (clients found, misses). For tests and metrics.
     pub fn cached_clients(&self) -> (usize, usize) {
         let cache = read(&self.clients);
@@ -296,8 +301,12 @@ impl AuthService {
                     Some((jti, exp)) => (jti, exp.parse().ok()),
                     None => (c.key.as_str(), None),
                 };
-                let exp = exp.unwrap_or_else(|| self.now() + self.cfg.max_token_ttl);
-                self.remember_revocation(jti.to_owned(), exp);
+                let now = self.now();
+                let exp = exp.unwrap_or(now + self.cfg.max_token_ttl);
+                // A token already expired needs no revocation (and housekeeping dropped it).
+                if exp + self.cfg.leeway >= now {
+                    self.remember_revocation(jti.to_owned(), exp);
+                }
             }
             TOPIC_CLIENT | TOPIC_TENANT => self.invalidate(&c.tenant, &c.topic, &c.key),
             _ => {}

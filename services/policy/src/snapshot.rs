@@ -315,13 +315,24 @@ impl PolicyService {
             } else {
                 self.store.default_documents(tenant.as_str()).await?
             };
-            fresh = docs
-                .into_iter()
-                .map(|(n, v, d)| {
-                    let p = self.compile(&d, PolicyKind::Identity, &n);
-                    (key(&n, v), Arc::new(p))
-                })
-                .collect();
+            let docs_len = docs.len();
+            let compile_all = || {
+                docs.into_iter()
+                    .map(|(n, v, d)| {
+                        let p = self.compile(&d, PolicyKind::Identity, &n);
+                        (key(&n, v), Arc::new(p))
+                    })
+                    .collect()
+            };
+            // Compiling a whole tenant (start-up, a cold tenant) is CPU work of up to a few
+            // hundred ms: it must not hold an async worker that other requests wait on.
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            fresh = if docs_len > 20 && multi_thread {
+                tokio::task::block_in_place(compile_all)
+            } else {
+                compile_all()
+            };
         }
         let mut cache = self
             .compiled
