@@ -268,16 +268,7 @@ async fn only_admins_of_the_tenant_may_call_the_admin_api(ctx: &Ctx) {
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["tenant"]["issuer"], s.url("/t/team-b").as_str());
-    let b = Creds {
-        id: created["admin_client"]["client_id"]
-            .as_str()
-            .unwrap()
-            .into(),
-        secret: created["admin_client"]["client_secret"]
-            .as_str()
-            .unwrap()
-            .into(),
-    };
+    let b = Creds::from_json(&created["admin_client"]);
     let bt = s.token("team-b", &b, &[]).await;
     let (status, list) = s.api(Method::GET, "/v1/clients", &bt, None).await;
     assert_eq!(status, 200);

@@ -119,16 +119,7 @@ async fn authorize_refuses_resources_of_another_tenant(ctx: &Ctx) {
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    let t2 = Creds {
-        id: created["admin_client"]["client_id"]
-            .as_str()
-            .unwrap()
-            .into(),
-        secret: created["admin_client"]["client_secret"]
-            .as_str()
-            .unwrap()
-            .into(),
-    };
+    let t2 = Creds::from_json(&created["admin_client"]);
     let t2_token = s.token("t2", &t2, &[]).await;
     let ask = |resource: &str| json!({"principal": t2.id, "action": "auth:ListClients", "resource": resource});
     for resource in [

@@ -97,16 +97,7 @@ async fn client_token_verifies_against_jwks_for_every_algorithm(ctx: &Ctx) {
             )
             .await;
         assert_eq!(status, 201, "{created}");
-        let tadmin = Creds {
-            id: created["admin_client"]["client_id"]
-                .as_str()
-                .unwrap()
-                .into(),
-            secret: created["admin_client"]["client_secret"]
-                .as_str()
-                .unwrap()
-                .into(),
-        };
+        let tadmin = Creds::from_json(&created["admin_client"]);
         let t = s.token(&id, &tadmin, &[]).await;
         let jwks = s.jwks(&id).await;
         assert_eq!(jwks["keys"][0]["alg"], alg);

@@ -94,6 +94,19 @@ pub struct Creds {
     pub secret: String,
 }
 
+impl Creds {
+    /// The credentials in an API answer that shows a secret (`client_id`, `client_secret`).
+    pub fn from_json(v: &Value) -> Creds {
+        Creds {
+            id: v["client_id"].as_str().expect("client_id").to_owned(),
+            secret: v["client_secret"]
+                .as_str()
+                .expect("client_secret")
+                .to_owned(),
+        }
+    }
+}
+
 /// A running server with its manual clock and an HTTP client.
 pub struct TestServer {
     /// The server.
@@ -198,10 +211,7 @@ impl TestServer {
             )
             .await;
         assert_eq!(status, 201, "{v}");
-        Creds {
-            id: v["client_id"].as_str().unwrap().to_owned(),
-            secret: v["client_secret"].as_str().unwrap().to_owned(),
-        }
+        Creds::from_json(&v)
     }
 
     /// An admin token, plus a service client "orders" and its token.
