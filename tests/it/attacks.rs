@@ -936,5 +936,16 @@ async fn what_a_decision_reads_is_bounded(ctx: &Ctx) {
         .await;
         assert_eq!(status, if i < 10 { 204 } else { 409 }, "{body}");
     }
+    // Nesting counts too: g0 inside another group would put the principal in 11.
+    assert_eq!(put(&s, &token, "/v1/groups/outer", None).await.0, 204);
+    let (status, body) = put(&s, &token, "/v1/groups/outer/members/group:g0", None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("11 groups"),
+        "{body}"
+    );
+    // A group whose principals have room may be nested.
+    let (status, body) = put(&s, &token, "/v1/groups/outer/members/group:g10", None).await;
+    assert_eq!(status, 204, "{body}");
     s.shutdown().await;
 }

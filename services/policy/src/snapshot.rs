@@ -231,7 +231,8 @@ impl PolicyService {
             rm.add_link(member, &format!("{GROUP_PREFIX}{group}"), domain);
             members.insert(member.clone());
         }
-        for m in members.iter().filter(|m| !m.starts_with(GROUP_PREFIX)) {
+        // Principals, and nested groups (under `group:<name>`: the groups that group is in).
+        for m in &members {
             let mut groups = Vec::new();
             let mut queue = vec![m.clone()];
             let mut seen = HashSet::new();

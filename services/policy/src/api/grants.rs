@@ -100,17 +100,40 @@ impl PolicyService {
         }
         let t = caller.tenant.as_str();
         let now = self.clock.now();
-        if present && !member.starts_with(GROUP_PREFIX) {
+        if present {
+            // No principal may end up in more groups than the limit, directly or through
+            // nesting: adding `group:X` to G puts X's principals in G and G's ancestors too.
             let snap = self.snapshot(&caller.tenant).await?;
-            let groups = snap.groups_of.get(member).map_or(0, Vec::len);
-            let already = snap
-                .groups_of
-                .get(member)
-                .is_some_and(|g| g.iter().any(|n| n == group));
-            if !already && groups >= MAX_GROUPS_PER_PRINCIPAL {
-                return Err(PolicyError::Conflict(format!(
-                    "{member:?} is in {groups} groups; the limit is {MAX_GROUPS_PER_PRINCIPAL}"
-                )));
+            let mut joined: Vec<&str> = vec![group];
+            if let Some(up) = snap.groups_of.get(&format!("{GROUP_PREFIX}{group}")) {
+                joined.extend(up.iter().map(String::as_str));
+            }
+            let affected: Vec<(&String, &Vec<String>)> = match member.strip_prefix(GROUP_PREFIX) {
+                Some(inner) => snap
+                    .groups_of
+                    .iter()
+                    .filter(|(p, g)| !p.starts_with(GROUP_PREFIX) && g.iter().any(|n| n == inner))
+                    .collect(),
+                None => snap.groups_of.get_key_value(member).into_iter().collect(),
+            };
+            let empty = Vec::new();
+            let affected: Vec<(&str, &Vec<String>)> =
+                if affected.is_empty() && !member.starts_with(GROUP_PREFIX) {
+                    vec![(member, &empty)]
+                } else {
+                    affected.into_iter().map(|(p, g)| (p.as_str(), g)).collect()
+                };
+            for (principal, groups) in affected {
+                let total = groups.len()
+                    + joined
+                        .iter()
+                        .filter(|j| !groups.iter().any(|g| g == *j))
+                        .count();
+                if total > MAX_GROUPS_PER_PRINCIPAL {
+                    return Err(PolicyError::Conflict(format!(
+                        "{principal:?} would be in {total} groups; the limit is {MAX_GROUPS_PER_PRINCIPAL}"
+                    )));
+                }
             }
         }
         if present {
