@@ -76,6 +76,11 @@ seccompProfile:
 - name: CAPSTAN_DATABASE_URL
   valueFrom:
     secretKeyRef:
+      {{- if .Values.secret.databaseUrlFrom.name }}
+      name: {{ .Values.secret.databaseUrlFrom.name }}
+      key: {{ .Values.secret.databaseUrlFrom.key }}
+      {{- else }}
       name: {{ include "capstan.secretName" . }}
       key: database-url
+      {{- end }}
 {{- end -}}

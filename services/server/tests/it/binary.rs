@@ -15,7 +15,7 @@ use capstan_tests::server::verify_with_jwks;
 
 const BIN: &str = env!("CARGO_BIN_EXE_capstan");
 
-fn capstan(args: &[&str]) -> Command {
+pub(crate) fn capstan(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env_remove("CAPSTAN_MASTER_KEY")
@@ -30,7 +30,7 @@ fn capstan(args: &[&str]) -> Command {
 
 /// Starts a server command and waits for its "listening on ADDR" line; returns the child, the
 /// address and the lines printed before it.
-async fn start(mut cmd: Command) -> (Child, String, Vec<String>) {
+pub(crate) async fn start(mut cmd: Command) -> (Child, String, Vec<String>) {
     let mut child = cmd.spawn().expect("spawn capstan");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -59,7 +59,7 @@ async fn start(mut cmd: Command) -> (Child, String, Vec<String>) {
 }
 
 /// SIGTERM, then expects a clean exit.
-async fn terminate(mut child: Child) {
+pub(crate) async fn terminate(mut child: Child) {
     let pid = child.id().unwrap().to_string();
     let st = std::process::Command::new("kill")
         .args(["-TERM", &pid])
