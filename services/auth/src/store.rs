@@ -142,6 +142,25 @@ impl SqlStore {
     }
 }
 
+/// Runs `$body` in one transaction as `tx`; the body evaluates to how many rows it changed.
+/// When it changed any, the feed row `($topic, $key)` of `$tenant` is appended in the same
+/// transaction (the outbox); after the commit, the server's feed is woken. Evaluates to the count.
+macro_rules! write_tx {
+    ($store:expr, $tenant:expr, $topic:expr, $key:expr, $now:expr, |$tx:ident| $body:expr) => {{
+        let n = on_pool!(&$store.db, |p| {
+            let mut $tx = p.begin().await?;
+            let n: u64 = $body;
+            if n > 0 {
+                append_change!($tx, $tenant, $topic, $key, $now).await?;
+            }
+            $tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        $store.woke();
+        n
+    }};
+}
+
 fn corrupt(what: &str) -> DbError {
     DbError::Corrupt(what.to_owned())
 }
@@ -198,21 +217,14 @@ impl TenantStore for SqlStore {
         alg: Alg,
         now: UnixTime,
     ) -> Result<bool, DbError> {
-        let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            let n = sqlx::query("UPDATE core_tenants SET signing_alg = $2 WHERE id = $1")
+        let n = write_tx!(self, id.as_str(), TOPIC_TENANT, id.as_str(), now, |tx| {
+            sqlx::query("UPDATE core_tenants SET signing_alg = $2 WHERE id = $1")
                 .bind(id.as_str())
                 .bind(alg.as_str())
                 .execute(&mut *tx)
                 .await?
-                .rows_affected();
-            if n > 0 {
-                append_change!(tx, id.as_str(), TOPIC_TENANT, id.as_str(), now).await?;
-            }
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        self.woke();
+                .rows_affected()
+        });
         Ok(n == 1)
     }
 }
@@ -268,45 +280,42 @@ impl ClientStore for SqlStore {
             Some((h, e)) => (Some(h.clone()), Some(*e)),
             None => (None, None),
         };
-        on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            sqlx::query("INSERT INTO core_principals (id, tenant, kind, created_at) VALUES ($1, $2, $3, $4)")
+        write_tx!(
+            self,
+            c.tenant.as_str(),
+            TOPIC_CLIENT,
+            c.id.as_str(),
+            c.created_at,
+            |tx| {
+                sqlx::query("INSERT INTO core_principals (id, tenant, kind, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(c.id.as_str())
+                    .bind(c.tenant.as_str())
+                    .bind(PrincipalKind::Service.as_str())
+                    .bind(c.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO auth_clients (id, tenant, name, secret_hash, previous_secret_hash, \
+                     previous_secret_expires_at, scopes, audiences, token_ttl_seconds, is_admin, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
                 .bind(c.id.as_str())
                 .bind(c.tenant.as_str())
-                .bind(PrincipalKind::Service.as_str())
+                .bind(&c.name)
+                .bind(&c.secret_hash)
+                .bind(prev_hash)
+                .bind(prev_exp)
+                .bind(json_list(&c.scopes))
+                .bind(json_list(&c.audiences))
+                .bind(c.token_ttl_seconds)
+                .bind(c.admin)
                 .bind(c.created_at)
+                .bind(c.updated_at)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO auth_clients (id, tenant, name, secret_hash, previous_secret_hash, \
-                 previous_secret_expires_at, scopes, audiences, token_ttl_seconds, is_admin, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(c.id.as_str())
-            .bind(c.tenant.as_str())
-            .bind(&c.name)
-            .bind(&c.secret_hash)
-            .bind(prev_hash)
-            .bind(prev_exp)
-            .bind(json_list(&c.scopes))
-            .bind(json_list(&c.audiences))
-            .bind(c.token_ttl_seconds)
-            .bind(c.admin)
-            .bind(c.created_at)
-            .bind(c.updated_at)
-            .execute(&mut *tx)
-            .await?;
-            append_change!(
-                tx,
-                c.tenant.as_str(),
-                TOPIC_CLIENT,
-                c.id.as_str(),
-                c.created_at
-            )
-            .await?;
-            tx.commit().await
-        })?;
-        self.woke();
+                1
+            }
+        );
         Ok(())
     }
 
@@ -347,21 +356,21 @@ impl ClientStore for SqlStore {
         now: UnixTime,
     ) -> Result<bool, DbError> {
         // The client row goes with its principal (ON DELETE CASCADE).
-        let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            let n = sqlx::query("DELETE FROM core_principals WHERE tenant = $1 AND id = $2")
-                .bind(tenant.as_str())
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n > 0 {
-                append_change!(tx, tenant.as_str(), TOPIC_CLIENT, id.as_str(), now).await?;
+        let n = write_tx!(
+            self,
+            tenant.as_str(),
+            TOPIC_CLIENT,
+            id.as_str(),
+            now,
+            |tx| {
+                sqlx::query("DELETE FROM core_principals WHERE tenant = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
             }
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        self.woke();
+        );
         Ok(n == 1)
     }
 
@@ -377,28 +386,28 @@ impl ClientStore for SqlStore {
             Some((h, e)) => (Some(h.to_vec()), Some(e)),
             None => (None, None),
         };
-        let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            let n = sqlx::query(
-                "UPDATE auth_clients SET secret_hash = $3, previous_secret_hash = $4, \
+        let n = write_tx!(
+            self,
+            tenant.as_str(),
+            TOPIC_CLIENT,
+            id.as_str(),
+            now,
+            |tx| {
+                sqlx::query(
+                    "UPDATE auth_clients SET secret_hash = $3, previous_secret_hash = $4, \
                  previous_secret_expires_at = $5, updated_at = $6 WHERE tenant = $1 AND id = $2",
-            )
-            .bind(tenant.as_str())
-            .bind(id.as_str())
-            .bind(secret_hash)
-            .bind(prev_hash)
-            .bind(prev_exp)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n > 0 {
-                append_change!(tx, tenant.as_str(), TOPIC_CLIENT, id.as_str(), now).await?;
+                )
+                .bind(tenant.as_str())
+                .bind(id.as_str())
+                .bind(secret_hash)
+                .bind(prev_hash)
+                .bind(prev_exp)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
             }
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        self.woke();
+        );
         Ok(n == 1)
     }
 
@@ -420,8 +429,7 @@ impl KeyStore for SqlStore {
     async fn insert_key(&self, k: &StoredKey) -> Result<(), DbError> {
         let jwk = serde_json::to_string(&k.public_jwk).map_err(|_| corrupt("jwk"))?;
         let tenant = k.tenant.as_str();
-        on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+        write_tx!(self, tenant, TOPIC_TENANT, tenant, k.created_at, |tx| {
             sqlx::query(
                 "INSERT INTO auth_signing_keys (tenant, kid, alg, public_jwk, private_key_sealed, \
                  created_at, activates_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -434,11 +442,9 @@ impl KeyStore for SqlStore {
             .bind(k.created_at)
             .bind(k.activates_at)
             .execute(&mut *tx)
-            .await?;
-            append_change!(tx, tenant, TOPIC_TENANT, tenant, k.created_at).await?;
-            tx.commit().await
-        })?;
-        self.woke();
+            .await?
+            .rows_affected()
+        });
         Ok(())
     }
 
@@ -448,25 +454,26 @@ impl KeyStore for SqlStore {
         kids: &[String],
         now: UnixTime,
     ) -> Result<u64, DbError> {
-        let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            let mut n = 0;
-            for kid in kids {
-                n += sqlx::query("DELETE FROM auth_signing_keys WHERE tenant = $1 AND kid = $2")
-                    .bind(tenant.as_str())
-                    .bind(kid)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+        Ok(write_tx!(
+            self,
+            tenant.as_str(),
+            TOPIC_TENANT,
+            tenant.as_str(),
+            now,
+            |tx| {
+                let mut n = 0;
+                for kid in kids {
+                    n +=
+                        sqlx::query("DELETE FROM auth_signing_keys WHERE tenant = $1 AND kid = $2")
+                            .bind(tenant.as_str())
+                            .bind(kid)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                }
+                n
             }
-            if n > 0 {
-                append_change!(tx, tenant.as_str(), TOPIC_TENANT, tenant.as_str(), now).await?;
-            }
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        self.woke();
-        Ok(n)
+        ))
     }
 
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, DbError> {
@@ -508,9 +515,8 @@ impl RevocationStore for SqlStore {
         now: UnixTime,
     ) -> Result<(), DbError> {
         let key = format!("{jti} {expires_at}");
-        on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
-            let n = sqlx::query(
+        write_tx!(self, tenant.as_str(), TOPIC_REVOCATION, &key, now, |tx| {
+            sqlx::query(
                 "INSERT INTO auth_revocations (tenant, jti, expires_at, revoked_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, jti) DO NOTHING",
             )
@@ -520,13 +526,8 @@ impl RevocationStore for SqlStore {
             .bind(now)
             .execute(&mut *tx)
             .await?
-            .rows_affected();
-            if n > 0 {
-                append_change!(tx, tenant.as_str(), TOPIC_REVOCATION, &key, now).await?;
-            }
-            tx.commit().await
-        })?;
-        self.woke();
+            .rows_affected()
+        });
         Ok(())
     }
 

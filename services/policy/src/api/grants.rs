@@ -108,21 +108,16 @@ impl PolicyService {
             if let Some(up) = snap.groups_of.get(&format!("{GROUP_PREFIX}{group}")) {
                 joined.extend(up.iter().map(String::as_str));
             }
-            let affected: Vec<(&String, &Vec<String>)> = match member.strip_prefix(GROUP_PREFIX) {
+            let empty = Vec::new();
+            let affected: Vec<(&str, &Vec<String>)> = match member.strip_prefix(GROUP_PREFIX) {
                 Some(inner) => snap
                     .groups_of
                     .iter()
                     .filter(|(p, g)| !p.starts_with(GROUP_PREFIX) && g.iter().any(|n| n == inner))
+                    .map(|(p, g)| (p.as_str(), g))
                     .collect(),
-                None => snap.groups_of.get_key_value(member).into_iter().collect(),
+                None => vec![(member, snap.groups_of.get(member).unwrap_or(&empty))],
             };
-            let empty = Vec::new();
-            let affected: Vec<(&str, &Vec<String>)> =
-                if affected.is_empty() && !member.starts_with(GROUP_PREFIX) {
-                    vec![(member, &empty)]
-                } else {
-                    affected.into_iter().map(|(p, g)| (p.as_str(), g)).collect()
-                };
             for (principal, groups) in affected {
                 let total = groups.len()
                     + joined
