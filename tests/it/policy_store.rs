@@ -187,6 +187,21 @@ async fn revisions_and_load_are_tenant_scoped(ctx: &Ctx) {
     assert_eq!(s.load("a").await.unwrap().revision, 4);
 }
 
+fn filter<'a>(
+    principal: Option<&'a str>,
+    decision: Option<&'a str>,
+    since: Option<i64>,
+    limit: i64,
+) -> DecisionFilter<'a> {
+    DecisionFilter {
+        principal,
+        decision,
+        since,
+        after: None,
+        limit,
+    }
+}
+
 fn record(tenant: &str, principal: &str, decision: &str, at: i64) -> DecisionRecord {
     DecisionRecord {
         tenant: tenant.into(),
@@ -222,27 +237,42 @@ async fn decisions_are_batched_filtered_and_pruned(ctx: &Ctx) {
         .chain([record("b", "svc_x", "Deny", 1)])
         .collect();
     s.insert_decisions(&batch).await.unwrap();
-    let all = s.list_decisions("a", None, None, None, 1000).await.unwrap();
+    let all = s.list_decisions("a", &filter(None, None, None, 1000)).await.unwrap();
     assert_eq!(all.len(), 600, "other tenants' decisions are not listed");
-    assert_eq!(all[0].at, 599, "newest first");
-    assert_eq!(all[0], record("a", "svc_y", "Allow", 599));
+    assert_eq!(all[0].1.at, 599, "newest first");
+    assert_eq!(all[0].1, record("a", "svc_y", "Allow", 599));
+    // Following the log: the oldest after a sequence number first.
+    let after = s
+        .list_decisions(
+            "a",
+            &DecisionFilter {
+                after: Some(all[5].0),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 5);
+    assert!(after.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(after[4].1.at, 599);
     let x_denies = s
-        .list_decisions("a", Some("svc_x"), Some("Deny"), None, 1000)
+        .list_decisions("a", &filter(Some("svc_x"), Some("Deny"), None, 1000))
         .await
         .unwrap();
     assert_eq!(x_denies.len(), 100);
     assert!(x_denies
         .iter()
-        .all(|d| d.principal == "svc_x" && d.decision == "Deny"));
+        .all(|(_, d)| d.principal == "svc_x" && d.decision == "Deny"));
     assert_eq!(
-        s.list_decisions("a", None, None, Some(590), 1000)
+        s.list_decisions("a", &filter(None, None, Some(590), 1000))
             .await
             .unwrap()
             .len(),
         10
     );
     assert_eq!(
-        s.list_decisions("a", None, None, None, 5)
+        s.list_decisions("a", &filter(None, None, None, 5))
             .await
             .unwrap()
             .len(),
@@ -250,7 +280,7 @@ async fn decisions_are_batched_filtered_and_pruned(ctx: &Ctx) {
     );
     assert_eq!(s.prune_decisions(300).await.unwrap(), 301);
     assert_eq!(
-        s.list_decisions("a", None, None, None, 1000)
+        s.list_decisions("a", &filter(None, None, None, 1000))
             .await
             .unwrap()
             .len(),

@@ -144,11 +144,9 @@ impl IntoResponse for ApiError {
             )
                 .into_response(),
             ApiError::Unauthenticated(m) => {
-                let mut r = body(status, "unauthenticated", &m);
-                let challenge = format!(
-                    "Bearer realm=\"capstan\", error=\"invalid_token\", error_description=\"{}\"",
-                    m.replace(['"', '\\'], "'")
-                );
+                let mut r =
+                    (status, Json(capstan_proto::refusal::unauthenticated(&m))).into_response();
+                let challenge = capstan_proto::refusal::bearer_challenge(&m);
                 if let Ok(v) = HeaderValue::from_str(&challenge) {
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
@@ -160,13 +158,7 @@ impl IntoResponse for ApiError {
                 reason,
             } => (
                 status,
-                Json(json!({
-                    "error": "forbidden",
-                    "message": format!("not allowed to {action} on {resource}"),
-                    "action": action,
-                    "resource": resource,
-                    "reason": reason,
-                })),
+                Json(capstan_proto::refusal::forbidden(&action, &resource, &reason)),
             )
                 .into_response(),
             ApiError::NotFound(m) => body(status, "not_found", &m),

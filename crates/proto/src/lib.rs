@@ -19,3 +19,34 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
+
+/// The bodies and challenges of Capstan's authentication and authorization refusals, built in
+/// one place for the server and for the SDK's layer (a service protected by the SDK answers
+/// exactly as Capstan does).
+pub mod refusal {
+    use serde_json::{json, Value};
+
+    /// The body of a 401.
+    pub fn unauthenticated(message: &str) -> Value {
+        json!({"error": "unauthenticated", "message": message})
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 for a bearer token (RFC 6750 §3).
+    pub fn bearer_challenge(message: &str) -> String {
+        format!(
+            "Bearer realm=\"capstan\", error=\"invalid_token\", error_description=\"{}\"",
+            message.replace(['"', '\\'], "'")
+        )
+    }
+
+    /// The body of a 403: what was asked, on what, and why not.
+    pub fn forbidden(action: &str, resource: &str, reason: &str) -> Value {
+        json!({
+            "error": "forbidden",
+            "message": format!("not allowed to {action} on {resource}"),
+            "action": action,
+            "resource": resource,
+            "reason": reason,
+        })
+    }
+}

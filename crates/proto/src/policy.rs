@@ -138,6 +138,8 @@ pub struct BatchResponse {
 /// A recorded decision.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DecisionView {
+    /// Its position in the log (`?after=` lists those that follow it).
+    pub seq: i64,
     /// Principal.
     pub principal: String,
     /// Action.
@@ -252,4 +254,50 @@ pub struct SimulateResponse {
     pub changed: usize,
     /// Every decision, the changed ones first.
     pub results: Vec<SimulatedDecision>,
+}
+
+/// A stored version of a managed policy, in `GET /v1/policies/{name}/versions`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyVersionView {
+    /// Version number.
+    pub version: i64,
+    /// Whether it is the default version.
+    pub default: bool,
+    /// When it was written (Unix seconds).
+    pub created_at: i64,
+}
+
+/// A group, in `GET /v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupView {
+    /// Group name.
+    pub name: String,
+    /// Members: principal ids and `group:<name>`.
+    pub members: Vec<String>,
+    /// Policies attached to the group.
+    pub policies: Vec<String>,
+}
+
+/// A resource policy, in `GET /v1/resource-policies`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResourcePolicyView {
+    /// The CRN pattern it is attached to.
+    pub resource: String,
+    /// The document.
+    #[schema(value_type = Object)]
+    pub document: Value,
+    /// When it was last written (Unix seconds).
+    pub updated_at: i64,
+}
+
+/// A guardrail, in `GET /v1/guardrails`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuardrailView {
+    /// Guardrail name.
+    pub name: String,
+    /// The document.
+    #[schema(value_type = Object)]
+    pub document: Value,
+    /// When it was last written (Unix seconds).
+    pub updated_at: i64,
 }

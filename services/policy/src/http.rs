@@ -19,7 +19,8 @@ use utoipa::OpenApi;
 
 use crate::api::{
     AuthorizeRequest, AuthorizeResponse, BatchRequest, BatchResponse, BoundaryRequest,
-    DecisionView, PolicySummary, PolicyView, PutPolicyResult, TagsRequest, Validation,
+    DecisionView, GroupView, GuardrailView, PolicySummary, PolicyVersionView, PolicyView,
+    PutPolicyResult, ResourcePolicyView, TagsRequest, Validation,
 };
 use crate::error::PolicyError;
 use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
@@ -140,6 +141,59 @@ async fn validate(
         }
     };
     Ok(Json(svc.validate(&c, &doc, kind).await?))
+}
+
+/// List the stored versions of a managed policy (oldest first).
+#[utoipa::path(get, path = "/v1/policies/{name}/versions", tag = "policy", params(("name" = String, Path)),
+    responses((status = 200, body = Vec<PolicyVersionView>), (status = 403), (status = 404)), security(("bearer" = [])))]
+async fn list_policy_versions(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<PolicyVersionView>>> {
+    Ok(Json(svc.list_policy_versions(&c, &name).await?))
+}
+
+/// List groups with their members and attached policies.
+#[utoipa::path(get, path = "/v1/groups", tag = "policy",
+    responses((status = 200, body = Vec<GroupView>), (status = 403)), security(("bearer" = [])))]
+async fn list_groups(State(svc): Svc, Bearer(c): Bearer) -> ApiResult<Json<Vec<GroupView>>> {
+    Ok(Json(svc.list_groups(&c).await?))
+}
+
+/// List resource policies.
+#[utoipa::path(get, path = "/v1/resource-policies", tag = "policy",
+    responses((status = 200, body = Vec<ResourcePolicyView>), (status = 403)), security(("bearer" = [])))]
+async fn list_resource_policies(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+) -> ApiResult<Json<Vec<ResourcePolicyView>>> {
+    let rows = svc.list_keyed(&c, Keyed::ResourcePolicy).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(resource, document, updated_at)| ResourcePolicyView {
+                resource,
+                document,
+                updated_at,
+            })
+            .collect(),
+    ))
+}
+
+/// List guardrails.
+#[utoipa::path(get, path = "/v1/guardrails", tag = "policy",
+    responses((status = 200, body = Vec<GuardrailView>), (status = 403)), security(("bearer" = [])))]
+async fn list_guardrails(State(svc): Svc, Bearer(c): Bearer) -> ApiResult<Json<Vec<GuardrailView>>> {
+    let rows = svc.list_keyed(&c, Keyed::Guardrail).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(name, document, updated_at)| GuardrailView {
+                name,
+                document,
+                updated_at,
+            })
+            .collect(),
+    ))
 }
 
 /// Create a group (idempotent).
@@ -377,12 +431,13 @@ struct DecisionQuery {
     principal: Option<String>,
     decision: Option<String>,
     since: Option<i64>,
+    after: Option<i64>,
     limit: Option<i64>,
 }
 
 /// Recent decisions: every `/v1/authorize` decision and every guarded API call.
 #[utoipa::path(get, path = "/v1/decisions", tag = "policy",
-    params(("principal" = Option<String>, Query), ("decision" = Option<String>, Query), ("since" = Option<i64>, Query), ("limit" = Option<i64>, Query)),
+    params(("principal" = Option<String>, Query), ("decision" = Option<String>, Query), ("since" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "only decisions after this `seq`, oldest first"), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = Vec<DecisionView>), (status = 400), (status = 403)), security(("bearer" = [])))]
 async fn decisions(
     State(svc): Svc,
@@ -395,6 +450,7 @@ async fn decisions(
             q.principal.as_deref(),
             q.decision.as_deref(),
             q.since,
+            q.after,
             q.limit,
         )
         .await?;
@@ -421,6 +477,16 @@ pub fn routes(svc: Arc<PolicyService>, verifier: Arc<dyn TokenVerifier>) -> Rout
             "/v1/policies/{name}",
             put(put_policy).get(get_policy).delete(delete_policy),
         )
+        .route(
+            "/v1/policies/{name}/versions",
+            axum::routing::get(list_policy_versions),
+        )
+        .route("/v1/groups", axum::routing::get(list_groups))
+        .route(
+            "/v1/resource-policies",
+            axum::routing::get(list_resource_policies),
+        )
+        .route("/v1/guardrails", axum::routing::get(list_guardrails))
         .route("/v1/groups/{group}", put(put_group).delete(delete_group))
         .route(
             "/v1/groups/{group}/members/{principal}",
@@ -520,6 +586,10 @@ impl Service for PolicyService {
     get_policy,
     delete_policy,
     validate,
+    list_policy_versions,
+    list_groups,
+    list_resource_policies,
+    list_guardrails,
     put_group,
     delete_group,
     add_member,

@@ -137,9 +137,13 @@ impl PolicyService {
                     ));
                 }
                 self.flush_decisions().await;
-                for d in self
+                let filter = crate::store::DecisionFilter {
+                    limit: n,
+                    ..Default::default()
+                };
+                for (_, d) in self
                     .store
-                    .list_decisions(caller.tenant.as_str(), None, None, None, n)
+                    .list_decisions(caller.tenant.as_str(), &filter)
                     .await?
                 {
                     let subject = Subject {

@@ -355,10 +355,10 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     resp
 }
 
-/// Process is up.
+/// Process is up; the answer carries the server's version (`{"status": "ok", "version"}`).
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
 async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response()
 }
 
 /// Database reachable and migrations applied.

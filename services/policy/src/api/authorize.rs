@@ -150,6 +150,7 @@ impl PolicyService {
         principal: Option<&str>,
         decision: Option<&str>,
         since: Option<i64>,
+        after: Option<i64>,
         limit: Option<i64>,
     ) -> Result<Vec<DecisionView>, PolicyError> {
         self.guard(caller, "policy:ListDecisions", "decision/*")
@@ -170,13 +171,23 @@ impl PolicyService {
         self.flush_decisions().await;
         let rows = self
             .store
-            .list_decisions(caller.tenant.as_str(), principal, decision, since, limit)
+            .list_decisions(
+                caller.tenant.as_str(),
+                &crate::store::DecisionFilter {
+                    principal,
+                    decision,
+                    since,
+                    after,
+                    limit,
+                },
+            )
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| {
+            .map(|(seq, r)| {
                 let ctx: Value = serde_json::from_str(&r.context).unwrap_or(Value::Null);
                 DecisionView {
+                    seq,
                     principal: r.principal,
                     action: r.action,
                     resource: r.resource,

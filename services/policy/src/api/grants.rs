@@ -53,6 +53,25 @@ impl PolicyService {
         Ok(created)
     }
 
+    /// `GET /v1/groups`: every group with its members and attached policies.
+    pub async fn list_groups(&self, caller: &Caller) -> Result<Vec<GroupView>, PolicyError> {
+        self.guard(caller, "policy:ListGroups", "group/*").await?;
+        let groups = self.store.list_groups(caller.tenant.as_str()).await?;
+        let snapshot = self.snapshot(&caller.tenant).await?;
+        Ok(groups
+            .into_iter()
+            .map(|(name, members)| GroupView {
+                policies: snapshot
+                    .group_policies
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_default(),
+                name,
+                members,
+            })
+            .collect())
+    }
+
     /// `DELETE /v1/groups/{group}`.
     pub async fn delete_group(&self, caller: &Caller, group: &str) -> Result<(), PolicyError> {
         self.guard(caller, "policy:DeleteGroup", &format!("group/{group}"))
@@ -374,6 +393,30 @@ impl PolicyService {
             .await?
             .ok_or_else(|| PolicyError::NotFound(format!("{key:?} not found")))?;
         serde_json::from_str(&doc).map_err(|e| PolicyError::BadRequest(e.to_string()))
+    }
+
+    /// `GET /v1/resource-policies` and `GET /v1/guardrails`: (key, document, updated_at).
+    pub async fn list_keyed(
+        &self,
+        caller: &Caller,
+        table: Keyed,
+    ) -> Result<Vec<(String, Value, i64)>, PolicyError> {
+        let (noun, prefix) = match table {
+            Keyed::ResourcePolicy => ("ResourcePolicies", "resource-policy"),
+            Keyed::Guardrail => ("Guardrails", "guardrail"),
+        };
+        self.guard(caller, &format!("policy:List{noun}"), &format!("{prefix}/*"))
+            .await?;
+        self.store
+            .list_keyed(table, caller.tenant.as_str())
+            .await?
+            .into_iter()
+            .map(|(key, doc, at)| {
+                let doc = serde_json::from_str(&doc)
+                    .map_err(|e| PolicyError::BadRequest(e.to_string()))?;
+                Ok((key, doc, at))
+            })
+            .collect()
     }
 
     /// `DELETE /v1/resource-policies/{crn}` and `DELETE /v1/guardrails/{name}`.

@@ -9,8 +9,8 @@ use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_iam::{Context, Decision, Issue, Outcome, Policy, PolicyKind};
 pub use capstan_proto::policy::{
     AuthorizeRequest, AuthorizeResponse, BatchRequest, BatchResponse, BoundaryRequest,
-    ContextValue, DecisionView, IssueView, MatchedView, PolicySummary, PolicyView, PutPolicyResult,
-    TagsRequest, Validation,
+    ContextValue, DecisionView, GroupView, GuardrailView, IssueView, MatchedView, PolicySummary,
+    PolicyVersionView, PolicyView, PutPolicyResult, ResourcePolicyView, TagsRequest, Validation,
 };
 use serde_json::Value;
 

@@ -62,6 +62,38 @@ impl PolicyService {
         Ok(out)
     }
 
+    /// `GET /v1/policies/{name}/versions`: the stored versions, oldest first.
+    pub async fn list_policy_versions(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Vec<PolicyVersionView>, PolicyError> {
+        self.guard(caller, "policy:ListPolicyVersions", &format!("policy/{name}"))
+            .await?;
+        if builtin::document(name).is_some() {
+            return Ok(vec![PolicyVersionView {
+                version: 1,
+                default: true,
+                created_at: 0,
+            }]);
+        }
+        let versions = self
+            .store
+            .list_versions(caller.tenant.as_str(), name)
+            .await?;
+        if versions.is_empty() {
+            return Err(PolicyError::NotFound(format!("policy {name:?} not found")));
+        }
+        Ok(versions
+            .into_iter()
+            .map(|v| PolicyVersionView {
+                version: v.version,
+                default: v.is_default,
+                created_at: v.created_at,
+            })
+            .collect())
+    }
+
     /// `GET /v1/policies/{name}[?version=N]`.
     pub async fn get_policy(
         &self,

@@ -70,6 +70,21 @@ pub struct DecisionRecord {
     pub at: i64,
 }
 
+/// Which decisions to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecisionFilter<'a> {
+    /// Only this principal's.
+    pub principal: Option<&'a str>,
+    /// Only `Allow` or `Deny`.
+    pub decision: Option<&'a str>,
+    /// Only those made at or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Only those after this sequence number, oldest first.
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
 /// How many versions of a managed policy are kept.
 pub const KEEP_VERSIONS: i64 = 5;
 
@@ -94,6 +109,8 @@ pub trait PolicyVersions: Send + Sync {
     ) -> Result<Option<StoredVersion>, DbError>;
     /// Every managed policy: (name, default version, stored versions).
     async fn list_policies(&self, tenant: &str) -> Result<Vec<(String, i64, Vec<i64>)>, DbError>;
+    /// The stored versions of one managed policy, oldest first (empty when there is none).
+    async fn list_versions(&self, tenant: &str, name: &str) -> Result<Vec<StoredVersion>, DbError>;
     /// Deletes a managed policy with all its versions.
     async fn delete_policy(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError>;
     /// How many principals and groups use a policy (attachments and boundaries).
@@ -111,6 +128,8 @@ pub trait GroupStore: Send + Sync {
     async fn delete_group(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError>;
     /// Whether a group exists.
     async fn group_exists(&self, tenant: &str, name: &str) -> Result<bool, DbError>;
+    /// Every group with its members, by name.
+    async fn list_groups(&self, tenant: &str) -> Result<Vec<(String, Vec<String>)>, DbError>;
     /// Adds a member (idempotent).
     async fn add_member(
         &self,
@@ -195,6 +214,12 @@ pub trait KeyedDocuments: Send + Sync {
         tenant: &str,
         key: &str,
     ) -> Result<Option<(String, i64)>, DbError>;
+    /// Every keyed document of the tenant: (key, document, updated_at), by key.
+    async fn list_keyed(
+        &self,
+        table: Keyed,
+        tenant: &str,
+    ) -> Result<Vec<(String, String, i64)>, DbError>;
     /// Deletes a keyed document; false if there was none.
     async fn delete_keyed(
         &self,
@@ -219,15 +244,13 @@ pub trait SnapshotSource: Send + Sync {
 pub trait DecisionLog: Send + Sync {
     /// Appends decisions in one statement.
     async fn insert_decisions(&self, batch: &[DecisionRecord]) -> Result<(), DbError>;
-    /// Recent decisions of a tenant, newest first.
+    /// A tenant's decisions with their sequence numbers: the newest first, or, with
+    /// `filter.after`, the oldest after that sequence number first (to follow the log).
     async fn list_decisions(
         &self,
         tenant: &str,
-        principal: Option<&str>,
-        decision: Option<&str>,
-        since: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<DecisionRecord>, DbError>;
+        filter: &DecisionFilter<'_>,
+    ) -> Result<Vec<(i64, DecisionRecord)>, DbError>;
     /// Drops decisions older than `before`.
     async fn prune_decisions(&self, before: i64) -> Result<u64, DbError>;
 }

@@ -197,6 +197,30 @@ impl PolicyVersions for SqlPolicyStore {
         Ok(out)
     }
 
+    /// The stored versions of one managed policy, oldest first.
+    async fn list_versions(&self, tenant: &str, name: &str) -> Result<Vec<StoredVersion>, DbError> {
+        let rows: Vec<(i64, String, i64, i64)> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT v.version, v.document, v.created_at, d.version FROM policy_versions v \
+                 JOIN policy_defaults d ON d.tenant = v.tenant AND d.name = v.name \
+                 WHERE v.tenant = $1 AND v.name = $2 ORDER BY v.version",
+            )
+            .bind(tenant)
+            .bind(name)
+            .fetch_all(p)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, document, created_at, default)| StoredVersion {
+                version,
+                document,
+                is_default: version == default,
+                created_at,
+            })
+            .collect())
+    }
+
     /// Deletes a managed policy with all its versions.
     async fn delete_policy(&self, tenant: &str, name: &str, now: i64) -> Result<bool, DbError> {
         let topics = [(TOPIC_POLICY, tenant), (TOPIC_POLICY_DELETED, name)];
@@ -292,6 +316,30 @@ impl GroupStore for SqlPolicyStore {
                 .await
         })?;
         Ok(row.is_some())
+    }
+
+    /// Every group with its members, by name.
+    async fn list_groups(&self, tenant: &str) -> Result<Vec<(String, Vec<String>)>, DbError> {
+        let rows: Vec<(String, Option<String>)> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT g.name, m.member FROM policy_groups g \
+                 LEFT JOIN policy_group_members m ON m.tenant = g.tenant AND m.group_name = g.name \
+                 WHERE g.tenant = $1 ORDER BY g.name, m.member",
+            )
+            .bind(tenant)
+            .fetch_all(p)
+            .await
+        })?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, member) in rows {
+            if out.last().is_none_or(|last| last.0 != name) {
+                out.push((name, Vec::new()));
+            }
+            if let (Some(m), Some(last)) = (member, out.last_mut()) {
+                last.1.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// Adds a member (idempotent).
@@ -473,6 +521,19 @@ impl KeyedDocuments for SqlPolicyStore {
                 .bind(key)
                 .fetch_optional(p)
                 .await
+        })?)
+    }
+
+    /// Every keyed document of the tenant, by key.
+    async fn list_keyed(
+        &self,
+        table: Keyed,
+        tenant: &str,
+    ) -> Result<Vec<(String, String, i64)>, DbError> {
+        let (t, k) = table.names();
+        let sql = format!("SELECT {k}, document, updated_at FROM {t} WHERE tenant = $1 ORDER BY {k}");
+        Ok(on_pool!(&self.db, |p| {
+            sqlx::query_as(&sql).bind(tenant).fetch_all(p).await
         })?)
     }
 

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use capstan_db::{on_pool, DbError};
 
-use super::{DecisionLog, DecisionRecord};
+use super::{DecisionFilter, DecisionLog, DecisionRecord};
 use crate::store::SqlPolicyStore;
 
 #[async_trait]
@@ -34,16 +34,14 @@ impl DecisionLog for SqlPolicyStore {
         Ok(())
     }
 
-    /// Recent decisions of a tenant, newest first.
+    /// A tenant's decisions: newest first, or oldest after `filter.after` first.
     async fn list_decisions(
         &self,
         tenant: &str,
-        principal: Option<&str>,
-        decision: Option<&str>,
-        since: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<DecisionRecord>, DbError> {
+        f: &DecisionFilter<'_>,
+    ) -> Result<Vec<(i64, DecisionRecord)>, DbError> {
         type Row = (
+            i64,
             String,
             String,
             String,
@@ -54,24 +52,29 @@ impl DecisionLog for SqlPolicyStore {
             String,
             i64,
         );
+        let order = if f.after.is_some() { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT seq, tenant, principal, action, resource, decision, reason, policy_revision, context, at \
+             FROM policy_decisions WHERE tenant = $1 AND ($2 IS NULL OR principal = $2) \
+             AND ($3 IS NULL OR decision = $3) AND ($4 IS NULL OR at >= $4) \
+             AND ($5 IS NULL OR seq > $5) ORDER BY seq {order} LIMIT $6"
+        );
         let rows: Vec<Row> = on_pool!(&self.db, |p| {
-            sqlx::query_as(
-                "SELECT tenant, principal, action, resource, decision, reason, policy_revision, context, at \
-                 FROM policy_decisions WHERE tenant = $1 AND ($2 IS NULL OR principal = $2) \
-                 AND ($3 IS NULL OR decision = $3) AND ($4 IS NULL OR at >= $4) ORDER BY seq DESC LIMIT $5",
-            )
-            .bind(tenant)
-            .bind(principal)
-            .bind(decision)
-            .bind(since)
-            .bind(limit)
-            .fetch_all(p)
-            .await
+            sqlx::query_as(&sql)
+                .bind(tenant)
+                .bind(f.principal)
+                .bind(f.decision)
+                .bind(f.since)
+                .bind(f.after)
+                .bind(f.limit)
+                .fetch_all(p)
+                .await
         })?;
         Ok(rows
             .into_iter()
             .map(
                 |(
+                    seq,
                     tenant,
                     principal,
                     action,
@@ -81,16 +84,21 @@ impl DecisionLog for SqlPolicyStore {
                     policy_revision,
                     context,
                     at,
-                )| DecisionRecord {
-                    tenant,
-                    principal,
-                    action,
-                    resource,
-                    decision,
-                    reason,
-                    policy_revision,
-                    context,
-                    at,
+                )| {
+                    (
+                        seq,
+                        DecisionRecord {
+                            tenant,
+                            principal,
+                            action,
+                            resource,
+                            decision,
+                            reason,
+                            policy_revision,
+                            context,
+                            at,
+                        },
+                    )
                 },
             )
             .collect())

@@ -1,0 +1,68 @@
+//! The SDK's one error type.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// What can go wrong talking to Capstan.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be made (refused, DNS, TLS).
+    #[error("cannot reach Capstan at {url}: {detail}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// What the transport said.
+        detail: String,
+    },
+    /// No answer within the timeout.
+    #[error("Capstan at {url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The URL tried.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Capstan answered with an error (the `/v1` body: `error`, `message`, and on a 403
+    /// `action`, `resource`, `reason`).
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The stable error code (`forbidden`, `not_found`, …).
+        code: String,
+        /// What is wrong.
+        message: String,
+        /// The whole body.
+        body: Value,
+    },
+    /// The token endpoint refused the request (RFC 6749 §5.2).
+    #[error("token request refused: {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    OAuth {
+        /// The OAuth error code (`invalid_client`, …).
+        error: String,
+        /// The description.
+        description: Option<String>,
+    },
+    /// An answer that is not what the API promises.
+    #[error("unexpected answer from Capstan: {0}")]
+    Protocol(String),
+    /// A setting is wrong (a URL that does not parse, …).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether Capstan could not be reached or did not answer in time.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
+    }
+}

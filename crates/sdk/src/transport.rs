@@ -1,0 +1,195 @@
+//! HTTP to Capstan: one client with timeouts on every call, and retries with backoff on 429 and
+//! 503 that honour `Retry-After`.
+
+use std::time::Duration;
+
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+
+use crate::Error;
+
+/// How calls are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub max_attempts: u32,
+    /// First backoff; doubled on each retry.
+    pub base_delay: Duration,
+    /// No single wait is longer (a `Retry-After` beyond it ends the retries).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Timeouts and retries of every call.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Connection timeout.
+    pub connect_timeout: Duration,
+    /// Retries on 429 and 503.
+    pub retry: RetryPolicy,
+    /// Extra PEM root certificates to trust (a private CA).
+    pub root_certificates_pem: Vec<Vec<u8>>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            root_certificates_pem: Vec::new(),
+        }
+    }
+}
+
+/// The HTTP client every SDK part shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+    cfg: TransportConfig,
+}
+
+impl Transport {
+    /// A transport with these settings. Redirects are never followed (a token endpoint that
+    /// redirects is refused, RFC 6749 §3.2 servers must not).
+    pub fn new(cfg: TransportConfig) -> Result<Transport, Error> {
+        let mut b = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("capstan-sdk/", env!("CARGO_PKG_VERSION")));
+        for pem in &cfg.root_certificates_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| Error::Config(format!("root certificate: {e}")))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Transport { http, cfg })
+    }
+
+    /// The underlying client, to build requests.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends the request (a copy of `template` per attempt), again after a backoff while Capstan answers 429 or 503
+    /// (waiting what `Retry-After` says when it says), and maps transport failures.
+    pub async fn send(&self, template: RequestBuilder) -> Result<Response, Error> {
+        let policy = &self.cfg.retry;
+        let mut delay = policy.base_delay;
+        let mut attempt = 1;
+        loop {
+            let req = template
+                .try_clone()
+                .ok_or_else(|| Error::Config("request body cannot be repeated".into()))?
+                .build()
+                .map_err(|e| Error::Config(format!("request: {e}")))?;
+            let url = redact(req.url());
+            let resp = self
+                .http
+                .execute(req)
+                .await
+                .map_err(|e| self.transport_error(url, e))?;
+            let retryable = matches!(
+                resp.status(),
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            );
+            if !retryable || attempt >= policy.max_attempts.max(1) {
+                return Ok(resp);
+            }
+            let wait = retry_after(&resp).unwrap_or(delay);
+            if wait > policy.max_delay {
+                return Ok(resp);
+            }
+            tracing::debug!(status = %resp.status(), ?wait, attempt, "capstan: retrying");
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(policy.max_delay);
+            attempt += 1;
+        }
+    }
+
+    fn transport_error(&self, url: String, e: reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::Timeout {
+                url,
+                timeout: self.cfg.timeout,
+            }
+        } else {
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail = format!("{detail}: {s}");
+                source = s.source();
+            }
+            Error::Unreachable { url, detail }
+        }
+    }
+
+    /// Sends, and reads a JSON answer: 2xx bodies are returned (`Null` when empty), others become
+    /// [`Error::Api`].
+    pub async fn json(&self, req: RequestBuilder) -> Result<Value, Error> {
+        let resp = self.send(req).await?;
+        read_json(resp).await
+    }
+}
+
+/// The URL without query or credentials, for messages.
+fn redact(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.to_string()
+}
+
+/// `Retry-After` in seconds (the form Capstan sends).
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
+    let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// A response as JSON: the body of a 2xx, or [`Error::Api`] for anything else.
+pub async fn read_json(resp: Response) -> Result<Value, Error> {
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| Error::Protocol(format!("reading the answer: {e}")))?;
+    let body: Value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if status.is_success() {
+        return Ok(body);
+    }
+    let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+    Err(Error::Api {
+        status: status.as_u16(),
+        code: field("error").unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_lowercase()
+                .replace(' ', "_")
+        }),
+        message: field("message")
+            .or_else(|| field("error_description"))
+            .unwrap_or_else(|| format!("HTTP {status}")),
+        body,
+    })
+}
