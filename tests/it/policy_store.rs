@@ -237,7 +237,10 @@ async fn decisions_are_batched_filtered_and_pruned(ctx: &Ctx) {
         .chain([record("b", "svc_x", "Deny", 1)])
         .collect();
     s.insert_decisions(&batch).await.unwrap();
-    let all = s.list_decisions("a", &filter(None, None, None, 1000)).await.unwrap();
+    let all = s
+        .list_decisions("a", &filter(None, None, None, 1000))
+        .await
+        .unwrap();
     assert_eq!(all.len(), 600, "other tenants' decisions are not listed");
     assert_eq!(all[0].1.at, 599, "newest first");
     assert_eq!(all[0].1, record("a", "svc_y", "Allow", 599));

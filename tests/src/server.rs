@@ -287,3 +287,71 @@ pub fn verify_with_jwks_at(
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
     Ok(jsonwebtoken::decode::<Value>(token, &key, &v)?.claims)
 }
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+}
+
+/// Forgeries of a valid access token of `tenant` that every verifier must refuse: `alg: none`,
+/// HS256 keyed with the public JWK or its `x` (algorithm confusion), a tampered payload under
+/// the real signature, `typ: JWT`, and garbage.
+pub async fn forged_tokens(
+    s: &TestServer,
+    tenant: &str,
+    token: &str,
+) -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    let b64d = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap()
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    let header: Value = serde_json::from_slice(&b64d(parts[0])).unwrap();
+    let claims: Value = serde_json::from_slice(&b64d(parts[1])).unwrap();
+    let kid = header["kid"].as_str().unwrap().to_owned();
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "at+jwt", "kid": kid})),
+        parts[1]
+    );
+    let jwks = s.jwks(tenant).await;
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap()
+        .clone();
+    let public = serde_json::to_vec(&key).unwrap();
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some(kid.clone());
+    hs.typ = Some("at+jwt".into());
+    let hs256 = jsonwebtoken::encode(
+        &hs,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    let x = key["x"].as_str().unwrap_or("x").as_bytes().to_vec();
+    let hs256_x =
+        jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&x)).unwrap();
+    let mut more = claims.clone();
+    more["scope"] = json!("orders:read orders:write admin");
+    let tampered = format!("{}.{}.{}", parts[0], b64(&more), parts[2]);
+    let jwt_typ = format!(
+        "{}.{}.{}",
+        b64(&json!({"alg": header["alg"], "typ": "JWT", "kid": kid})),
+        parts[1],
+        parts[2]
+    );
+    vec![
+        ("alg none", none),
+        ("HS256 with public JWK", hs256),
+        ("HS256 with x", hs256_x),
+        ("tampered", tampered),
+        ("typ JWT", jwt_typ),
+        ("garbage", "a.b.c".into()),
+    ]
+}

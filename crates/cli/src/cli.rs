@@ -403,7 +403,8 @@ pub struct SimulateArgs {
     /// `delete_policy`, `attach`, `detach`), as `/v1/simulate` takes them.
     #[arg(long, value_name = "FILE")]
     pub changes: Option<String>,
-    /// A new version of a policy from a file: `NAME=FILE` (repeatable).
+    /// A new version of a policy from a file: `NAME=FILE` (repeatable; applied before the
+    /// changes of --changes).
     #[arg(long = "put-policy", value_name = "NAME=FILE")]
     pub put_policy: Vec<String>,
     /// A JSON file with a list of authorization requests to decide.

@@ -26,9 +26,11 @@ struct Run<'a, 'b> {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli, io: &mut Io<'_>) -> Res {
-    let format = cli
-        .output
-        .unwrap_or(if io.stdout_tty { Format::Table } else { Format::Json });
+    let format = cli.output.unwrap_or(if io.stdout_tty {
+        Format::Table
+    } else {
+        Format::Json
+    });
     if cli.version {
         return version(&cli, io).await;
     }
@@ -94,7 +96,10 @@ async fn spin<F: std::future::Future>(interactive: bool, f: F) -> F::Output {
     let flag = drew.clone();
     let spinner = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        for frame in ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'].iter().cycle() {
+        for frame in ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏']
+            .iter()
+            .cycle()
+        {
             flag.store(true, Ordering::Relaxed);
             eprint!("\r{frame} waiting for Capstan…");
             tokio::time::sleep(Duration::from_millis(80)).await;
@@ -132,9 +137,11 @@ fn parse_since(s: &str) -> Result<i64, Failure> {
         return Ok(t);
     }
     let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| Failure::new(format!("--since {s:?}: Unix seconds or a duration like 10m")))?;
+    let n: i64 = num.parse().map_err(|_| {
+        Failure::new(format!(
+            "--since {s:?}: Unix seconds or a duration like 10m"
+        ))
+    })?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -151,16 +158,30 @@ fn parse_since(s: &str) -> Result<i64, Failure> {
 
 impl Run<'_, '_> {
     /// One API call with the saved login (a refused token is renewed once).
-    async fn call(&mut self, method: Method, path: &str, query: &[(&str, String)], body: Option<Value>) -> Result<Value, Failure> {
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
         let mut forced = false;
         loop {
             let api = if forced {
                 let t = self.s.token(true).await?;
-                capstan_sdk::ApiClient::new(&self.s.addr, self.s.transport.clone(), capstan_sdk::Credentials::Token(t))
+                capstan_sdk::ApiClient::new(
+                    &self.s.addr,
+                    self.s.transport.clone(),
+                    capstan_sdk::Credentials::Token(t),
+                )
             } else {
                 self.s.api().await?
             };
-            let r = spin(self.io.interactive, api.call(method.clone(), path, query, body.as_ref())).await;
+            let r = spin(
+                self.io.interactive,
+                api.call(method.clone(), path, query, body.as_ref()),
+            )
+            .await;
             match r {
                 Err(Error::Api { status: 401, .. }) if !forced => forced = true,
                 Err(e) => return Err(self.s.failure(e)),
@@ -190,7 +211,10 @@ impl Run<'_, '_> {
         let v = self.call(Method::GET, path, query, None).await?;
         if self.format == Format::Table {
             let doc = v.get("document").unwrap_or(&v);
-            let text = format!("{}\n", serde_json::to_string_pretty(doc).unwrap_or_default());
+            let text = format!(
+                "{}\n",
+                serde_json::to_string_pretty(doc).unwrap_or_default()
+            );
             self.io.out.write_all(text.as_bytes()).map_err(io_err)?;
             return Ok(exit::OK);
         }
@@ -213,22 +237,55 @@ impl Run<'_, '_> {
             }
             Command::Contexts { command } => self.contexts(command),
             Command::Tenants(t) => match t {
-                TenantsCommand::List => self.get("/v1/tenants", &["id", "signing_alg", "issuer", "created_at"]).await,
+                TenantsCommand::List => {
+                    self.get(
+                        "/v1/tenants",
+                        &["id", "signing_alg", "issuer", "created_at"],
+                    )
+                    .await
+                }
                 TenantsCommand::Create { id, signing_alg } => {
-                    let v = self.call(Method::POST, "/v1/tenants", &[], Some(json!({"id": id, "signing_alg": signing_alg}))).await?;
+                    let v = self
+                        .call(
+                            Method::POST,
+                            "/v1/tenants",
+                            &[],
+                            Some(json!({"id": id, "signing_alg": signing_alg})),
+                        )
+                        .await?;
                     self.print(&v, &[])
                 }
             },
             Command::Clients(c) => self.clients(c).await,
             Command::Keys(k) => match k {
-                KeysCommand::List => self.get("/v1/keys", &["kid", "alg", "created_at", "activates_at"]).await,
-                KeysCommand::Rotate { alg, publish_delay, supersede } => {
+                KeysCommand::List => {
+                    self.get("/v1/keys", &["kid", "alg", "created_at", "activates_at"])
+                        .await
+                }
+                KeysCommand::Rotate {
+                    alg,
+                    publish_delay,
+                    supersede,
+                } => {
                     let body = json!({"alg": alg, "publish_delay_seconds": publish_delay, "supersede": supersede});
-                    let v = self.call(Method::POST, "/v1/keys/rotate", &[], Some(strip_nulls(body))).await?;
+                    let v = self
+                        .call(
+                            Method::POST,
+                            "/v1/keys/rotate",
+                            &[],
+                            Some(strip_nulls(body)),
+                        )
+                        .await?;
                     self.print(&v, &[])
                 }
                 KeysCommand::Delete { kid } => {
-                    self.call(Method::DELETE, &format!("/v1/keys/{}", segment(&kid)), &[], None).await?;
+                    self.call(
+                        Method::DELETE,
+                        &format!("/v1/keys/{}", segment(&kid)),
+                        &[],
+                        None,
+                    )
+                    .await?;
                     self.done(format!("withdrew key {kid}"))
                 }
             },
@@ -238,10 +295,17 @@ impl Run<'_, '_> {
                     (audience, _) => {
                         let ctx = self.s.context()?.clone();
                         let aud = audience.unwrap_or_else(|| capstan_sdk::API_AUDIENCE.into());
-                        capstan_sdk::client_credentials(&self.s.transport, &self.s.oauth_url("token"), &ctx.client_id, &ctx.client_secret, &scopes, Some(&aud))
-                            .await
-                            .map_err(|e| self.s.failure(e))?
-                            .token
+                        capstan_sdk::client_credentials(
+                            &self.s.transport,
+                            &self.s.oauth_url("token"),
+                            &ctx.client_id,
+                            &ctx.client_secret,
+                            &scopes,
+                            Some(&aud),
+                        )
+                        .await
+                        .map_err(|e| self.s.failure(e))?
+                        .token
                     }
                 };
                 writeln!(self.io.out, "{}", token.secret()).map_err(io_err)?;
@@ -253,7 +317,9 @@ impl Run<'_, '_> {
             }
             Command::Revoke { token } => {
                 self.oauth_form("revoke", &token).await?;
-                self.done("revoked (a token that was unknown or already revoked is revoked too)".into())
+                self.done(
+                    "revoked (a token that was unknown or already revoked is revoked too)".into(),
+                )
             }
             Command::Policies(p) => self.policies(p).await,
             Command::Attach(a) => self.attach(a, Method::PUT).await,
@@ -261,24 +327,48 @@ impl Run<'_, '_> {
             Command::Groups(g) => self.groups(g).await,
             Command::Boundary(b) => match b {
                 BoundaryCommand::Set { principal, policy } => {
-                    self.call(Method::PUT, &format!("/v1/principals/{}/boundary", segment(&principal)), &[], Some(json!({"policy": policy}))).await?;
+                    self.call(
+                        Method::PUT,
+                        &format!("/v1/principals/{}/boundary", segment(&principal)),
+                        &[],
+                        Some(json!({"policy": policy})),
+                    )
+                    .await?;
                     self.done(format!("{principal} is bounded by {policy}"))
                 }
                 BoundaryCommand::Clear { principal } => {
-                    self.call(Method::DELETE, &format!("/v1/principals/{}/boundary", segment(&principal)), &[], None).await?;
+                    self.call(
+                        Method::DELETE,
+                        &format!("/v1/principals/{}/boundary", segment(&principal)),
+                        &[],
+                        None,
+                    )
+                    .await?;
                     self.done(format!("{principal} has no boundary"))
                 }
             },
             Command::Tags(TagsCommand::Set { principal, tags }) => {
                 let mut map = BTreeMap::new();
                 for t in &tags {
-                    let (k, v) = t.split_once('=').ok_or_else(|| Failure { message: format!("tag {t:?} must be key=value"), hint: None, code: exit::USAGE })?;
+                    let (k, v) = t.split_once('=').ok_or_else(|| Failure {
+                        message: format!("tag {t:?} must be key=value"),
+                        hint: None,
+                        code: exit::USAGE,
+                    })?;
                     map.insert(k.to_owned(), v.to_owned());
                 }
-                self.call(Method::PUT, &format!("/v1/principals/{}/tags", segment(&principal)), &[], Some(json!({"tags": map}))).await?;
+                self.call(
+                    Method::PUT,
+                    &format!("/v1/principals/{}/tags", segment(&principal)),
+                    &[],
+                    Some(json!({"tags": map})),
+                )
+                .await?;
                 self.done(format!("{principal} has {} tag(s)", map.len()))
             }
-            Command::ResourcePolicies(k) => self.keyed("/v1/resource-policies", "resource", k).await,
+            Command::ResourcePolicies(k) => {
+                self.keyed("/v1/resource-policies", "resource", k).await
+            }
             Command::Guardrails(k) => self.keyed("/v1/guardrails", "name", k).await,
             Command::Authorize(a) => self.authorize(a).await,
             Command::Simulate(a) => self.simulate(a).await,
@@ -298,31 +388,48 @@ impl Run<'_, '_> {
                 .map_err(|e| Failure::new(format!("{} is not valid: {e}", path.display())))?;
             let f = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
             let (Some(id), Some(secret)) = (f("client_id"), f("client_secret")) else {
-                return Err(Failure::new(format!("{} has no client_id and client_secret", path.display())));
+                return Err(Failure::new(format!(
+                    "{} has no client_id and client_secret",
+                    path.display()
+                )));
             };
             (self.s.tenant_flag_or(f("tenant")), id, secret)
         } else {
-            let id = match a.client_id.or_else(|| std::env::var("CAPSTAN_CLIENT_ID").ok()) {
+            let id = match a
+                .client_id
+                .or_else(|| std::env::var("CAPSTAN_CLIENT_ID").ok())
+            {
                 Some(id) => id,
                 None if self.io.interactive => {
                     write!(self.io.err, "Client id: ").map_err(io_err)?;
                     self.io.err.flush().map_err(io_err)?;
                     let mut line = String::new();
-                    self.io.stdin.read_line(&mut line).map_err(|e| Failure::new(e.to_string()))?;
+                    self.io
+                        .stdin
+                        .read_line(&mut line)
+                        .map_err(|e| Failure::new(e.to_string()))?;
                     line.trim().to_owned()
                 }
-                None => return Err(Failure::new("no client id").hint("give --client-id or set CAPSTAN_CLIENT_ID")),
+                None => {
+                    return Err(Failure::new("no client id")
+                        .hint("give --client-id or set CAPSTAN_CLIENT_ID"))
+                }
             };
             let secret = if a.client_secret_stdin {
                 let mut line = String::new();
-                self.io.stdin.read_line(&mut line).map_err(|e| Failure::new(format!("cannot read stdin: {e}")))?;
+                self.io
+                    .stdin
+                    .read_line(&mut line)
+                    .map_err(|e| Failure::new(format!("cannot read stdin: {e}")))?;
                 line.trim_end_matches(['\r', '\n']).to_owned()
             } else if let Ok(s) = std::env::var("CAPSTAN_CLIENT_SECRET") {
                 s
             } else if self.io.interactive {
-                rpassword::prompt_password("Client secret: ").map_err(|e| Failure::new(format!("cannot read the secret: {e}")))?
+                rpassword::prompt_password("Client secret: ")
+                    .map_err(|e| Failure::new(format!("cannot read the secret: {e}")))?
             } else {
-                return Err(Failure::new("no client secret").hint("pipe it with --client-secret-stdin, or set CAPSTAN_CLIENT_SECRET"));
+                return Err(Failure::new("no client secret")
+                    .hint("pipe it with --client-secret-stdin, or set CAPSTAN_CLIENT_SECRET"));
             };
             (self.s.tenant.clone(), id, secret)
         };
@@ -331,11 +438,29 @@ impl Run<'_, '_> {
         }
         self.s.tenant = tenant.clone();
         let addr = self.s.addr.clone();
-        self.s.contexts.contexts.insert(addr.clone(), Context { tenant: tenant.clone(), client_id: id.clone(), client_secret: secret, access_token: None, expires_at: 0 });
+        self.s.contexts.contexts.insert(
+            addr.clone(),
+            Context {
+                tenant: tenant.clone(),
+                client_id: id.clone(),
+                client_secret: secret,
+                access_token: None,
+                expires_at: 0,
+            },
+        );
         // Check the credentials before keeping them.
         if let Err(e) = self.s.token(true).await {
             self.s.contexts = crate::config::Contexts::load(&self.s.dir).map_err(Failure::new)?;
-            return Err(Failure { message: e.message.replace("your login to", "cannot log in to").replace(" no longer works", ""), hint: e.hint.map(|_| "check the client id, the secret and --tenant".into()), code: e.code });
+            return Err(Failure {
+                message: e
+                    .message
+                    .replace("your login to", "cannot log in to")
+                    .replace(" no longer works", ""),
+                hint: e
+                    .hint
+                    .map(|_| "check the client id, the secret and --tenant".into()),
+                code: e.code,
+            });
         }
         self.s.contexts.current = Some(addr.clone());
         self.s.contexts.save(&self.s.dir).map_err(Failure::new)?;
@@ -347,7 +472,11 @@ impl Run<'_, '_> {
             Some(ContextsCommand::Use { addr }) => {
                 let addr = addr.trim_end_matches('/').to_owned();
                 if !self.s.contexts.contexts.contains_key(&addr) {
-                    return Err(Failure { message: format!("no login for {addr}"), hint: Some(format!("run `capstanctl login --addr {addr}`")), code: exit::NOT_FOUND });
+                    return Err(Failure {
+                        message: format!("no login for {addr}"),
+                        hint: Some(format!("run `capstanctl login --addr {addr}`")),
+                        code: exit::NOT_FOUND,
+                    });
                 }
                 self.s.contexts.current = Some(addr.clone());
                 self.s.contexts.save(&self.s.dir).map_err(Failure::new)?;
@@ -359,7 +488,10 @@ impl Run<'_, '_> {
                     "addr": addr, "tenant": c.tenant, "client_id": c.client_id,
                     "token_expires_at": if c.access_token.is_some() { json!(c.expires_at) } else { Value::Null },
                 })).collect();
-                self.print(&Value::Array(rows), &["current", "addr", "tenant", "client_id", "token_expires_at"])
+                self.print(
+                    &Value::Array(rows),
+                    &["current", "addr", "tenant", "client_id", "token_expires_at"],
+                )
             }
         }
     }
@@ -367,26 +499,74 @@ impl Run<'_, '_> {
     async fn oauth_form(&mut self, endpoint: &str, token: &str) -> Result<Value, Failure> {
         let ctx = self.s.context()?.clone();
         let url = self.s.oauth_url(endpoint);
-        let req = self.s.transport.http().post(&url).basic_auth(&ctx.client_id, Some(&ctx.client_secret)).form(&[("token", token)]);
-        spin(self.io.interactive, self.s.transport.json(req)).await.map_err(|e| self.s.failure(e))
+        let req = self
+            .s
+            .transport
+            .http()
+            .post(&url)
+            .basic_auth(&ctx.client_id, Some(&ctx.client_secret))
+            .form(&[("token", token)]);
+        spin(self.io.interactive, self.s.transport.json(req))
+            .await
+            .map_err(|e| self.s.failure(e))
     }
 
     async fn clients(&mut self, c: ClientsCommand) -> Res {
         match c {
-            ClientsCommand::Create { name, scopes, audiences, token_ttl, permissions_boundary } => {
+            ClientsCommand::Create {
+                name,
+                scopes,
+                audiences,
+                token_ttl,
+                permissions_boundary,
+            } => {
                 let body = json!({"name": name, "scopes": scopes, "audiences": audiences, "token_ttl_seconds": token_ttl, "permissions_boundary": permissions_boundary});
-                let v = self.call(Method::POST, "/v1/clients", &[], Some(strip_nulls(body))).await?;
-                let _ = writeln!(self.io.err, "the client secret is shown only now; keep it in your secret store");
+                let v = self
+                    .call(Method::POST, "/v1/clients", &[], Some(strip_nulls(body)))
+                    .await?;
+                let _ = writeln!(
+                    self.io.err,
+                    "the client secret is shown only now; keep it in your secret store"
+                );
                 self.print(&v, &[])
             }
-            ClientsCommand::List => self.get("/v1/clients", &["client_id", "name", "scopes", "audiences", "admin", "created_at"]).await,
-            ClientsCommand::Get { id } => self.get(&format!("/v1/clients/{}", segment(&id)), &[]).await,
+            ClientsCommand::List => {
+                self.get(
+                    "/v1/clients",
+                    &[
+                        "client_id",
+                        "name",
+                        "scopes",
+                        "audiences",
+                        "admin",
+                        "created_at",
+                    ],
+                )
+                .await
+            }
+            ClientsCommand::Get { id } => {
+                self.get(&format!("/v1/clients/{}", segment(&id)), &[])
+                    .await
+            }
             ClientsCommand::Delete { id } => {
-                self.call(Method::DELETE, &format!("/v1/clients/{}", segment(&id)), &[], None).await?;
+                self.call(
+                    Method::DELETE,
+                    &format!("/v1/clients/{}", segment(&id)),
+                    &[],
+                    None,
+                )
+                .await?;
                 self.done(format!("deleted client {id}"))
             }
             ClientsCommand::RotateSecret { id, grace_period } => {
-                let v = self.call(Method::POST, &format!("/v1/clients/{}/secret", segment(&id)), &[], Some(strip_nulls(json!({"grace_period_seconds": grace_period})))).await?;
+                let v = self
+                    .call(
+                        Method::POST,
+                        &format!("/v1/clients/{}/secret", segment(&id)),
+                        &[],
+                        Some(strip_nulls(json!({"grace_period_seconds": grace_period}))),
+                    )
+                    .await?;
                 self.print(&v, &[])
             }
         }
@@ -396,29 +576,58 @@ impl Run<'_, '_> {
         match p {
             PoliciesCommand::Put { name, file } => {
                 let doc = read_document(self.io, &file)?;
-                let v = self.call(Method::PUT, &format!("/v1/policies/{}", segment(&name)), &[], Some(doc)).await?;
+                let v = self
+                    .call(
+                        Method::PUT,
+                        &format!("/v1/policies/{}", segment(&name)),
+                        &[],
+                        Some(doc),
+                    )
+                    .await?;
                 self.warnings(&v);
                 self.print(&v, &[])
             }
             PoliciesCommand::Get { name, version } => {
-                let q: Vec<(&str, String)> = version.map(|v| ("version", v.to_string())).into_iter().collect();
-                self.get_document(&format!("/v1/policies/{}", segment(&name)), &q).await
+                let q: Vec<(&str, String)> = version
+                    .map(|v| ("version", v.to_string()))
+                    .into_iter()
+                    .collect();
+                self.get_document(&format!("/v1/policies/{}", segment(&name)), &q)
+                    .await
             }
-            PoliciesCommand::List => self.get("/v1/policies", &["name", "default_version", "versions", "builtin"]).await,
+            PoliciesCommand::List => {
+                self.get(
+                    "/v1/policies",
+                    &["name", "default_version", "versions", "builtin"],
+                )
+                .await
+            }
             PoliciesCommand::Delete { name } => {
-                self.call(Method::DELETE, &format!("/v1/policies/{}", segment(&name)), &[], None).await?;
+                self.call(
+                    Method::DELETE,
+                    &format!("/v1/policies/{}", segment(&name)),
+                    &[],
+                    None,
+                )
+                .await?;
                 self.done(format!("deleted policy {name}"))
             }
             PoliciesCommand::Validate { file, kind } => {
                 let doc = read_document(self.io, &file)?;
                 let q: Vec<(&str, String)> = kind.map(|k| ("kind", k)).into_iter().collect();
-                let v = self.call(Method::POST, "/v1/policies:validate", &q, Some(doc)).await?;
+                let v = self
+                    .call(Method::POST, "/v1/policies:validate", &q, Some(doc))
+                    .await?;
                 let valid = v.get("valid").and_then(Value::as_bool).unwrap_or(false);
                 if self.format == Format::Table {
                     let mut text = String::from(if valid { "valid\n" } else { "invalid\n" });
                     for (what, key) in [("error", "errors"), ("warning", "warnings")] {
                         for i in v.get(key).and_then(Value::as_array).into_iter().flatten() {
-                            text.push_str(&format!("{what}: {}: {}\n", i["path"].as_str().unwrap_or(""), i["message"].as_str().unwrap_or("")));
+                            text.push_str(&format!(
+                                "{what}: {}: {}\n",
+                                i["path"].as_str().unwrap_or(""),
+                                i["message"].as_str().unwrap_or("")
+                            ));
                         }
                     }
                     self.io.out.write_all(text.as_bytes()).map_err(io_err)?;
@@ -427,52 +636,132 @@ impl Run<'_, '_> {
                 }
                 Ok(if valid { exit::OK } else { exit::ERROR })
             }
-            PoliciesCommand::Versions { name } => self.get(&format!("/v1/policies/{}/versions", segment(&name)), &["version", "default", "created_at"]).await,
+            PoliciesCommand::Versions { name } => {
+                self.get(
+                    &format!("/v1/policies/{}/versions", segment(&name)),
+                    &["version", "default", "created_at"],
+                )
+                .await
+            }
         }
     }
 
     fn warnings(&mut self, v: &Value) {
-        for w in v.get("warnings").and_then(Value::as_array).into_iter().flatten() {
-            let _ = writeln!(self.io.err, "warning: {}: {}", w["path"].as_str().unwrap_or(""), w["message"].as_str().unwrap_or(""));
+        for w in v
+            .get("warnings")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(
+                self.io.err,
+                "warning: {}: {}",
+                w["path"].as_str().unwrap_or(""),
+                w["message"].as_str().unwrap_or("")
+            );
         }
     }
 
     async fn attach(&mut self, a: AttachArgs, method: Method) -> Res {
         let (path, target) = match (&a.principal, &a.group) {
-            (Some(p), _) => (format!("/v1/principals/{}/policies/{}", segment(p), segment(&a.policy)), format!("principal {p}")),
-            (None, Some(g)) => (format!("/v1/groups/{}/policies/{}", segment(g), segment(&a.policy)), format!("group {g}")),
-            (None, None) => return Err(Failure { message: "give --principal or --group".into(), hint: None, code: exit::USAGE }),
+            (Some(p), _) => (
+                format!(
+                    "/v1/principals/{}/policies/{}",
+                    segment(p),
+                    segment(&a.policy)
+                ),
+                format!("principal {p}"),
+            ),
+            (None, Some(g)) => (
+                format!("/v1/groups/{}/policies/{}", segment(g), segment(&a.policy)),
+                format!("group {g}"),
+            ),
+            (None, None) => {
+                return Err(Failure {
+                    message: "give --principal or --group".into(),
+                    hint: None,
+                    code: exit::USAGE,
+                })
+            }
         };
-        let verb = if method == Method::PUT { "attached" } else { "detached" };
+        let verb = if method == Method::PUT {
+            "attached"
+        } else {
+            "detached"
+        };
         self.call(method, &path, &[], None).await?;
-        self.done(format!("{verb} {} {} {target}", a.policy, if verb == "attached" { "to" } else { "from" }))
+        self.done(format!(
+            "{verb} {} {} {target}",
+            a.policy,
+            if verb == "attached" { "to" } else { "from" }
+        ))
     }
 
     async fn groups(&mut self, g: GroupsCommand) -> Res {
         match g {
             GroupsCommand::Create { group } => {
-                self.call(Method::PUT, &format!("/v1/groups/{}", segment(&group)), &[], None).await?;
+                self.call(
+                    Method::PUT,
+                    &format!("/v1/groups/{}", segment(&group)),
+                    &[],
+                    None,
+                )
+                .await?;
                 self.done(format!("created group {group}"))
             }
             GroupsCommand::Delete { group } => {
-                self.call(Method::DELETE, &format!("/v1/groups/{}", segment(&group)), &[], None).await?;
+                self.call(
+                    Method::DELETE,
+                    &format!("/v1/groups/{}", segment(&group)),
+                    &[],
+                    None,
+                )
+                .await?;
                 self.done(format!("deleted group {group}"))
             }
             GroupsCommand::AddMember { group, member } => {
-                self.call(Method::PUT, &format!("/v1/groups/{}/members/{}", segment(&group), segment(&member)), &[], None).await?;
+                self.call(
+                    Method::PUT,
+                    &format!(
+                        "/v1/groups/{}/members/{}",
+                        segment(&group),
+                        segment(&member)
+                    ),
+                    &[],
+                    None,
+                )
+                .await?;
                 self.done(format!("{member} is in {group}"))
             }
             GroupsCommand::RemoveMember { group, member } => {
-                self.call(Method::DELETE, &format!("/v1/groups/{}/members/{}", segment(&group), segment(&member)), &[], None).await?;
+                self.call(
+                    Method::DELETE,
+                    &format!(
+                        "/v1/groups/{}/members/{}",
+                        segment(&group),
+                        segment(&member)
+                    ),
+                    &[],
+                    None,
+                )
+                .await?;
                 self.done(format!("{member} is no longer in {group}"))
             }
-            GroupsCommand::List => self.get("/v1/groups", &["name", "members", "policies"]).await,
+            GroupsCommand::List => {
+                self.get("/v1/groups", &["name", "members", "policies"])
+                    .await
+            }
         }
     }
 
     async fn keyed(&mut self, base: &str, key_field: &str, k: KeyedCommand) -> Res {
         // A CRN pattern keeps its `:` and `/` in the path (the route takes the rest of it).
-        let path = |key: &str| format!("{base}/{}", key.split('/').map(segment).collect::<Vec<_>>().join("/"));
+        let path = |key: &str| {
+            format!(
+                "{base}/{}",
+                key.split('/').map(segment).collect::<Vec<_>>().join("/")
+            )
+        };
         match k {
             KeyedCommand::Put { key, file } => {
                 let doc = read_document(self.io, &file)?;
@@ -492,17 +781,52 @@ impl Run<'_, '_> {
     async fn authorize(&mut self, a: AuthorizeArgs) -> Res {
         let mut context: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for kv in &a.context {
-            let (k, v) = kv.split_once('=').ok_or_else(|| Failure { message: format!("--context {kv:?} must be key=value"), hint: None, code: exit::USAGE })?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| Failure {
+                message: format!("--context {kv:?} must be key=value"),
+                hint: None,
+                code: exit::USAGE,
+            })?;
             context.entry(k.to_owned()).or_default().push(v.to_owned());
         }
-        let context: BTreeMap<String, Value> = context.into_iter().map(|(k, mut v)| (k, if v.len() == 1 { json!(v.remove(0)) } else { json!(v) })).collect();
-        let body = strip_nulls(json!({"principal": a.principal, "token": a.token, "action": a.action, "resource": a.resource, "context": if context.is_empty() { Value::Null } else { json!(context) }}));
-        let v = self.call(Method::POST, "/v1/authorize", &[], Some(body)).await?;
+        let context: BTreeMap<String, Value> = context
+            .into_iter()
+            .map(|(k, mut v)| {
+                (
+                    k,
+                    if v.len() == 1 {
+                        json!(v.remove(0))
+                    } else {
+                        json!(v)
+                    },
+                )
+            })
+            .collect();
+        let body = strip_nulls(
+            json!({"principal": a.principal, "token": a.token, "action": a.action, "resource": a.resource, "context": if context.is_empty() { Value::Null } else { json!(context) }}),
+        );
+        let v = self
+            .call(Method::POST, "/v1/authorize", &[], Some(body))
+            .await?;
         let allowed = v.get("decision").and_then(Value::as_str) == Some("Allow");
         if self.format == Format::Table {
-            let mut text = format!("{}  (reason: {}, policy revision {})\n", v["decision"].as_str().unwrap_or("?"), v["reason"].as_str().unwrap_or("?"), v["policy_revision"]);
-            for m in v.get("matched").and_then(Value::as_array).into_iter().flatten() {
-                text.push_str(&format!("  {} v{} {}\n", m["policy"].as_str().unwrap_or(""), m["version"], m["sid"].as_str().unwrap_or("")));
+            let mut text = format!(
+                "{}  (reason: {}, policy revision {})\n",
+                v["decision"].as_str().unwrap_or("?"),
+                v["reason"].as_str().unwrap_or("?"),
+                v["policy_revision"]
+            );
+            for m in v
+                .get("matched")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                text.push_str(&format!(
+                    "  {} v{} {}\n",
+                    m["policy"].as_str().unwrap_or(""),
+                    m["version"],
+                    m["sid"].as_str().unwrap_or("")
+                ));
             }
             self.io.out.write_all(text.as_bytes()).map_err(io_err)?;
         } else {
@@ -512,24 +836,36 @@ impl Run<'_, '_> {
     }
 
     async fn simulate(&mut self, a: SimulateArgs) -> Res {
-        let mut changes: Vec<Value> = match &a.changes {
-            Some(f) => match read_document(self.io, f)? {
-                Value::Array(v) => v,
-                _ => return Err(Failure::new(format!("{f} must hold a JSON list of changes"))),
-            },
-            None => Vec::new(),
-        };
+        // New policy versions first, so the listed changes can attach them.
+        let mut changes: Vec<Value> = Vec::new();
         for p in &a.put_policy {
-            let (name, file) = p.split_once('=').ok_or_else(|| Failure { message: format!("--put-policy {p:?} must be NAME=FILE"), hint: None, code: exit::USAGE })?;
+            let (name, file) = p.split_once('=').ok_or_else(|| Failure {
+                message: format!("--put-policy {p:?} must be NAME=FILE"),
+                hint: None,
+                code: exit::USAGE,
+            })?;
             let document = read_document(self.io, file)?;
             changes.push(json!({"op": "put_policy", "name": name, "document": document}));
+        }
+        if let Some(f) = &a.changes {
+            match read_document(self.io, f)? {
+                Value::Array(v) => changes.extend(v),
+                _ => {
+                    return Err(Failure::new(format!(
+                        "{f} must hold a JSON list of changes"
+                    )))
+                }
+            }
         }
         let requests = match &a.requests {
             Some(f) => Some(read_document(self.io, f)?),
             None => None,
         };
-        let body = strip_nulls(json!({"changes": changes, "requests": requests, "replay": a.replay}));
-        let v = self.call(Method::POST, "/v1/simulate", &[], Some(body)).await?;
+        let body =
+            strip_nulls(json!({"changes": changes, "requests": requests, "replay": a.replay}));
+        let v = self
+            .call(Method::POST, "/v1/simulate", &[], Some(body))
+            .await?;
         if self.format == Format::Table {
             let rows: Vec<Value> = v.get("results").and_then(Value::as_array).into_iter().flatten().map(|r| json!({
                 "changed": if r["changed"].as_bool() == Some(true) { "CHANGED" } else { "" },
@@ -538,13 +874,31 @@ impl Run<'_, '_> {
                 "after": format!("{} ({})", r["after"]["decision"].as_str().unwrap_or("?"), r["after"]["reason"].as_str().unwrap_or("?")),
             })).collect();
             let _ = writeln!(self.io.err, "{} decision(s) change", v["changed"]);
-            return self.print(&Value::Array(rows), &["changed", "principal", "action", "resource", "before", "after"]);
+            return self.print(
+                &Value::Array(rows),
+                &[
+                    "changed",
+                    "principal",
+                    "action",
+                    "resource",
+                    "before",
+                    "after",
+                ],
+            );
         }
         self.print(&v, &[])
     }
 
     async fn decisions(&mut self, a: DecisionsArgs) -> Res {
-        const COLUMNS: [&str; 7] = ["seq", "at", "principal", "action", "resource", "decision", "reason"];
+        const COLUMNS: [&str; 7] = [
+            "seq",
+            "at",
+            "principal",
+            "action",
+            "resource",
+            "decision",
+            "reason",
+        ];
         let mut q: Vec<(&str, String)> = Vec::new();
         if let Some(p) = &a.principal {
             q.push(("principal", p.clone()));
@@ -563,18 +917,32 @@ impl Run<'_, '_> {
         }
         // Oldest first, then one line (or one JSON object) per new decision.
         rows.reverse();
-        let mut last = rows.iter().filter_map(|r| r["seq"].as_i64()).max().unwrap_or(0);
+        let mut last = rows
+            .iter()
+            .filter_map(|r| r["seq"].as_i64())
+            .max()
+            .unwrap_or(0);
         if last == 0 {
             // Nothing yet: follow from the newest decision in the log.
-            let v = self.call(Method::GET, "/v1/decisions", &[("limit", "1".into())], None).await?;
-            last = v.as_array().and_then(|a| a.first()).and_then(|r| r["seq"].as_i64()).unwrap_or(0);
+            let v = self
+                .call(Method::GET, "/v1/decisions", &[("limit", "1".into())], None)
+                .await?;
+            last = v
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|r| r["seq"].as_i64())
+                .unwrap_or(0);
         }
         let mut header = true;
         loop {
             self.stream(&rows, &COLUMNS, header)?;
             header = header && rows.is_empty();
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut fq: Vec<(&str, String)> = q.iter().filter(|(k, _)| *k != "since" && *k != "limit").cloned().collect();
+            let mut fq: Vec<(&str, String)> = q
+                .iter()
+                .filter(|(k, _)| *k != "since" && *k != "limit")
+                .cloned()
+                .collect();
             fq.push(("after", last.to_string()));
             fq.push(("limit", "1000".into()));
             let v = self.call(Method::GET, "/v1/decisions", &fq, None).await?;
@@ -596,18 +964,33 @@ impl Run<'_, '_> {
             }
             Format::Yaml => {
                 for r in rows {
-                    text.push_str(&format!("---\n{}", serde_yaml::to_string(r).unwrap_or_default()));
+                    text.push_str(&format!(
+                        "---\n{}",
+                        serde_yaml::to_string(r).unwrap_or_default()
+                    ));
                 }
             }
             Format::Table => {
                 if header {
-                    text.push_str(&format!("{}\n", columns.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>().join("\t")));
+                    text.push_str(&format!(
+                        "{}\n",
+                        columns
+                            .iter()
+                            .map(|c| c.to_uppercase())
+                            .collect::<Vec<_>>()
+                            .join("\t")
+                    ));
                 }
                 for r in rows {
-                    let cells: Vec<String> = columns.iter().map(|c| match &r[*c] {
-                        Value::Number(n) if *c == "at" => n.as_i64().map(utc).unwrap_or_default(),
-                        other => crate::output::cell(c, other),
-                    }).collect();
+                    let cells: Vec<String> = columns
+                        .iter()
+                        .map(|c| match &r[*c] {
+                            Value::Number(n) if *c == "at" => {
+                                n.as_i64().map(utc).unwrap_or_default()
+                            }
+                            other => crate::output::cell(c, other),
+                        })
+                        .collect();
                     text.push_str(&format!("{}\n", cells.join("\t")));
                 }
             }

@@ -78,12 +78,7 @@ pub fn cell(column: &str, v: &Value) -> String {
 fn align(grid: &[Vec<String>]) -> String {
     let n = grid.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..n)
-        .map(|i| {
-            grid.iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in grid {

@@ -86,9 +86,8 @@ impl Session {
     /// The saved login for this address.
     pub fn context(&self) -> Result<&Context, Failure> {
         self.contexts.contexts.get(&self.addr).ok_or_else(|| {
-            Failure::new(format!("not logged in to {}", self.addr)).hint(
-                "run `capstanctl login` (or `capstanctl login --dev` against capstan dev)",
-            )
+            Failure::new(format!("not logged in to {}", self.addr))
+                .hint("run `capstanctl login` (or `capstanctl login --dev` against capstan dev)")
         })
     }
 
@@ -111,11 +110,10 @@ impl Session {
         )
         .await
         .map_err(|e| match e {
-            Error::OAuth { .. } => Failure::new(format!(
-                "your login to {} no longer works: {e}",
-                self.addr
-            ))
-            .hint("run `capstanctl login` again"),
+            Error::OAuth { .. } => {
+                Failure::new(format!("your login to {} no longer works: {e}", self.addr))
+                    .hint("run `capstanctl login` again")
+            }
             other => self.failure(other),
         })?;
         let mut saved = ctx;

@@ -158,7 +158,9 @@ impl IntoResponse for ApiError {
                 reason,
             } => (
                 status,
-                Json(capstan_proto::refusal::forbidden(&action, &resource, &reason)),
+                Json(capstan_proto::refusal::forbidden(
+                    &action, &resource, &reason,
+                )),
             )
                 .into_response(),
             ApiError::NotFound(m) => body(status, "not_found", &m),

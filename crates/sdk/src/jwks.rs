@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use capstan_core::clock::{Clock, SystemClock, UnixTime};
-pub use capstan_core::jwt::{AccessClaims, TokenError};
 use capstan_core::jwt::{self, Expect, Jwk, VerifyingKey};
+pub use capstan_core::jwt::{AccessClaims, TokenError};
 use serde::Deserialize;
 
 use crate::transport::Transport;
@@ -85,6 +85,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     keys: RwLock<Keys>,
     fetching: tokio::sync::Mutex<()>,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 /// Keys beyond this in one JWKS are ignored (a JWKS is a handful of keys).
@@ -109,6 +110,7 @@ impl JwksVerifier {
                 clock,
                 keys: RwLock::new(Keys::default()),
                 fetching: tokio::sync::Mutex::new(()),
+                fetches: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -176,6 +178,9 @@ impl JwksVerifier {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .tried_at = Some(now);
+        self.inner
+            .fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = &self.inner.cfg.jwks_url;
         let fetched = self
             .inner
@@ -212,8 +217,14 @@ impl JwksVerifier {
         }
     }
 
-    /// How many JWKS fetches have been attempted is not tracked; this reports when the last one
-    /// succeeded (Unix seconds), for health checks.
+    /// How many times the JWKS has been fetched (or tried).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.inner
+            .fetches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the JWKS was last fetched successfully (Unix seconds), for health checks.
     pub fn last_fetched(&self) -> Option<UnixTime> {
         self.read().fetched_at
     }

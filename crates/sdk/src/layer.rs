@@ -49,10 +49,7 @@ impl CapstanLayer {
     pub fn new(
         verifier: JwksVerifier,
         authorizer: Authorizer,
-        route: impl Fn(&http::request::Parts, &AccessClaims) -> Option<Required>
-            + Send
-            + Sync
-            + 'static,
+        route: impl Fn(&http::request::Parts, &AccessClaims) -> Option<Required> + Send + Sync + 'static,
     ) -> CapstanLayer {
         CapstanLayer {
             verifier,
@@ -130,7 +127,11 @@ impl CapstanLayer {
             let path = parts.uri.path();
             return Err((
                 StatusCode::FORBIDDEN,
-                Json(refusal::forbidden("(unmapped)", path, "no_permission_mapped")),
+                Json(refusal::forbidden(
+                    "(unmapped)",
+                    path,
+                    "no_permission_mapped",
+                )),
             )
                 .into_response());
         };

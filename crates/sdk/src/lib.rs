@@ -46,7 +46,7 @@ pub use authz::{AuthorizeRequest, AuthorizeResponse, Authorizer, ContextValue};
 pub use capstan_proto as proto;
 pub use error::Error;
 pub use jwks::{AccessClaims, JwksVerifier, TokenError, VerifierConfig, VerifyError};
-pub use layer::{CapstanLayer, CapstanService, Caller, Required};
+pub use layer::{Caller, CapstanLayer, CapstanService, Required};
 pub use token::{client_credentials, AccessToken, ClientCredentials, Grant, TokenSource};
 pub use transport::{read_json, RetryPolicy, Transport, TransportConfig};
 
@@ -78,7 +78,11 @@ impl Capstan {
     }
 
     /// With a transport of your own settings.
-    pub fn with_transport(base: &str, tenant: &str, transport: Transport) -> Result<Capstan, Error> {
+    pub fn with_transport(
+        base: &str,
+        tenant: &str,
+        transport: Transport,
+    ) -> Result<Capstan, Error> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "address {base:?} must start with http:// or https://"
@@ -125,15 +129,17 @@ impl Capstan {
             self.base,
             segment(&self.tenant)
         );
-        let v = self
-            .transport
-            .json(self.transport.http().get(&url))
-            .await?;
+        let v = self.transport.json(self.transport.http().get(&url)).await?;
         serde_json::from_value(v).map_err(|e| Error::Protocol(format!("discovery: {e}")))
     }
 
     /// A token source for a client of this tenant.
-    pub fn token_source(&self, client_id: &str, client_secret: &str, scopes: &[&str]) -> TokenSource {
+    pub fn token_source(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> TokenSource {
         TokenSource::with_clock(
             ClientCredentials {
                 token_url: self.token_url(),
@@ -162,7 +168,11 @@ impl Capstan {
 
     /// An API client acting as `tokens`' client.
     pub fn api(&self, tokens: TokenSource) -> ApiClient {
-        ApiClient::new(&self.base, self.transport.clone(), Credentials::Source(tokens))
+        ApiClient::new(
+            &self.base,
+            self.transport.clone(),
+            Credentials::Source(tokens),
+        )
     }
 
     /// An authorizer asking as `tokens`' client.

@@ -78,12 +78,9 @@ pub async fn client_credentials(
         Ok(t) => Ok(Grant {
             token: AccessToken(t.access_token().secret().clone()),
             expires_in: t.expires_in().map(|d| d.as_secs()),
-            scope: t.scopes().map(|s| {
-                s.iter()
-                    .map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }),
+            scope: t
+                .scopes()
+                .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
         }),
         Err(RequestTokenError::ServerResponse(r)) => Err(Error::OAuth {
             error: r.error().as_ref().to_owned(),
@@ -100,8 +97,9 @@ struct OAuthHttp(Transport);
 
 impl<'c> oauth2::AsyncHttpClient<'c> for OAuthHttp {
     type Error = Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Error>> + Send + 'c>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, Error>> + Send + 'c>,
+    >;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(send_oauth(&self.0, request))
@@ -227,11 +225,7 @@ impl TokenSource {
     pub async fn token(&self, audience: Option<&str>) -> Result<AccessToken, Error> {
         let key = audience.unwrap_or("").to_owned();
         let slot = {
-            let mut slots = self
-                .inner
-                .slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             if !slots.contains_key(&key) && slots.len() >= MAX_AUDIENCES {
                 return Err(Error::Config(format!(
                     "a token source keeps at most {MAX_AUDIENCES} audiences"

@@ -183,7 +183,10 @@ async fn list_resource_policies(
 /// List guardrails.
 #[utoipa::path(get, path = "/v1/guardrails", tag = "policy",
     responses((status = 200, body = Vec<GuardrailView>), (status = 403)), security(("bearer" = [])))]
-async fn list_guardrails(State(svc): Svc, Bearer(c): Bearer) -> ApiResult<Json<Vec<GuardrailView>>> {
+async fn list_guardrails(
+    State(svc): Svc,
+    Bearer(c): Bearer,
+) -> ApiResult<Json<Vec<GuardrailView>>> {
     let rows = svc.list_keyed(&c, Keyed::Guardrail).await?;
     Ok(Json(
         rows.into_iter()

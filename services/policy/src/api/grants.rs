@@ -405,8 +405,12 @@ impl PolicyService {
             Keyed::ResourcePolicy => ("ResourcePolicies", "resource-policy"),
             Keyed::Guardrail => ("Guardrails", "guardrail"),
         };
-        self.guard(caller, &format!("policy:List{noun}"), &format!("{prefix}/*"))
-            .await?;
+        self.guard(
+            caller,
+            &format!("policy:List{noun}"),
+            &format!("{prefix}/*"),
+        )
+        .await?;
         self.store
             .list_keyed(table, caller.tenant.as_str())
             .await?

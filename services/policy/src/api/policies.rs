@@ -68,8 +68,12 @@ impl PolicyService {
         caller: &Caller,
         name: &str,
     ) -> Result<Vec<PolicyVersionView>, PolicyError> {
-        self.guard(caller, "policy:ListPolicyVersions", &format!("policy/{name}"))
-            .await?;
+        self.guard(
+            caller,
+            "policy:ListPolicyVersions",
+            &format!("policy/{name}"),
+        )
+        .await?;
         if builtin::document(name).is_some() {
             return Ok(vec![PolicyVersionView {
                 version: 1,

@@ -531,7 +531,8 @@ impl KeyedDocuments for SqlPolicyStore {
         tenant: &str,
     ) -> Result<Vec<(String, String, i64)>, DbError> {
         let (t, k) = table.names();
-        let sql = format!("SELECT {k}, document, updated_at FROM {t} WHERE tenant = $1 ORDER BY {k}");
+        let sql =
+            format!("SELECT {k}, document, updated_at FROM {t} WHERE tenant = $1 ORDER BY {k}");
         Ok(on_pool!(&self.db, |p| {
             sqlx::query_as(&sql).bind(tenant).fetch_all(p).await
         })?)
