@@ -51,6 +51,22 @@ async fn versions_keep_the_newest_five_and_the_newest_is_default(ctx: &Ctx) {
         ),
         (7, true, "{\"v\":7}")
     );
+    let versions = s.list_versions("a", "P").await.unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.is_default, v.created_at))
+            .collect::<Vec<_>>(),
+        vec![
+            (3, false, 3),
+            (4, false, 4),
+            (5, false, 5),
+            (6, false, 6),
+            (7, true, 7)
+        ]
+    );
+    assert!(s.list_versions("a", "Q").await.unwrap().is_empty());
+    assert_eq!(s.list_versions("b", "P").await.unwrap().len(), 1);
     let old = s.get_version("a", "P", Some(4)).await.unwrap().unwrap();
     assert_eq!((old.version, old.is_default, old.created_at), (4, false, 4));
     assert!(s.get_version("a", "P", Some(2)).await.unwrap().is_none());
@@ -65,7 +81,7 @@ async fn versions_keep_the_newest_five_and_the_newest_is_default(ctx: &Ctx) {
 
 async fn groups_members_and_attachments_cascade(ctx: &Ctx) {
     let db = ctx.db();
-    let s = tenants(&db, &["a"]).await;
+    let s = tenants(&db, &["a", "b"]).await;
     assert!(s.put_group("a", "dev", 1).await.unwrap());
     assert!(!s.put_group("a", "dev", 2).await.unwrap(), "idempotent");
     assert!(s.put_group("a", "org", 1).await.unwrap());
@@ -74,6 +90,14 @@ async fn groups_members_and_attachments_cascade(ctx: &Ctx) {
     s.add_member("a", "dev", "svc_x", 100).await.unwrap();
     s.add_member("a", "dev", "svc_x", 100).await.unwrap();
     s.add_member("a", "org", "group:dev", 100).await.unwrap();
+    assert_eq!(
+        s.list_groups("a").await.unwrap(),
+        vec![
+            ("dev".to_string(), vec!["svc_x".to_string()]),
+            ("org".to_string(), vec!["group:dev".to_string()])
+        ]
+    );
+    assert!(s.list_groups("b").await.unwrap().is_empty());
     s.attach("a", "group", "dev", "P", 100).await.unwrap();
     s.attach("a", "group", "dev", "P", 100).await.unwrap();
     s.attach("a", "principal", "svc_x", "P", 100).await.unwrap();
@@ -139,6 +163,15 @@ async fn boundaries_tags_and_keyed_documents(ctx: &Ctx) {
             Some(("{\"x\":2}".to_string(), 6))
         );
         assert!(s.get_keyed(table, "a", "k2").await.unwrap().is_none());
+        s.put_keyed(table, "a", "k0", "{}", 7).await.unwrap();
+        assert_eq!(
+            s.list_keyed(table, "a").await.unwrap(),
+            vec![
+                ("k0".to_string(), "{}".to_string(), 7),
+                ("k1".to_string(), "{\"x\":2}".to_string(), 6)
+            ]
+        );
+        s.delete_keyed(table, "a", "k0", 100).await.unwrap();
         assert!(s.delete_keyed(table, "a", "k1", 100).await.unwrap());
         assert!(!s.delete_keyed(table, "a", "k1", 100).await.unwrap());
     }
@@ -157,6 +190,12 @@ async fn revisions_and_load_are_tenant_scoped(ctx: &Ctx) {
     s.put_keyed(Keyed::Guardrail, "b", "g", "{}", 1)
         .await
         .unwrap();
+    assert!(s
+        .list_keyed(Keyed::Guardrail, "a")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.list_keyed(Keyed::Guardrail, "b").await.unwrap().len(), 1);
     let a = s.load("a").await.unwrap();
     // Two explicit bumps, then every write bumps the revision in its own transaction.
     assert_eq!(a.revision, 4);

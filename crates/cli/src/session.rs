@@ -2,7 +2,6 @@
 //! access token refreshed when it expires.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use capstan_sdk::{AccessToken, ApiClient, Credentials, Error, Transport, TransportConfig};
 
@@ -29,11 +28,10 @@ pub struct Session {
     pub transport: Transport,
 }
 
+/// The current time in Unix seconds.
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    use capstan_sdk::Clock;
+    capstan_sdk::SystemClock.now()
 }
 
 impl Session {

@@ -57,10 +57,7 @@ impl Authorizer {
     /// One decision.
     pub async fn authorize(&self, req: AuthorizeRequest) -> Result<AuthorizeResponse, Error> {
         let body = to_body(&req)?;
-        let key = match &self.cache {
-            Some(_) => Some(body.to_string()),
-            None => None,
-        };
+        let key = self.cache.as_ref().map(|_| body.to_string());
         if let (Some(cache), Some(k)) = (&self.cache, &key) {
             let now = self.clock.now();
             let hit = cache

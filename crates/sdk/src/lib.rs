@@ -37,12 +37,12 @@ mod transport;
 
 use std::sync::Arc;
 
-use capstan_core::clock::{Clock, SystemClock};
 use reqwest::Method;
 use serde::Deserialize;
 
 pub use api::{segment, to_body, ApiClient, Credentials, API_AUDIENCE};
 pub use authz::{AuthorizeRequest, AuthorizeResponse, Authorizer, ContextValue};
+pub use capstan_core::clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use capstan_proto as proto;
 pub use error::Error;
 pub use jwks::{AccessClaims, JwksVerifier, TokenError, VerifierConfig, VerifyError};
