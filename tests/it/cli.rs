@@ -517,6 +517,9 @@ async fn error_paths_say_what_went_wrong_and_what_to_do(ctx: &Ctx) {
     assert_eq!(o.code, capstan_cli::exit::NOT_FOUND, "{}", o.err);
     assert!(o.err.contains("not found"), "{}", o.err);
     assert_eq!(ctl.run(&["policies", "get", "Nope"]).await.code, 4);
+    // Key ids are base64url and may start with `-`: still a key id, not a flag.
+    let o = ctl.run(&["keys", "delete", "-nosuchkid"]).await;
+    assert_eq!(o.code, 4, "{}", o.err);
 
     // An invalid policy: the JSON path of the problem.
     let bad = ctl.file("bad.json", &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Alow", "Action": "a:b", "Resource": "*"}]}));

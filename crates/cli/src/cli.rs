@@ -228,7 +228,8 @@ pub enum KeysCommand {
     },
     /// Withdraw a key from the JWKS at once.
     Delete {
-        /// Key id.
+        /// Key id (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
