@@ -282,7 +282,7 @@ impl ArnPattern {
 
 /// Splits at `:` into at most `n` parts, never inside `${…}` (a variable such as
 /// `${capstan:tenant}` is one token of one part).
-fn split_outside_variables(s: &str, n: usize) -> Vec<&str> {
+pub(crate) fn split_outside_variables(s: &str, n: usize) -> Vec<&str> {
     let mut parts = Vec::new();
     let (mut start, mut depth) = (0usize, 0usize);
     let bytes = s.as_bytes();

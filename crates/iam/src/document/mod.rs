@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use crate::condition::{Condition, Operator};
-use crate::pattern::{arn_parts, Pattern, Syntax};
+use crate::pattern::{arn_parts, split_outside_variables, Pattern, Syntax};
 
 mod parse;
 

@@ -469,19 +469,22 @@ fn resource_pattern(s: &str, variables: bool) -> Result<ResourcePattern, String>
             "resource {s:?} must be \"*\" or a CRN (crn:capstan:<service>:<tenant>:<path>)"
         ));
     }
-    let parts = arn_parts(s);
-    let last = parts.len() - 1;
+    // Split like the ARN it matches, but never inside `${…}`: a variable such as
+    // `${capstan:tenant}` may stand for any part (the tenant's, like IAM's
+    // `${aws:PrincipalAccount}`), and is resolved into that part as literal text.
+    let syntax = Syntax {
+        wildcards: true,
+        variables,
+        fold_case: false,
+    };
+    let parts = if variables {
+        split_outside_variables(s, if s.starts_with("crn:") { 5 } else { 6 })
+    } else {
+        arn_parts(s)
+    };
     parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let syntax = Syntax {
-                wildcards: true,
-                variables: variables && i == last,
-                fold_case: false,
-            };
-            Pattern::parse(p, syntax)
-        })
+        .into_iter()
+        .map(|p| Pattern::parse(p, syntax))
         .collect::<Result<Vec<_>, _>>()
         .map(ResourcePattern::Parts)
 }

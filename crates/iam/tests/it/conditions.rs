@@ -304,6 +304,39 @@ fn variables_resolve_default_escape_and_fail_safely() {
         "crn:capstan:orders:acme:home/svc_a/x",
         &Context::new()
     ));
+    // A variable may stand for any part of a CRN, the tenant's too; its colon does not split
+    // the pattern, and a substituted value never spans two parts.
+    let p = identity(allow(
+        "orders:*",
+        "crn:capstan:orders:${capstan:tenant}:home/${capstan:principal}",
+        json!({}),
+    ));
+    let t = ctx(&[
+        ("capstan:principal", &["svc_a"]),
+        ("capstan:tenant", &["acme"]),
+    ]);
+    assert!(allowed(
+        &p,
+        "orders:Get",
+        "crn:capstan:orders:acme:home/svc_a",
+        &t
+    ));
+    assert!(!allowed(
+        &p,
+        "orders:Get",
+        "crn:capstan:orders:other:home/svc_a",
+        &t
+    ));
+    let colon = ctx(&[
+        ("capstan:principal", &["svc_a"]),
+        ("capstan:tenant", &["acme:home"]),
+    ]);
+    assert!(!allowed(
+        &p,
+        "orders:Get",
+        "crn:capstan:orders:acme:home:home/svc_a",
+        &colon
+    ));
     // Under 2008-10-17 `${…}` is literal text.
     let p = identity(
         json!({"Version": "2008-10-17", "Statement": {"Effect": "Allow", "Action": "orders:*",
