@@ -22,6 +22,7 @@ mod authorization;
 mod cli;
 mod cluster;
 mod feed;
+mod identity;
 mod oauth;
 mod platform;
 mod policy;

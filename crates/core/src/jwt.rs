@@ -253,6 +253,19 @@ impl SigningKey {
         })
     }
 
+    /// The same key with another `typ` header (`JWT` for JWT-SVIDs; access tokens keep
+    /// `at+jwt`).
+    pub fn with_typ(mut self, typ: &str) -> Result<SigningKey, CoreError> {
+        let header = serde_json::to_vec(&Header {
+            alg: self.alg.as_str(),
+            typ,
+            kid: &self.kid,
+        })
+        .map_err(|_| CoreError::Crypto("header encoding"))?;
+        self.header_b64 = b64(&header);
+        Ok(self)
+    }
+
     /// The key id.
     pub fn kid(&self) -> &str {
         &self.kid

@@ -126,6 +126,11 @@ pub struct Platform {
     pub verifier: Arc<dyn TokenVerifier>,
     /// The server's public base URL.
     pub public_url: String,
+    /// The master key private keys and secrets are sealed or hashed under.
+    pub master_key: capstan_core::crypto::MasterKey,
+    /// The deployment's SPIFFE trust domain (`--trust-domain`): the one identity every service
+    /// shares names principals in it.
+    pub trust_domain: String,
 }
 
 /// A service's own configuration: the `[service.<name>]` section of the server's TOML file

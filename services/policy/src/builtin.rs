@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use capstan_iam::{Limits, Policy, PolicyKind};
 
 /// Name and document of every built-in policy.
-pub const BUILTIN: [(&str, &str); 12] = [
+pub const BUILTIN: [(&str, &str); 13] = [
     (
         "AdministratorAccess",
         include_str!("../../../policies/AdministratorAccess.json"),
@@ -39,6 +39,10 @@ pub const BUILTIN: [(&str, &str); 12] = [
     (
         "IdentityReadOnly",
         include_str!("../../../policies/IdentityReadOnly.json"),
+    ),
+    (
+        "IdentityWorkload",
+        include_str!("../../../policies/IdentityWorkload.json"),
     ),
     (
         "ConfigFullAccess",

@@ -43,7 +43,7 @@ pub const PLATFORM: [&str; 2] = ["auth", "policy"];
 /// here: `Registration::new("identity", capstan_identity::build)`, where `build` takes the
 /// [`Platform`] and the service's own `[service.identity]` section.
 pub fn registry() -> Vec<Registration> {
-    Vec::new()
+    vec![Registration::new("identity", capstan_identity::build)]
 }
 
 /// The names of every service this build implements.
@@ -121,6 +121,8 @@ impl App {
             authorizer: policy.clone(),
             verifier: auth.clone(),
             public_url,
+            master_key: settings.master_key.clone(),
+            trust_domain: settings.trust_domain.clone(),
         };
         let mut services = vec![
             Running {

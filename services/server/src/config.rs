@@ -134,6 +134,10 @@ pub struct Options {
     /// How long the decision log keeps entries, in days [7].
     #[arg(long, env = "CAPSTAN_DECISION_RETENTION_DAYS")]
     pub decision_retention_days: Option<i64>,
+    /// SPIFFE trust domain of this deployment: principals' SPIFFE IDs are
+    /// spiffe://<trust-domain>/t/<tenant>/<principal> [capstan.local].
+    #[arg(long, env = "CAPSTAN_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
     /// Each registered service's own section, `[service.<name>]` in the file (file only).
     #[arg(skip)]
     #[serde(default)]
@@ -179,7 +183,8 @@ impl Options {
                 header_read_timeout_seconds,
                 max_connections,
                 sync_interval_ms,
-                decision_retention_days
+                decision_retention_days,
+                trust_domain
             ]
         ))
     }
@@ -223,6 +228,8 @@ pub struct Settings {
     pub sync_interval: Duration,
     /// Decision-log retention.
     pub decision_retention_seconds: i64,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
     /// Registered services' own sections (`[service.<name>]`), as JSON for the kit.
     pub service_config: BTreeMap<String, serde_json::Value>,
 }
@@ -250,6 +257,7 @@ impl Settings {
             max_connections: 4096,
             sync_interval: Duration::from_millis(250),
             decision_retention_seconds: 7 * 86_400,
+            trust_domain: "capstan.local".into(),
             service_config: BTreeMap::new(),
         }
     }
@@ -272,6 +280,11 @@ impl Settings {
             }
         }
         s.services = parse_services(o.services.as_deref())?;
+        if let Some(td) = &o.trust_domain {
+            capstan_identity::spiffe::TrustDomain::parse(td)
+                .map_err(|e| ServerError::Config(format!("trust_domain: {e}")))?;
+            s.trust_domain = td.clone();
+        }
         let positive = |name: &str, v: i64| {
             if v > 0 {
                 Ok(v)
@@ -476,15 +489,16 @@ mod tests {
 
     #[test]
     fn service_sections_come_from_the_file_only() {
-        let o: Options =
-            toml::from_str("services = [\"auth\"]\n[service.identity]\nsvid_ttl_seconds = 600\n")
-                .unwrap();
+        let o: Options = toml::from_str(
+            "services = [\"auth\"]\n[service.identity]\ndefault_svid_ttl_seconds = 600\n",
+        )
+        .unwrap();
         let key = MasterKey::parse(&"00".repeat(32)).unwrap();
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let s = Settings::resolve(&o, "sqlite://x".into(), key.clone(), any).unwrap();
         assert_eq!(
             s.service_config["identity"],
-            serde_json::json!({"svid_ttl_seconds": 600})
+            serde_json::json!({"default_svid_ttl_seconds": 600})
         );
         let o: Options = toml::from_str("[service.auth]\ntoken_ttl_seconds = 60\n").unwrap();
         let err = Settings::resolve(&o, "sqlite://x".into(), key, any).unwrap_err();
@@ -493,7 +507,10 @@ mod tests {
 
     #[test]
     fn services_are_checked() {
-        assert_eq!(parse_services(None).unwrap(), ["auth", "policy"]);
+        assert_eq!(
+            parse_services(None).unwrap(),
+            ["auth", "policy", "identity"]
+        );
         let v = vec!["auth".to_string(), "policy".to_string()];
         assert_eq!(parse_services(Some(&v)).unwrap(), ["auth", "policy"]);
         let bad = vec!["auth".to_string(), "nope".to_string()];
