@@ -23,6 +23,7 @@ mod cli;
 mod cluster;
 mod feed;
 mod identity;
+mod mtls;
 mod oauth;
 mod platform;
 mod policy;

@@ -176,6 +176,58 @@ pub trait TokenVerifier: Send + Sync + 'static {
 
     /// The caller of a Capstan API: the token must carry the API audience.
     async fn authenticate_caller(&self, token: &str) -> Result<Caller, VerifyError>;
+
+    /// The caller behind a principal that proved itself otherwise (an X.509-SVID on the TLS
+    /// connection): the principal must still exist.
+    async fn authenticate_principal(
+        &self,
+        _tenant: &TenantId,
+        _principal: &PrincipalId,
+    ) -> Result<Caller, VerifyError> {
+        Err(VerifyError::Invalid(
+            "this verifier authenticates bearer tokens only".into(),
+        ))
+    }
+
+    /// The caller of a Capstan API presenting an X.509-SVID of this trust domain on the TLS
+    /// connection (its chain was verified by the TLS layer against the bundle).
+    async fn authenticate_svid(&self, _spiffe_id: &str) -> Result<Caller, VerifyError> {
+        Err(VerifyError::Invalid(
+            "certificate authentication is not available on this server".into(),
+        ))
+    }
+}
+
+/// What the identity service offers the rest of Capstan: the roots a TLS peer of this trust
+/// domain chains to, the principal a SPIFFE ID names, and Capstan's own serving certificate.
+#[async_trait]
+pub trait WorkloadIdentity: Send + Sync + 'static {
+    /// The deployment's trust domain.
+    fn trust_domain(&self) -> &str;
+
+    /// The roots peers must trust now (DER): prepared, active, and retired ones whose leaves
+    /// may still be alive.
+    async fn trust_roots(&self) -> Result<Vec<Vec<u8>>, VerifyError>;
+
+    /// The certificates of Capstan's own CAs whose leaves may still be alive (DER): what
+    /// Capstan anchors client certificates to, so that an upstream root that also signs other
+    /// things never authenticates anyone here.
+    async fn issuing_cas(&self) -> Result<Vec<Vec<u8>>, VerifyError>;
+
+    /// The tenant and principal a SPIFFE ID of this trust domain names, if any: a default
+    /// ID (`/t/<tenant>/<principal>`) or a registration entry's path.
+    async fn principal_of(
+        &self,
+        spiffe_id: &str,
+    ) -> Result<Option<(TenantId, PrincipalId)>, VerifyError>;
+
+    /// A serving certificate for Capstan itself (`spiffe://<td>/capstan/server` plus
+    /// `dns_names`) for the key of `csr_pem`: the chain (leaf first, DER) and its expiry.
+    async fn issue_server_certificate(
+        &self,
+        csr_pem: &str,
+        dns_names: &[String],
+    ) -> Result<(Vec<Vec<u8>>, i64), VerifyError>;
 }
 
 /// Allows administrators, on resources of their own tenant only. Tenants themselves are

@@ -87,15 +87,37 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let token = bearer_token(parts)?;
         let Verifier(verifier) = Verifier::from_ref(state);
-        let mut caller = verifier.authenticate_caller(token).await?;
+        // A bearer token wins; without one, an X.509-SVID the TLS layer verified stands in.
+        let svid = parts
+            .extensions
+            .get::<PeerCertificate>()
+            .and_then(|c| c.spiffe_id.clone());
+        let mut caller = match svid {
+            Some(id) if !parts.headers.contains_key(header::AUTHORIZATION) => {
+                verifier.authenticate_svid(&id).await?
+            }
+            _ => verifier.authenticate_caller(bearer_token(parts)?).await?,
+        };
         caller.source_ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip().to_string());
         Ok(Bearer(caller))
     }
+}
+
+/// The client certificate of the request's TLS connection, verified by the TLS layer against
+/// the trust bundle (chain, validity, clientAuth): what RFC 8705 binds tokens to and what
+/// authenticates a workload by its SVID.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// The end-entity certificate, DER.
+    pub der: Arc<[u8]>,
+    /// Its SPIFFE ID (its one URI SAN), if it has exactly one `spiffe://` URI.
+    pub spiffe_id: Option<String>,
+    /// SHA-256 of the DER (RFC 8705 `x5t#S256`, before base64url).
+    pub sha256: [u8; 32],
 }
 
 /// Adds the `bearer` (JWT) security scheme to an OpenAPI document; every guarded path names it.

@@ -17,7 +17,7 @@ pub mod error;
 pub mod request_id;
 pub mod service;
 
-pub use bearer::{Api, Bearer, BearerScheme, Verifier};
+pub use bearer::{Api, Bearer, BearerScheme, PeerCertificate, Verifier};
 pub use body::{JsonBody, JsonOrDefault, JsonText, Path, Query};
 pub use capstan_core::authz::guard;
 pub use error::{no_store, ApiError, ApiResult, RETRY_AFTER_SECONDS};

@@ -92,6 +92,14 @@ pub trait Service: Send + Sync + 'static {
 
     /// Graceful stop: finish what was accepted (flush queues) before the tasks are aborted.
     async fn stop(&self) {}
+
+    /// The workload identity it provides (the identity service): the server's TLS layer uses
+    /// it for its serving certificate and to authenticate clients by their SVIDs.
+    fn workload_identity(
+        self: Arc<Self>,
+    ) -> Option<Arc<dyn capstan_core::authz::WorkloadIdentity>> {
+        None
+    }
 }
 
 /// Lets the change feed deliver a service's topics to it.

@@ -6,6 +6,8 @@
 //!   with the JWKS cached and refetched at most once per interval for unknown keys.
 //! - [`Authorizer`]: decisions from the policy engine, with an optional small cache.
 //! - [`CapstanLayer`]: a tower layer for axum that does both for every route.
+//! - [`spiffe::SvidSource`]: the service's X.509-SVID, renewed at half-life, and rustls
+//!   configurations for mTLS that verify the peer's SPIFFE ID against the trust bundle.
 //! - [`ApiClient`]: the `/v1` API with the wire types of `capstan-proto` (the CLI's client).
 //!
 //! Every call has a timeout and retries on 429 and 503 honouring `Retry-After`
@@ -32,6 +34,7 @@ mod authz;
 mod error;
 mod jwks;
 mod layer;
+pub mod spiffe;
 mod token;
 mod transport;
 

@@ -356,6 +356,28 @@ impl TokenVerifier for AuthService {
     async fn authenticate_caller(&self, token: &str) -> Result<Caller, VerifyError> {
         self.authenticate_bearer(token).await
     }
+
+    async fn authenticate_principal(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<Caller, VerifyError> {
+        let client = self
+            .client(tenant, principal)
+            .await
+            .map_err(verify_error)?
+            .ok_or_else(|| {
+                VerifyError::Invalid("the principal of this certificate no longer exists".into())
+            })?;
+        Ok(Caller {
+            tenant: tenant.clone(),
+            principal: principal.clone(),
+            client_id: client.id.to_string(),
+            scopes: client.scopes.clone(),
+            admin: client.admin,
+            source_ip: None,
+        })
+    }
 }
 
 /// The requested space-separated values, each of which must be allowed; all allowed ones when

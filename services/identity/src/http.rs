@@ -71,8 +71,18 @@ async fn bundle_pem(State(svc): Svc) -> ApiResult<Response> {
 async fn issue_svid(
     State(svc): Svc,
     headers: HeaderMap,
+    peer: Option<axum::Extension<capstan_http::PeerCertificate>>,
     JsonBody(req): JsonBody<IssueSvid>,
 ) -> ApiResult<Response> {
+    // Renewal over mTLS: the current SVID on the connection authenticates, like a bearer token.
+    let svid = peer.and_then(|axum::Extension(p)| p.spiffe_id);
+    if let (None, Some(id)) = (headers.get(header::AUTHORIZATION), svid) {
+        let caller = svc.verifier.0.authenticate_svid(&id).await?;
+        let issued = svc.issue_svid(SvidAuth::Caller(caller), req).await?;
+        return Ok(no_store(
+            (StatusCode::CREATED, Json(issued)).into_response(),
+        ));
+    }
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| {
@@ -295,6 +305,12 @@ struct IdentityApi;
 
 #[async_trait::async_trait]
 impl Service for IdentityService {
+    fn workload_identity(
+        self: Arc<Self>,
+    ) -> Option<Arc<dyn capstan_core::authz::WorkloadIdentity>> {
+        Some(self)
+    }
+
     fn name(&self) -> &'static str {
         "identity"
     }

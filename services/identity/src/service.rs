@@ -799,10 +799,19 @@ impl IdentityService {
                     .map_err(|e| IdentityError::Crypto(format!("jwk encoding: {e}")))?,
             );
         }
+        // Not in the SPIFFE format (readers ignore unknown members): the published CAs that
+        // were tainted, so Capstan's SDK re-issues leaves they signed at its next refresh.
+        let tainted: Vec<&str> =
+            model::published(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway)
+                .into_iter()
+                .filter(|c| c.tainted_at.is_some())
+                .map(|c| c.id.as_str())
+                .collect();
         Ok(serde_json::json!({
             "keys": keys,
             "spiffe_sequence": model::bundle_sequence(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway),
             "spiffe_refresh_hint": self.cfg.refresh_hint,
+            "capstan_tainted_ca_ids": tainted,
         }))
     }
 
@@ -1151,4 +1160,120 @@ fn no_entry(p: &PrincipalId) -> IdentityError {
 
 fn bad_join_token() -> IdentityError {
     IdentityError::Unauthenticated("the join token is unknown, expired or already used".into())
+}
+
+/// The path of Capstan's own serving certificate: outside every tenant's `/t/<tenant>/`
+/// prefix, so no principal and no registration entry can hold it.
+pub const SERVER_PATH: &str = "/capstan/server";
+
+fn verify_error(e: IdentityError) -> capstan_core::authz::VerifyError {
+    use capstan_core::authz::VerifyError;
+    match e {
+        IdentityError::Db(e) if e.is_unavailable() => VerifyError::Unavailable,
+        IdentityError::Unavailable(_) => VerifyError::Unavailable,
+        IdentityError::BadRequest(m) => VerifyError::Invalid(m),
+        e => {
+            tracing::error!(error = %e, "workload identity failed");
+            VerifyError::Internal
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl capstan_core::authz::WorkloadIdentity for IdentityService {
+    fn trust_domain(&self) -> &str {
+        self.cfg.trust_domain.as_str()
+    }
+
+    async fn trust_roots(&self) -> Result<Vec<Vec<u8>>, capstan_core::authz::VerifyError> {
+        let l = self.loaded().await.map_err(verify_error)?;
+        Ok(self.bundle_roots(&l, self.now()))
+    }
+
+    async fn issuing_cas(&self) -> Result<Vec<Vec<u8>>, capstan_core::authz::VerifyError> {
+        let l = self.loaded().await.map_err(verify_error)?;
+        Ok(
+            model::published(&l.cas, self.now(), self.cfg.max_svid_ttl, self.cfg.leeway)
+                .into_iter()
+                .map(|c| c.cert_der.clone())
+                .collect(),
+        )
+    }
+
+    async fn principal_of(
+        &self,
+        spiffe_id: &str,
+    ) -> Result<Option<(TenantId, PrincipalId)>, capstan_core::authz::VerifyError> {
+        let Ok(id) = SpiffeId::parse(spiffe_id) else {
+            return Ok(None);
+        };
+        let Some(tenant) = spiffe::tenant_of(&self.cfg.trust_domain, &id) else {
+            return Ok(None);
+        };
+        let rest = &id.path()[spiffe::tenant_prefix(&tenant).len() + 1..];
+        // A default ID names its principal; any other path is a registration entry's (and an
+        // entry's path can never parse as a principal id).
+        if let Ok(p) = PrincipalId::parse(rest) {
+            return Ok(Some((tenant, p)));
+        }
+        let entry = self
+            .store
+            .entry_by_path(&tenant, rest)
+            .await
+            .map_err(|e| verify_error(e.into()))?;
+        Ok(entry.map(|e| (tenant, e.principal)))
+    }
+
+    async fn issue_server_certificate(
+        &self,
+        csr_pem: &str,
+        dns_names: &[String],
+    ) -> Result<(Vec<Vec<u8>>, i64), capstan_core::authz::VerifyError> {
+        self.issue_server_inner(csr_pem, dns_names)
+            .await
+            .map_err(verify_error)
+    }
+}
+
+impl IdentityService {
+    async fn issue_server_inner(
+        &self,
+        csr_pem: &str,
+        dns_names: &[String],
+    ) -> Result<(Vec<Vec<u8>>, i64), IdentityError> {
+        let csr = pki::check_csr(csr_pem.as_bytes())?;
+        for d in dns_names {
+            pki::check_dns_name(d)
+                .map_err(|e| IdentityError::BadRequest(format!("--tls-dns-name {d:?}: {e}")))?;
+        }
+        let id = SpiffeId::new(&self.cfg.trust_domain, SERVER_PATH)?;
+        let now = self.now();
+        let mut l = self.loaded().await?;
+        if model::active(&l.cas, now).is_none() {
+            self.ensure_ca().await?;
+            l = self.loaded().await?;
+        }
+        let active = model::active(&l.cas, now)
+            .ok_or_else(|| IdentityError::Unavailable("no CA can sign now".into()))?;
+        let signer = l
+            .signers
+            .get(&active.id)
+            .ok_or_else(|| IdentityError::Unavailable("the active CA is not loaded".into()))?;
+        let serial = pki::random_serial(self.rng.as_ref())?;
+        let (leaf, not_after) = pki::sign_leaf(
+            signer,
+            &csr,
+            &LeafSpec {
+                spiffe_id: &id,
+                dns_names,
+                now,
+                not_after: now + self.cfg.default_svid_ttl,
+                serial,
+            },
+        )?;
+        tracing::info!(serial = %pki::serial_hex(&serial), ca = %active.id, not_after, "issued the server's own certificate");
+        let mut chain = vec![leaf];
+        chain.extend(signer.chain_der.iter().cloned());
+        Ok((chain, not_after))
+    }
 }

@@ -14,7 +14,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use capstan_auth::store::SqlStore;
 use capstan_auth::{AuthConfig, AuthService};
+use capstan_core::authz::{Caller, TokenVerifier, VerifiedToken, VerifyError, WorkloadIdentity};
 use capstan_core::clock::Clock;
+use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::rng::Rng;
 use capstan_db::feed::FeedConfig;
 use capstan_db::Db;
@@ -76,6 +78,8 @@ pub struct App {
     pub services: Vec<Running>,
     /// HTTP metrics.
     pub metrics: HttpMetrics,
+    /// Verifies callers: bearer tokens (the issuer) and X.509-SVIDs (the identity service).
+    pub verifier: Arc<dyn TokenVerifier>,
     feed_config: FeedConfig,
     body_limit: usize,
     request_timeout: Duration,
@@ -178,7 +182,15 @@ impl App {
                 tracing::warn!(service = %s, "service is not available in this version; skipping");
             }
         }
+        let identity = services
+            .iter()
+            .find_map(|r| r.service.clone().workload_identity());
+        let verifier: Arc<dyn TokenVerifier> = Arc::new(CallerVerifier {
+            auth: auth.clone(),
+            identity,
+        });
         Ok(App {
+            verifier,
             db,
             feed,
             auth,
@@ -194,6 +206,13 @@ impl App {
             clock,
             request_ids: AtomicU64::new(1),
         })
+    }
+
+    /// The workload identity of the identity service, when it runs.
+    pub fn workload_identity(&self) -> Option<Arc<dyn WorkloadIdentity>> {
+        self.services
+            .iter()
+            .find_map(|r| r.service.clone().workload_identity())
     }
 
     fn served(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
@@ -228,7 +247,7 @@ impl App {
         let mut router = ops.router;
         let mut paths = ops.paths;
         for s in self.served() {
-            let r = s.clone().routes(self.auth.clone());
+            let r = s.clone().routes(self.verifier.clone());
             router = router.merge(r.router);
             paths.extend(r.paths);
         }
@@ -432,6 +451,8 @@ pub struct Server {
     pub public_url: String,
     /// The composed application.
     pub app: Arc<App>,
+    /// The TLS layer, when serving HTTPS (tests call its `refresh`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -462,19 +483,37 @@ impl Server {
         let public_url = settings
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"))
+            .unwrap_or_else(|| {
+                let scheme = if settings.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{addr}")
+            })
             .trim_end_matches('/')
             .to_owned();
         let app = Arc::new(
             App::build(settings, public_url.clone(), clock, rng, migrate, registry).await?,
         );
         // The feed's cursor is placed before any cache is filled, so no change falls between.
-        let tasks = app.start().await?;
+        let mut tasks = app.start().await?;
         let default = capstan_core::ids::TenantId::default_tenant();
         app.auth
             .ensure_tenant(&default, capstan_core::jwt::Alg::ES256)
             .await?;
         app.auth.check_master_key(&default).await?;
+        let tls = match &settings.tls {
+            Some(mode) => {
+                let tls =
+                    crate::tls::Tls::new(mode.clone(), app.workload_identity(), app.clock.clone())
+                        .await?;
+                tasks.push(tls.spawn_refresh());
+                Some(tls)
+            }
+            None => None,
+        };
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         let router = app.router(settings);
         let limits = crate::serve::ConnLimits {
             header_read_timeout: settings.header_read_timeout,
@@ -482,7 +521,7 @@ impl Server {
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            crate::serve::serve(listener, router, limits, async move {
+            crate::serve::serve(listener, router, limits, acceptor, async move {
                 let _ = rx.await;
             })
             .await
@@ -491,6 +530,7 @@ impl Server {
             addr,
             public_url,
             app,
+            tls,
             shutdown: Some(tx),
             task,
             tasks,
@@ -545,5 +585,46 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// The one verifier of callers every router gets: bearer tokens go to the issuer; an
+/// X.509-SVID (verified by the TLS layer) names a principal through the identity service, and
+/// the issuer confirms it still exists.
+struct CallerVerifier {
+    auth: Arc<AuthService>,
+    identity: Option<Arc<dyn WorkloadIdentity>>,
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for CallerVerifier {
+    async fn verify_access_token(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        self.auth.verify_access_token(token).await
+    }
+
+    async fn authenticate_caller(&self, token: &str) -> Result<Caller, VerifyError> {
+        self.auth.authenticate_caller(token).await
+    }
+
+    async fn authenticate_principal(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<Caller, VerifyError> {
+        self.auth.authenticate_principal(tenant, principal).await
+    }
+
+    async fn authenticate_svid(&self, spiffe_id: &str) -> Result<Caller, VerifyError> {
+        let Some(identity) = &self.identity else {
+            return Err(VerifyError::Invalid(
+                "certificate authentication needs the identity service".into(),
+            ));
+        };
+        let (tenant, principal) = identity.principal_of(spiffe_id).await?.ok_or_else(|| {
+            VerifyError::Invalid(format!(
+                "the certificate's SPIFFE ID {spiffe_id} names no principal of this deployment"
+            ))
+        })?;
+        self.auth.authenticate_principal(&tenant, &principal).await
     }
 }

@@ -138,6 +138,24 @@ pub struct Options {
     /// spiffe://<trust-domain>/t/<tenant>/<principal> [capstan.local].
     #[arg(long, env = "CAPSTAN_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
+    /// Serve HTTPS: with a certificate Capstan's CA issues to itself (its SPIFFE ID plus the
+    /// --tls-dns-name names), or from --tls-cert/--tls-key. Client certificates (X.509-SVIDs)
+    /// are requested, not required.
+    #[arg(long, env = "CAPSTAN_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
+    /// DNS names of the self-issued serving certificate (repeat or comma-separate) [localhost].
+    #[arg(
+        long = "tls-dns-name",
+        env = "CAPSTAN_TLS_DNS_NAMES",
+        value_delimiter = ','
+    )]
+    pub tls_dns_names: Option<Vec<String>>,
+    /// Serving certificate chain (PEM), reloaded when it changes; implies --tls.
+    #[arg(long, env = "CAPSTAN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving private key (PEM), reloaded when it changes.
+    #[arg(long, env = "CAPSTAN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Each registered service's own section, `[service.<name>]` in the file (file only).
     #[arg(skip)]
     #[serde(default)]
@@ -184,7 +202,11 @@ impl Options {
                 max_connections,
                 sync_interval_ms,
                 decision_retention_days,
-                trust_domain
+                trust_domain,
+                tls,
+                tls_dns_names,
+                tls_cert,
+                tls_key
             ]
         ))
     }
@@ -230,6 +252,8 @@ pub struct Settings {
     pub decision_retention_seconds: i64,
     /// SPIFFE trust domain.
     pub trust_domain: String,
+    /// HTTPS, when set.
+    pub tls: Option<crate::tls::TlsMode>,
     /// Registered services' own sections (`[service.<name>]`), as JSON for the kit.
     pub service_config: BTreeMap<String, serde_json::Value>,
 }
@@ -258,6 +282,7 @@ impl Settings {
             sync_interval: Duration::from_millis(250),
             decision_retention_seconds: 7 * 86_400,
             trust_domain: "capstan.local".into(),
+            tls: None,
             service_config: BTreeMap::new(),
         }
     }
@@ -285,6 +310,24 @@ impl Settings {
                 .map_err(|e| ServerError::Config(format!("trust_domain: {e}")))?;
             s.trust_domain = td.clone();
         }
+        s.tls = match (&o.tls_cert, &o.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsMode::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) if o.tls == Some(true) => Some(crate::tls::TlsMode::SelfIssued {
+                dns_names: o
+                    .tls_dns_names
+                    .clone()
+                    .unwrap_or_else(|| vec!["localhost".into()]),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ServerError::Config(
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
+        };
         let positive = |name: &str, v: i64| {
             if v > 0 {
                 Ok(v)

@@ -8,6 +8,7 @@ pub mod error;
 pub mod metrics;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{App, Server};
 pub use config::Settings;

@@ -4,11 +4,13 @@
 //! connections close).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use capstan_http::PeerCertificate;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -26,10 +28,13 @@ pub struct ConnLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open connections finish.
+/// With `tls`, every connection is a TLS handshake first (bounded by the header read timeout);
+/// a client certificate it verified is given to each request as a [`PeerCertificate`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -62,19 +67,40 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let router = router.clone();
-        let service = hyper::service::service_fn(
-            move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut router = router.clone();
-                async move { Ok::<_, Infallible>(router.call(req).await.unwrap_or_else(|e| match e {})) }
-            },
-        );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let Some(acceptor) = tls else {
+                let service = service(router, peer, None);
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let cert = crate::tls::peer_certificate(stream.get_ref().1);
+            let service = service(router, peer, cert);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -83,4 +109,28 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The per-connection service: the router, with the peer's address (and verified client
+/// certificate) in every request's extensions.
+fn service(
+    router: Router,
+    peer: SocketAddr,
+    cert: Option<PeerCertificate>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<axum::response::Response, Infallible>>
+                 + Send
+                 + 'static,
+> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        let mut router = router.clone();
+        async move { Ok::<_, Infallible>(router.call(req).await.unwrap_or_else(|e| match e {})) }
+    })
 }

@@ -1,0 +1,504 @@
+//! mTLS with SPIFFE identities: SDK-issued SVIDs in rustls handshakes between two workloads
+//! (peer SPIFFE IDs verified against the bundle and an allow-list; another trust domain, an
+//! expired SVID, a CA-flagged leaf and an ID outside the allow-list refused), CA rotation that
+//! never breaks a handshake, and Capstan itself serving HTTPS (`--tls`) where a client's SVID
+//! authenticates its principal.
+
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+use reqwest::Method;
+use rustls::pki_types::ServerName;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use capstan_core::clock::Clock;
+use capstan_sdk::spiffe::{PeerPolicy, SvidSource};
+use capstan_sdk::{ApiClient, Capstan, Credentials};
+use capstan_server::tls::TlsMode;
+use capstan_tests::{Creds, Ctx, TestServer};
+
+capstan_tests::on_both_backends!(
+    sdk_svids_authenticate_both_ends_of_a_handshake,
+    rotation_and_taint_never_break_handshakes,
+    capstan_serves_https_and_authenticates_svids,
+);
+
+/// A client allowed to get its own SVIDs, and an SVID source for it.
+async fn workload(s: &TestServer, admin_token: &str, name: &str) -> (Creds, Arc<SvidSource>) {
+    let c = s
+        .create_client(
+            admin_token,
+            json!({ "name": name, "audiences": ["capstan"] }),
+        )
+        .await;
+    let (status, v) = s
+        .api(
+            Method::PUT,
+            &format!("/v1/principals/{}/policies/IdentityWorkload", c.id),
+            admin_token,
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{v}");
+    let capstan = Capstan::new(&s.base, "default").unwrap();
+    let api = capstan.api(capstan.token_source(&c.id, &c.secret, &[]));
+    let src = SvidSource::start_with_clock(api, s.clock.clone())
+        .await
+        .unwrap();
+    (c, src)
+}
+
+fn id_of(c: &Creds) -> String {
+    format!("spiffe://capstan.local/t/default/{}", c.id)
+}
+
+/// One handshake and one echoed message between a server and a client configuration;
+/// the error of whichever side failed.
+async fn handshake(
+    server: rustls::ServerConfig,
+    client: rustls::ClientConfig,
+) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let server_task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        let mut buf = [0u8; 5];
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("server read: {e}"))?;
+        tls.write_all(&buf).await.map_err(|e| e.to_string())?;
+        tls.flush().await.map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    });
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let client_result = async {
+        let mut tls = connector
+            .connect(ServerName::try_from("workload").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
+        tls.write_all(b"hello")
+            .await
+            .map_err(|e| format!("client write: {e}"))?;
+        let mut buf = [0u8; 5];
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
+        assert_eq!(&buf, b"hello");
+        Ok::<(), String>(())
+    }
+    .await;
+    let server_result = server_task.await.unwrap();
+    match (client_result, server_result) {
+        (Ok(()), Ok(())) => Ok(()),
+        (c, s) => Err(format!("{c:?} / {s:?}")),
+    }
+}
+
+async fn sdk_svids_authenticate_both_ends_of_a_handshake(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let admin_token = s.token("default", &admin, &[]).await;
+    let (a, a_src) = workload(&s, &admin_token, "orders").await;
+    let (b, b_src) = workload(&s, &admin_token, "billing").await;
+    let (c, c_src) = workload(&s, &admin_token, "intruder").await;
+    assert_eq!(a_src.svid().unwrap().spiffe_id, id_of(&a));
+    let a_server = || a_src.server_config(PeerPolicy::ids([id_of(&b)])).unwrap();
+
+    // Both sides verify each other.
+    handshake(
+        a_server(),
+        b_src.client_config(PeerPolicy::ids([id_of(&a)])).unwrap(),
+    )
+    .await
+    .unwrap();
+    // A predicate works too.
+    let prefix = "spiffe://capstan.local/t/default/".to_owned();
+    handshake(
+        a_src
+            .server_config(PeerPolicy::predicate(move |id| id.starts_with(&prefix)))
+            .unwrap(),
+        b_src.client_config(PeerPolicy::any()).unwrap(),
+    )
+    .await
+    .unwrap();
+    // A client outside the server's allow-list, and a server outside the client's.
+    let e = handshake(a_server(), c_src.client_config(PeerPolicy::any()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.contains("is not allowed"), "{e}");
+    let e = handshake(
+        a_server(),
+        b_src.client_config(PeerPolicy::ids([id_of(&c)])).unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("not allowed"), "{e}");
+
+    // An SVID of another trust domain (another deployment, its own CA).
+    let other_ctx = Ctx::sqlite().await;
+    let mut settings = other_ctx.settings();
+    settings.trust_domain = "other.org".into();
+    let other = other_ctx.server_with(settings).await;
+    let other_admin = other.admin().await;
+    let other_token = other.token("default", &other_admin, &[]).await;
+    let (_, d_src) = workload(&other, &other_token, "orders").await;
+    assert!(d_src
+        .svid()
+        .unwrap()
+        .spiffe_id
+        .starts_with("spiffe://other.org/"));
+    let a_any = || a_src.server_config(PeerPolicy::any()).unwrap();
+    assert!(
+        handshake(a_any(), d_src.client_config(PeerPolicy::any()).unwrap())
+            .await
+            .is_err()
+    );
+    // Even when the other deployment's root is trusted, its trust domain is not ours.
+    let mut roots = a_src.bundle();
+    roots.extend(d_src.bundle());
+    a_src.set_bundle(roots.clone()).unwrap();
+    d_src.set_bundle(roots).unwrap();
+    let e = handshake(a_any(), d_src.client_config(PeerPolicy::any()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.contains("trust domain"), "{e}");
+    a_src.set_bundle(b_src.bundle()).unwrap();
+    other.shutdown().await;
+    other_ctx.cleanup().await;
+
+    // A leaf flagged CA:TRUE under a trusted root (a CA of our own, outside Capstan).
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::default();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root_params.subject_alt_names =
+        vec![SanType::URI("spiffe://capstan.local".try_into().unwrap())];
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(root_params, root_key);
+    let leaf = |ca: bool, id: &str, expired: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        if expired {
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::days(2);
+            p.not_after = now - time::Duration::days(1);
+        }
+        p.is_ca = if ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let root_pem = root.pem();
+    let (good, good_key) = leaf(false, "spiffe://capstan.local/t/default/server", false);
+    let (flagged, flagged_key) = leaf(true, "spiffe://capstan.local/t/default/client", false);
+    let (ok_client, ok_client_key) = leaf(false, "spiffe://capstan.local/t/default/client", false);
+    let (expired, expired_key) = leaf(false, "spiffe://capstan.local/t/default/client", true);
+    let srv = SvidSource::from_pem(&good, &good_key, &root_pem).unwrap();
+    let ok = SvidSource::from_pem(&ok_client, &ok_client_key, &root_pem).unwrap();
+    let bad = SvidSource::from_pem(&flagged, &flagged_key, &root_pem).unwrap();
+    handshake(
+        srv.server_config(PeerPolicy::any()).unwrap(),
+        ok.client_config(PeerPolicy::any()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let e = handshake(
+        srv.server_config(PeerPolicy::any()).unwrap(),
+        bad.client_config(PeerPolicy::any()).unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("CaUsedAsEndEntity"), "{e}");
+    let old = SvidSource::from_pem(&expired, &expired_key, &root_pem).unwrap();
+    let e = handshake(
+        srv.server_config(PeerPolicy::any()).unwrap(),
+        old.client_config(PeerPolicy::any()).unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("Expired"), "{e}");
+    s.shutdown().await;
+}
+
+fn pem_of(ders: &[rustls::pki_types::CertificateDer<'_>]) -> String {
+    use base64::Engine;
+    ders.iter()
+        .map(|d| {
+            let b = base64::engine::general_purpose::STANDARD.encode(d.as_ref());
+            let body: Vec<&str> = b
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                body.join("\n")
+            )
+        })
+        .collect()
+}
+
+async fn rotation_and_taint_never_break_handshakes(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let admin_token = s.token("default", &admin, &[]).await;
+    let (a, a_src) = workload(&s, &admin_token, "orders").await;
+    let (b, b_src) = workload(&s, &admin_token, "billing").await;
+    let both = |x: &Arc<SvidSource>, y: &Arc<SvidSource>, xa: &Creds, ya: &Creds| {
+        (
+            x.server_config(PeerPolicy::ids([id_of(ya)])).unwrap(),
+            y.client_config(PeerPolicy::ids([id_of(xa)])).unwrap(),
+        )
+    };
+    let check = |label: &'static str| {
+        let a_src = a_src.clone();
+        let b_src = b_src.clone();
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let (srv, cli) = both(&a_src, &b_src, &a, &b);
+            handshake(srv, cli)
+                .await
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let (srv, cli) = both(&b_src, &a_src, &b, &a);
+            handshake(srv, cli)
+                .await
+                .unwrap_or_else(|e| panic!("{label} (reverse): {e}"));
+        }
+    };
+    check("before").await;
+
+    // Prepare a new CA: published at once; workloads pick up the bundle at their renewal.
+    let (status, prepared) = s
+        .api(
+            Method::POST,
+            "/v1/identity/ca/rotate",
+            &admin_token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{prepared}");
+    a_src.renew().await.unwrap();
+    check("prepared, A renewed").await;
+    b_src.renew().await.unwrap();
+    assert_eq!(b_src.bundle().len(), 2);
+    check("prepared").await;
+
+    // Activate it now: B renews under the new CA while A still holds a leaf of the old one.
+    let (status, active) = s
+        .api(
+            Method::POST,
+            "/v1/identity/ca/rotate",
+            &admin_token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{active}");
+    assert_eq!(active["slot"], "active");
+    b_src.renew().await.unwrap();
+    check("active: A on the old CA, B on the new").await;
+    a_src.renew().await.unwrap();
+    check("after").await;
+
+    // Taint the active CA: a new one signs at once; leaves of the tainted one still verify
+    // until their holders renew, and renewed leaves come from the new CA.
+    let id = active["id"].as_str().unwrap();
+    let (status, v) = s
+        .api(
+            Method::POST,
+            &format!("/v1/identity/ca/{id}/taint"),
+            &admin_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // Each workload learns it from its next bundle poll, trusts the new root and re-issues.
+    let (ra, rb) = (a_src.renewals(), b_src.renewals());
+    a_src.refresh_bundle().await.unwrap();
+    b_src.refresh_bundle().await.unwrap();
+    assert_eq!((a_src.renewals(), b_src.renewals()), (ra + 1, rb + 1));
+    assert_ne!(a_src.svid().unwrap().ca_id, id);
+    assert_ne!(b_src.svid().unwrap().ca_id, id);
+    check("tainted: both re-issued").await;
+    // A poll with nothing tainted re-issues nothing.
+    a_src.refresh_bundle().await.unwrap();
+    assert_eq!(a_src.renewals(), ra + 1);
+    let (_, records) = s
+        .api(
+            Method::GET,
+            &format!("/v1/identity/svids?principal={}", b.id),
+            &admin_token,
+            None,
+        )
+        .await;
+    let current = b_src.svid().unwrap().serial;
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["serial"] == current.as_str() && r["ca_id"] != active["id"]),
+        "{records}"
+    );
+    s.shutdown().await;
+}
+
+async fn capstan_serves_https_and_authenticates_svids(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.tls = Some(TlsMode::SelfIssued {
+        dns_names: vec!["localhost".into()],
+    });
+    let s = ctx.server_with(settings).await;
+    let identity = s.server.app.workload_identity().unwrap();
+    let roots = identity.trust_roots().await.unwrap();
+    let bundle_pem = pem_of(
+        &roots
+            .iter()
+            .map(|r| rustls::pki_types::CertificateDer::from(r.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let port = s.server.addr.port();
+    let base = format!("https://localhost:{port}");
+    assert!(s.server.public_url.starts_with("https://"));
+
+    // A standard HTTPS client trusting the bundle: the server's certificate checks out for
+    // localhost; without a client certificate /v1 wants a bearer token.
+    let plain = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(bundle_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = plain.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = plain
+        .post(format!("{base}/v1/identity/jwt-svids"))
+        .json(&json!({ "audience": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A workload gets its SVID over HTTPS with its bearer token, through the SDK.
+    let transport = capstan_sdk::TransportConfig {
+        root_certificates_pem: vec![bundle_pem.clone().into_bytes()],
+        ..Default::default()
+    };
+    let capstan = Capstan::with_transport(
+        &base,
+        "default",
+        capstan_sdk::Transport::new(transport).unwrap(),
+    )
+    .unwrap();
+    let admin = s.admin().await;
+    let admin_token = {
+        let t = capstan.token_source(&admin.id, &admin.secret, &[]);
+        t.token(Some("capstan")).await.unwrap().secret().to_owned()
+    };
+    let api = ApiClient::new(
+        &base,
+        capstan.transport().clone(),
+        Credentials::Token(capstan_sdk::AccessToken::new(admin_token.clone())),
+    );
+    let c: Value = api
+        .call(
+            Method::POST,
+            "/v1/clients",
+            &[],
+            Some(&json!({ "name": "orders", "audiences": ["capstan"] })),
+        )
+        .await
+        .unwrap();
+    let id = c["client_id"].as_str().unwrap().to_owned();
+    api.call(
+        Method::PUT,
+        &format!("/v1/principals/{id}/policies/IdentityWorkload"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    let src = SvidSource::start_with_clock(
+        capstan.api(capstan.token_source(&id, c["client_secret"].as_str().unwrap(), &[])),
+        s.clock.clone(),
+    )
+    .await
+    .unwrap();
+
+    // With its SVID on the connection, it is authenticated without a bearer token: it gets a
+    // JWT-SVID and renews its X.509-SVID over mTLS. The server is verified by its SPIFFE ID.
+    let mut tls = src
+        .client_config(PeerPolicy::ids(["spiffe://capstan.local/capstan/server"]))
+        .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mtls = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let r = mtls
+        .post(format!("{base}/v1/identity/jwt-svids"))
+        .json(&json!({ "audience": "billing" }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v["spiffe_id"],
+        format!("spiffe://capstan.local/t/default/{id}").as_str()
+    );
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = mtls
+        .post(format!("{base}/v1/identity/svids"))
+        .json(&json!({ "csr": csr }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Its narrow grant still applies: listing certificates is not in it.
+    let r = mtls
+        .get(format!("{base}/v1/identity/svids"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // Deleting the client ends what its certificate can do.
+    api.call(Method::DELETE, &format!("/v1/clients/{id}"), &[], None)
+        .await
+        .unwrap();
+    let r = mtls
+        .post(format!("{base}/v1/identity/jwt-svids"))
+        .json(&json!({ "audience": "billing" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The server renews its own certificate at half-life.
+    let before = s.server.tls.as_ref().unwrap().serving_serial();
+    s.clock.advance(1900);
+    s.server.tls.as_ref().unwrap().refresh().await.unwrap();
+    assert_ne!(s.server.tls.as_ref().unwrap().serving_serial(), before);
+    let now = s.clock.now();
+    assert!(now > 0);
+    s.shutdown().await;
+}
