@@ -49,6 +49,7 @@ fn client(tenant: &str, name: &str, at: i64) -> Client {
         audiences: vec!["api".into()],
         token_ttl_seconds: Some(120),
         admin: false,
+        tls_client_auth_san_uri: Some(format!("spiffe://capstan.local/t/{tenant}/{name}")),
         created_at: at,
         updated_at: at,
     }

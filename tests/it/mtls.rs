@@ -23,6 +23,7 @@ capstan_tests::on_both_backends!(
     sdk_svids_authenticate_both_ends_of_a_handshake,
     rotation_and_taint_never_break_handshakes,
     capstan_serves_https_and_authenticates_svids,
+    tls_client_auth_binds_tokens_to_the_certificate,
 );
 
 /// A client allowed to get its own SVIDs, and an SVID source for it.
@@ -501,4 +502,282 @@ async fn capstan_serves_https_and_authenticates_svids(ctx: &Ctx) {
     let now = s.clock.now();
     assert!(now > 0);
     s.shutdown().await;
+}
+
+/// A TLS server of this context, a client trusting its bundle, and the bundle (PEM).
+async fn tls_server(ctx: &Ctx) -> (TestServer, String, reqwest::Client, String) {
+    let mut settings = ctx.settings();
+    settings.tls = Some(TlsMode::SelfIssued {
+        dns_names: vec!["localhost".into()],
+    });
+    let s = ctx.server_with(settings).await;
+    let roots = s
+        .server
+        .app
+        .workload_identity()
+        .unwrap()
+        .trust_roots()
+        .await
+        .unwrap();
+    let bundle_pem = pem_of(
+        &roots
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect::<Vec<_>>(),
+    );
+    let plain = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(bundle_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", s.server.addr.port());
+    (s, base, plain, bundle_pem)
+}
+
+/// An HTTPS client presenting `src`'s SVID and verifying Capstan's server SVID.
+fn mtls_client(src: &SvidSource) -> reqwest::Client {
+    let mut tls = src
+        .client_config(PeerPolicy::ids(["spiffe://capstan.local/capstan/server"]))
+        .unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
+/// An SVID for the join token's principal, as a fixed SVID source.
+async fn svid_by_join_token(
+    plain: &reqwest::Client,
+    base: &str,
+    join_token: &str,
+    bundle_pem: &str,
+) -> Arc<SvidSource> {
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = plain
+        .post(format!("{base}/v1/identity/svids"))
+        .header("authorization", format!("JoinToken {join_token}"))
+        .json(&json!({ "csr": csr }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    SvidSource::from_pem(
+        v["svid_chain_pem"].as_str().unwrap(),
+        &key.serialize_pem(),
+        bundle_pem,
+    )
+    .unwrap()
+}
+
+async fn tls_client_auth_binds_tokens_to_the_certificate(ctx: &Ctx) {
+    let (s, base, plain, bundle_pem) = tls_server(ctx).await;
+    let admin = s.admin().await;
+    let token_url = format!("{base}/t/default/oauth2/token");
+    let admin_token: String = {
+        let r = plain
+            .post(&token_url)
+            .basic_auth(&admin.id, Some(&admin.secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    };
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let mut req = plain
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // The discovery document advertises it.
+    let d: Value = plain
+        .get(format!("{base}/t/default/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(d["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("tls_client_auth")));
+    assert_eq!(d["tls_client_certificate_bound_access_tokens"], true);
+
+    // A client registered for tls_client_auth: its certificate subject defaults to its own
+    // SPIFFE ID. It gets its first SVID with a join token, then authenticates with it.
+    let mut clients = Vec::new();
+    for name in ["orders", "billing"] {
+        let (status, c) = call(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({ "name": name, "audiences": ["capstan"],
+                "token_endpoint_auth_method": "tls_client_auth" })),
+        )
+        .await;
+        assert_eq!(status, 201, "{c}");
+        let id = c["client_id"].as_str().unwrap().to_owned();
+        assert_eq!(c["token_endpoint_auth_method"], "tls_client_auth");
+        assert_eq!(
+            c["tls_client_auth_san_uri"],
+            format!("spiffe://capstan.local/t/default/{id}").as_str()
+        );
+        let (status, v) = call(
+            Method::PUT,
+            &format!("/v1/principals/{id}/policies/IdentityWorkload"),
+            None,
+        )
+        .await;
+        assert!(status == 200 || status == 204, "{v}");
+        let (status, jt) = call(
+            Method::POST,
+            "/v1/identity/join-tokens",
+            Some(json!({ "principal": id })),
+        )
+        .await;
+        assert_eq!(status, 201, "{jt}");
+        let src =
+            svid_by_join_token(&plain, &base, jt["token"].as_str().unwrap(), &bundle_pem).await;
+        clients.push((id, c["client_secret"].as_str().unwrap().to_owned(), src));
+    }
+    let (id, secret, src) = &clients[0];
+    let (_, _, other_src) = &clients[1];
+    let mtls = mtls_client(src);
+    let other_mtls = mtls_client(other_src);
+
+    // Its secret does not work; its certificate does, and only for itself.
+    let r = plain
+        .post(&token_url)
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = other_mtls
+        .post(&token_url)
+        .form(&[("grant_type", "client_credentials"), ("client_id", id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = plain
+        .post(&token_url)
+        .form(&[("grant_type", "client_credentials"), ("client_id", id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = mtls
+        .post(&token_url)
+        .form(&[("grant_type", "client_credentials"), ("client_id", id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let token = v["access_token"].as_str().unwrap().to_owned();
+
+    // The token names the certificate it is bound to.
+    use base64::Engine;
+    let leaf = src.svid().unwrap().chain()[0].to_vec();
+    let digest = ring_sha256(&leaf);
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["cnf"]["x5t#S256"], x5t.as_str());
+    assert_eq!(claims["sub"], id.as_str());
+
+    // Good with that certificate; refused without one and with another.
+    let use_token = |client: &reqwest::Client| {
+        client
+            .post(format!("{base}/v1/identity/jwt-svids"))
+            .bearer_auth(&token)
+            .json(&json!({ "audience": "billing" }))
+            .send()
+    };
+    assert_eq!(use_token(&mtls).await.unwrap().status(), 201);
+    let r = use_token(&plain).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("bound"));
+    assert_eq!(use_token(&other_mtls).await.unwrap().status(), 401);
+    // The SVID endpoint checks the binding too.
+    let key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = other_mtls
+        .post(format!("{base}/v1/identity/svids"))
+        .bearer_auth(&token)
+        .json(&json!({ "csr": csr }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Introspection reports the binding, for resource servers to check.
+    let r = plain
+        .post(format!("{base}/t/default/oauth2/introspect"))
+        .basic_auth(&admin.id, Some(&admin.secret))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let i: Value = r.json().await.unwrap();
+    assert_eq!(i["active"], true);
+    assert_eq!(i["cnf"]["x5t#S256"], x5t.as_str());
+
+    // The SDK's offline verifier enforces it as well.
+    let capstan = Capstan::with_transport(
+        &base,
+        "default",
+        capstan_sdk::Transport::new(capstan_sdk::TransportConfig {
+            root_certificates_pem: vec![bundle_pem.clone().into_bytes()],
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+    .unwrap()
+    .with_clock(s.clock.clone());
+    let verifier = capstan.verifier("capstan").await.unwrap();
+    verifier
+        .verify_presented(&token, Some(leaf.as_slice()))
+        .await
+        .unwrap();
+    assert!(verifier.verify(&token).await.is_err());
+    let other_leaf = other_src.svid().unwrap().chain()[0].to_vec();
+    let e = verifier
+        .verify_presented(&token, Some(other_leaf.as_slice()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bound"), "{e}");
+    s.shutdown().await;
+}
+
+fn ring_sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
 }

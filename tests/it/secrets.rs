@@ -55,6 +55,8 @@ async fn secrets_and_private_keys_are_never_stored_in_clear(ctx: &Ctx) {
                 audiences: vec!["api".into()],
                 token_ttl_seconds: None,
                 permissions_boundary: None,
+                token_endpoint_auth_method: None,
+                tls_client_auth_san_uri: None,
             },
             false,
         )

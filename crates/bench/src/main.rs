@@ -159,6 +159,7 @@ fn sign_rate(alg: &str, dur: Duration) -> Result<(f64, usize), String> {
         client_id: "svc_abcdefghijklmnopqrstuvwxyz".into(),
         scope: "bench".into(),
         tenant: "default".into(),
+        cnf: None,
     };
     let start = Instant::now();
     let total: u64 = std::thread::scope(|s| {

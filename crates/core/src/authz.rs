@@ -29,6 +29,9 @@ pub struct Caller {
     pub admin: bool,
     /// The peer address of the request, when known.
     pub source_ip: Option<String>,
+    /// For a certificate-bound token (RFC 8705): the thumbprint (`x5t#S256`) of the only
+    /// client certificate it may be used with.
+    pub bound_to: Option<String>,
 }
 
 /// Condition keys and values a guarded act adds to its decision (`policy:PolicyName`, …).

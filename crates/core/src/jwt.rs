@@ -404,6 +404,25 @@ pub struct AccessClaims {
     pub scope: String,
     /// The tenant.
     pub tenant: String,
+    /// Confirmation (RFC 8705 §3.1): the token is bound to the client certificate whose
+    /// SHA-256 thumbprint this is, and is only good over a connection presenting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim of a certificate-bound token (RFC 8705 §3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// base64url (no padding) SHA-256 of the DER certificate.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// The RFC 8705 thumbprint of a DER certificate: base64url (no padding) of its SHA-256.
+pub fn x5t_s256(der: &[u8]) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
 /// Why a token was refused. The message is safe to show to the caller.
@@ -436,6 +455,23 @@ pub enum TokenError {
     /// The expected audience is not in `aud`.
     #[error("token is not meant for this audience")]
     WrongAudience,
+    /// The token is bound to a client certificate (RFC 8705 `cnf`) the connection does not
+    /// present.
+    #[error("token is bound to a client certificate this connection does not present")]
+    CertificateMismatch,
+}
+
+/// Checks an RFC 8705 binding: a token with `cnf` is good only with the certificate (DER) whose
+/// thumbprint it names; a token without one with any connection.
+pub fn check_confirmation(
+    claims: &AccessClaims,
+    cert_der: Option<&[u8]>,
+) -> Result<(), TokenError> {
+    match &claims.cnf {
+        None => Ok(()),
+        Some(c) if cert_der.map(x5t_s256).as_deref() == Some(c.x5t_s256.as_str()) => Ok(()),
+        Some(_) => Err(TokenError::CertificateMismatch),
+    }
 }
 
 /// What a verification checks besides the signature.
@@ -536,6 +572,7 @@ mod tests {
             client_id: "svc_a".into(),
             scope: "read".into(),
             tenant: "default".into(),
+            cnf: None,
         }
     }
 

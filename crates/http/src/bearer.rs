@@ -99,6 +99,7 @@ where
             }
             _ => verifier.authenticate_caller(bearer_token(parts)?).await?,
         };
+        check_binding(&caller, parts.extensions.get::<PeerCertificate>())?;
         caller.source_ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -118,6 +119,23 @@ pub struct PeerCertificate {
     pub spiffe_id: Option<String>,
     /// SHA-256 of the DER (RFC 8705 `x5t#S256`, before base64url).
     pub sha256: [u8; 32],
+}
+
+/// A certificate-bound token (RFC 8705 §3) is good only over a connection presenting that
+/// certificate: every place that accepts a bearer token checks this.
+pub fn check_binding(caller: &Caller, peer: Option<&PeerCertificate>) -> Result<(), ApiError> {
+    let Some(bound) = &caller.bound_to else {
+        return Ok(());
+    };
+    let presented = peer.map(|c| capstan_core::jwt::x5t_s256(&c.der));
+    if presented.as_deref() == Some(bound.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthenticated(
+            "this token is bound to a client certificate that this connection does not present"
+                .into(),
+        ))
+    }
 }
 
 /// Adds the `bearer` (JWT) security scheme to an OpenAPI document; every guarded path names it.

@@ -60,6 +60,16 @@ pub struct NewClient {
     /// administrator can be allowed to create principals only with a given boundary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions_boundary: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post` (both take the secret), or
+    /// `tls_client_auth` (RFC 8705: the client authenticates at the token endpoint with its
+    /// X.509-SVID over mTLS, never with the secret, and its tokens are bound to the
+    /// certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<String>,
+    /// For `tls_client_auth`: the URI SAN its certificate must carry [its own SPIFFE ID,
+    /// `spiffe://<trust domain>/t/<tenant>/<client id>`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth_san_uri: Option<String>,
 }
 
 /// A client as shown by the API (never its secret or hash).
@@ -79,6 +89,13 @@ pub struct ClientView {
     pub token_ttl_seconds: Option<i64>,
     /// Tenant administrator.
     pub admin: bool,
+    /// How it authenticates at the token endpoint: `client_secret_basic` (or `_post`), or
+    /// `tls_client_auth`.
+    #[serde(default = "secret_basic")]
+    pub token_endpoint_auth_method: String,
+    /// For `tls_client_auth`: the URI SAN its certificate must carry.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tls_client_auth_san_uri: Option<String>,
     /// Creation time (Unix seconds).
     pub created_at: i64,
     /// When the previous secret stops working, during a rotation grace period.
@@ -218,4 +235,11 @@ pub struct Introspection {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Tenant.
     pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Confirmation of a certificate-bound token (RFC 8705 §3.2): `{"x5t#S256": …}`.
+    pub cnf: Option<serde_json::Value>,
+}
+
+fn secret_basic() -> String {
+    "client_secret_basic".into()
 }

@@ -120,8 +120,25 @@ impl JwksVerifier {
         &self.inner.cfg
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies `token` and returns its claims. A certificate-bound token (RFC 8705 `cnf`) is
+    /// refused here: use [`JwksVerifier::verify_presented`] with the connection's certificate.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        self.verify_presented(token, None).await
+    }
+
+    /// Verifies `token` presented over a connection whose client certificate (DER) is `cert`:
+    /// a certificate-bound token must name exactly that certificate's thumbprint.
+    pub async fn verify_presented(
+        &self,
+        token: &str,
+        cert: Option<&[u8]>,
+    ) -> Result<AccessClaims, VerifyError> {
+        let claims = self.verify_signed(token).await?;
+        jwt::check_confirmation(&claims, cert)?;
+        Ok(claims)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<AccessClaims, VerifyError> {
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Malformed)?
             .kid

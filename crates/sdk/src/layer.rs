@@ -100,6 +100,12 @@ fn unavailable(message: &str) -> Response {
     r
 }
 
+/// The client certificate (DER) of the TLS connection a request came over: a server that
+/// terminates mTLS inserts it into the request's extensions, and [`CapstanLayer`] then accepts
+/// certificate-bound tokens (RFC 8705) presented with that certificate only.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Vec<u8>);
+
 fn bearer(parts: &http::request::Parts) -> Option<&str> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -115,7 +121,11 @@ impl CapstanLayer {
         let Some(token) = bearer(parts) else {
             return Err(unauthenticated("missing bearer token"));
         };
-        let claims = match self.verifier.verify(token).await {
+        let cert = parts
+            .extensions
+            .get::<ClientCertificate>()
+            .map(|c| c.0.as_slice());
+        let claims = match self.verifier.verify_presented(token, cert).await {
             Ok(c) => c,
             Err(VerifyError::Invalid(e)) => return Err(unauthenticated(&e.to_string())),
             Err(VerifyError::Unavailable(e)) => {

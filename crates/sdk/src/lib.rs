@@ -49,7 +49,7 @@ pub use capstan_core::clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use capstan_proto as proto;
 pub use error::Error;
 pub use jwks::{AccessClaims, JwksVerifier, TokenError, VerifierConfig, VerifyError};
-pub use layer::{Caller, CapstanLayer, CapstanService, Required};
+pub use layer::{Caller, CapstanLayer, CapstanService, ClientCertificate, Required};
 pub use token::{client_credentials, AccessToken, ClientCredentials, Grant, TokenSource};
 pub use transport::{read_json, RetryPolicy, Transport, TransportConfig};
 

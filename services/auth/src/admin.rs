@@ -34,6 +34,12 @@ impl From<&Client> for ClientView {
             audiences: c.audiences.clone(),
             token_ttl_seconds: c.token_ttl_seconds,
             admin: c.admin,
+            token_endpoint_auth_method: if c.tls_client_auth_san_uri.is_some() {
+                "tls_client_auth".into()
+            } else {
+                "client_secret_basic".into()
+            },
+            tls_client_auth_san_uri: c.tls_client_auth_san_uri.clone(),
             created_at: c.created_at,
             previous_secret_expires_at: c.previous_secret.as_ref().map(|(_, e)| *e),
         }
@@ -95,8 +101,18 @@ impl AuthService {
         validate_client(&req, self.cfg.max_token_ttl)?;
         let secret = self.new_secret()?;
         let now = self.now();
+        let id = PrincipalId::generate(PrincipalKind::Service, self.rng.as_ref())?;
+        let tls_client_auth_san_uri = match req.token_endpoint_auth_method.as_deref() {
+            Some("tls_client_auth") => {
+                Some(req.tls_client_auth_san_uri.clone().unwrap_or_else(|| {
+                    format!("spiffe://{}/t/{tenant}/{id}", self.cfg.trust_domain)
+                }))
+            }
+            _ => None,
+        };
         let client = Client {
-            id: PrincipalId::generate(PrincipalKind::Service, self.rng.as_ref())?,
+            id,
+            tls_client_auth_san_uri,
             tenant: tenant.clone(),
             name: req.name,
             secret_hash: self.hasher.hash(secret.expose()),
@@ -137,6 +153,8 @@ impl AuthService {
             audiences: vec![self.cfg.api_audience.clone()],
             token_ttl_seconds: None,
             permissions_boundary: None,
+            token_endpoint_auth_method: None,
+            tls_client_auth_san_uri: None,
         };
         let created = self.create_client_unchecked(tenant, req, true).await?;
         let principal = PrincipalId::parse(&created.client.client_id)?;
@@ -549,6 +567,35 @@ fn validate_client(req: &NewClient, max_ttl: i64) -> Result<(), AuthError> {
             return bad(format!(
                 "token_ttl_seconds: must be between 60 and {max_ttl}"
             ));
+        }
+    }
+    match (
+        req.token_endpoint_auth_method.as_deref(),
+        req.tls_client_auth_san_uri.as_deref(),
+    ) {
+        (None | Some("client_secret_basic" | "client_secret_post"), None) => {}
+        (Some("tls_client_auth"), None) => {}
+        (Some("tls_client_auth"), Some(uri)) => {
+            let ok = uri.len() <= 2048
+                && uri.starts_with("spiffe://")
+                && uri.len() > "spiffe://".len()
+                && !uri.chars().any(|c| c.is_control() || c.is_whitespace());
+            if !ok {
+                return bad(
+                    "tls_client_auth_san_uri: must be a SPIFFE ID (spiffe://<trust domain>/<path>) of at most 2048 characters".into(),
+                );
+            }
+        }
+        (_, Some(_)) => {
+            return bad(
+                "tls_client_auth_san_uri: only with token_endpoint_auth_method tls_client_auth"
+                    .into(),
+            )
+        }
+        (Some(other), None) => {
+            return bad(format!(
+                "token_endpoint_auth_method: {other:?} is not supported (client_secret_basic, client_secret_post, tls_client_auth)"
+            ))
         }
     }
     Ok(())

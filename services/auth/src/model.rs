@@ -36,6 +36,10 @@ pub struct Client {
     pub token_ttl_seconds: Option<i64>,
     /// Administrator of its tenant (until the policy engine takes over).
     pub admin: bool,
+    /// RFC 8705 `tls_client_auth`: the URI SAN (a SPIFFE ID) its client certificate must carry
+    /// to authenticate at the token endpoint instead of a secret (which it then cannot use);
+    /// its tokens are bound to that certificate.
+    pub tls_client_auth_san_uri: Option<String>,
     /// Creation time.
     pub created_at: UnixTime,
     /// Last change.

@@ -37,6 +37,9 @@ pub struct AuthConfig {
     pub leeway: i64,
     /// The audience Capstan's own API requires in bearer tokens.
     pub api_audience: String,
+    /// The SPIFFE trust domain: a `tls_client_auth` client's default certificate subject is
+    /// its own SPIFFE ID, `spiffe://<trust_domain>/t/<tenant>/<client id>`.
+    pub trust_domain: String,
 }
 
 impl Default for AuthConfig {
@@ -48,6 +51,7 @@ impl Default for AuthConfig {
             key_publish_delay: 600,
             leeway: 5,
             api_audience: "capstan".into(),
+            trust_domain: "capstan.local".into(),
         }
     }
 }

@@ -241,12 +241,14 @@ struct ClientRow {
     audiences: String,
     token_ttl_seconds: Option<i64>,
     is_admin: bool,
+    tls_client_auth_san_uri: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
 
 const CLIENT_COLUMNS: &str = "id, tenant, name, secret_hash, previous_secret_hash, \
-    previous_secret_expires_at, scopes, audiences, token_ttl_seconds, is_admin, created_at, updated_at";
+    previous_secret_expires_at, scopes, audiences, token_ttl_seconds, is_admin, \
+    tls_client_auth_san_uri, created_at, updated_at";
 
 impl ClientRow {
     fn into_client(self) -> Result<Client, DbError> {
@@ -263,6 +265,7 @@ impl ClientRow {
             audiences: list(&self.audiences)?,
             token_ttl_seconds: self.token_ttl_seconds,
             admin: self.is_admin,
+            tls_client_auth_san_uri: self.tls_client_auth_san_uri,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -297,7 +300,8 @@ impl ClientStore for SqlStore {
                 sqlx::query(
                     "INSERT INTO auth_clients (id, tenant, name, secret_hash, previous_secret_hash, \
                      previous_secret_expires_at, scopes, audiences, token_ttl_seconds, is_admin, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     created_at, updated_at, tls_client_auth_san_uri) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(c.id.as_str())
                 .bind(c.tenant.as_str())
@@ -311,6 +315,7 @@ impl ClientStore for SqlStore {
                 .bind(c.admin)
                 .bind(c.created_at)
                 .bind(c.updated_at)
+                .bind(&c.tls_client_auth_san_uri)
                 .execute(&mut *tx)
                 .await?;
                 1

@@ -54,6 +54,10 @@ impl AuthService {
     ) -> Result<Arc<Client>, AuthError> {
         let id = PrincipalId::parse(&creds.client_id).map_err(|_| invalid_client())?;
         let client = self.client(tenant, &id).await?.ok_or_else(invalid_client)?;
+        if client.tls_client_auth_san_uri.is_some() {
+            // Registered for tls_client_auth: its certificate is its only credential.
+            return Err(invalid_client());
+        }
         let secret = creds.client_secret.as_str();
         let current = self.hasher.verify(secret, &client.secret_hash);
         let previous = client
@@ -67,6 +71,24 @@ impl AuthService {
         }
     }
 
+    /// Authenticates a `tls_client_auth` client (RFC 8705 §2.1) by the certificate of the
+    /// connection (its chain already verified by the TLS layer): the certificate's SPIFFE ID
+    /// must be exactly the URI SAN the client registered. Anything else fails like a wrong
+    /// secret.
+    pub async fn authenticate_client_certificate(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        cert_spiffe_id: Option<&str>,
+    ) -> Result<Arc<Client>, AuthError> {
+        let id = PrincipalId::parse(client_id).map_err(|_| invalid_client())?;
+        let client = self.client(tenant, &id).await?.ok_or_else(invalid_client)?;
+        match (&client.tls_client_auth_san_uri, cert_spiffe_id) {
+            (Some(want), Some(got)) if want == got => Ok(client),
+            _ => Err(invalid_client()),
+        }
+    }
+
     /// The client_credentials grant: checks requested scopes and audiences against the client's
     /// allowed ones (absent means all of them) and signs an access token.
     pub async fn issue_client_credentials(
@@ -75,6 +97,7 @@ impl AuthService {
         client: &Client,
         scope: Option<&str>,
         audience: Option<&str>,
+        bound_to: Option<String>,
     ) -> Result<TokenResponse, AuthError> {
         let scopes = pick(scope, &client.scopes).map_err(|s| {
             AuthError::oauth(
@@ -115,6 +138,7 @@ impl AuthService {
             client_id: client.id.to_string(),
             scope: scope.clone(),
             tenant: tenant.to_string(),
+            cnf: bound_to.map(|x5t_s256| capstan_core::jwt::Confirmation { x5t_s256 }),
         };
         let access_token = signer.sign(&claims)?;
         self.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
@@ -224,6 +248,7 @@ impl AuthService {
                 jti: Some(c.jti),
                 token_type: Some("Bearer".into()),
                 tenant: Some(c.tenant),
+                cnf: c.cnf.map(|c| serde_json::json!({ "x5t#S256": c.x5t_s256 })),
             },
             Err(_) => Introspection::default(),
         })
@@ -251,6 +276,7 @@ impl AuthService {
                 scopes: Vec::new(),
                 admin: caller.admin,
                 source_ip: None,
+                bound_to: None,
             };
             let resource = Crn::new("auth", tenant, &format!("clients/{}", claims.client_id));
             match guard(
@@ -318,6 +344,7 @@ impl AuthService {
             scopes: split_scopes(&claims.scope),
             admin,
             source_ip: None,
+            bound_to: claims.cnf.map(|c| c.x5t_s256),
         })
     }
 }
@@ -376,6 +403,7 @@ impl TokenVerifier for AuthService {
             scopes: client.scopes.clone(),
             admin: client.admin,
             source_ip: None,
+            bound_to: None,
         })
     }
 }

@@ -75,7 +75,8 @@ async fn issue_svid(
     JsonBody(req): JsonBody<IssueSvid>,
 ) -> ApiResult<Response> {
     // Renewal over mTLS: the current SVID on the connection authenticates, like a bearer token.
-    let svid = peer.and_then(|axum::Extension(p)| p.spiffe_id);
+    let peer = peer.map(|axum::Extension(p)| p);
+    let svid = peer.as_ref().and_then(|p| p.spiffe_id.clone());
     if let (None, Some(id)) = (headers.get(header::AUTHORIZATION), svid) {
         let caller = svc.verifier.0.authenticate_svid(&id).await?;
         let issued = svc.issue_svid(SvidAuth::Caller(caller), req).await?;
@@ -98,7 +99,9 @@ async fn issue_svid(
             SvidAuth::JoinToken(t.trim().to_owned())
         }
         Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-            SvidAuth::Caller(svc.verifier.0.authenticate_caller(t.trim()).await?)
+            let caller = svc.verifier.0.authenticate_caller(t.trim()).await?;
+            capstan_http::bearer::check_binding(&caller, peer.as_ref())?;
+            SvidAuth::Caller(caller)
         }
         _ => {
             return Err(ApiError::Unauthenticated(

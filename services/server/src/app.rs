@@ -326,6 +326,7 @@ pub fn auth_config(settings: &Settings, public_url: String) -> AuthConfig {
         key_publish_delay: settings.key_publish_delay_seconds,
         leeway: AuthConfig::default().leeway,
         api_audience: settings.api_audience.clone(),
+        trust_domain: settings.trust_domain.clone(),
     }
 }
 

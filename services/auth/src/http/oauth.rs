@@ -7,11 +7,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use capstan_core::ids::TenantId;
-use capstan_http::{no_store, ApiResult, Path};
+use capstan_http::{no_store, ApiResult, Path, PeerCertificate};
 use serde_json::json;
 
 use crate::error::AuthError;
@@ -45,7 +46,11 @@ async fn metadata(svc: &AuthService, raw: &str) -> Result<Response, AuthError> {
     let id = tenant(svc, raw).await?;
     let iss = svc.issuer(&id);
     let algs = svc.tenant_algs(&id).await?;
-    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let auth_methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        "tls_client_auth",
+    ];
     let doc = json!({
         "issuer": iss,
         "token_endpoint": format!("{iss}/oauth2/token"),
@@ -62,6 +67,8 @@ async fn metadata(svc: &AuthService, raw: &str) -> Result<Response, AuthError> {
         "token_endpoint_auth_signing_alg_values_supported": [],
         "id_token_signing_alg_values_supported": algs,
         "access_token_signing_alg_values_supported": algs,
+        // RFC 8705 §3.3: tokens of tls_client_auth clients are bound to their certificate.
+        "tls_client_certificate_bound_access_tokens": true,
     });
     Ok(Json(doc).into_response())
 }
@@ -173,8 +180,18 @@ fn form_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Client credentials from `client_secret_basic` or `client_secret_post`; using both is an error.
-fn credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, AuthError> {
+/// How a client authenticates at an OAuth2 endpoint.
+enum ClientAuth {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret(ClientCredentials),
+    /// `tls_client_auth` (RFC 8705 §2): `client_id` in the form, the certificate on the
+    /// connection.
+    Certificate(String),
+}
+
+/// Client credentials from `client_secret_basic`, `client_secret_post` or (with a client
+/// certificate on the connection) `tls_client_auth`; using two is an error.
+fn credentials(headers: &HeaderMap, form: &Form, has_cert: bool) -> Result<ClientAuth, AuthError> {
     let basic = match headers.get(header::AUTHORIZATION) {
         Some(v) => {
             let v = v
@@ -201,10 +218,19 @@ fn credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, Au
             client_id: id.to_owned(),
             client_secret: secret.to_owned(),
         }),
+        (Some(id), None) if has_cert => {
+            if basic.is_some() {
+                return Err(oauth_err(
+                    "invalid_request",
+                    "use one client authentication method, not both",
+                ));
+            }
+            return Ok(ClientAuth::Certificate(id.to_owned()));
+        }
         (Some(_), None) => {
             return Err(oauth_err(
                 "invalid_client",
-                "client_secret is required with client_id",
+                "client_secret is required with client_id (or a client certificate, for tls_client_auth)",
             ))
         }
         _ => None,
@@ -214,10 +240,34 @@ fn credentials(headers: &HeaderMap, form: &Form) -> Result<ClientCredentials, Au
             "invalid_request",
             "use one client authentication method, not both",
         )),
-        (Some(c), None) | (None, Some(c)) => Ok(c),
+        (Some(c), None) | (None, Some(c)) => Ok(ClientAuth::Secret(c)),
         (None, None) => Err(oauth_err(
             "invalid_client",
-            "client authentication is required (client_secret_basic or client_secret_post)",
+            "client authentication is required (client_secret_basic, client_secret_post, or tls_client_auth with client_id)",
+        )),
+    }
+}
+
+/// The authenticated client, and for `tls_client_auth` the thumbprint its tokens are bound
+/// to (RFC 8705 §3).
+async fn authenticate(
+    svc: &AuthService,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    form: &Form,
+    peer: Option<&PeerCertificate>,
+) -> Result<(Arc<crate::model::Client>, Option<String>), AuthError> {
+    match (credentials(headers, form, peer.is_some())?, peer) {
+        (ClientAuth::Secret(c), _) => Ok((svc.authenticate_client(tenant, &c).await?, None)),
+        (ClientAuth::Certificate(id), Some(p)) => {
+            let client = svc
+                .authenticate_client_certificate(tenant, &id, p.spiffe_id.as_deref())
+                .await?;
+            Ok((client, Some(capstan_core::jwt::x5t_s256(&p.der))))
+        }
+        (ClientAuth::Certificate(_), None) => Err(oauth_err(
+            "invalid_client",
+            "tls_client_auth needs a client certificate on the connection",
         )),
     }
 }
@@ -227,6 +277,7 @@ async fn token_inner(
     t: &str,
     headers: &HeaderMap,
     body: &[u8],
+    peer: Option<&PeerCertificate>,
 ) -> Result<TokenResponse, AuthError> {
     let id = tenant(svc, t).await?;
     let form = Form::parse(headers, body)?;
@@ -234,12 +285,17 @@ async fn token_inner(
         .get("grant_type")
         .ok_or_else(|| oauth_err("invalid_request", "grant_type is required"))?
         .to_owned();
-    let creds = credentials(headers, &form)?;
-    let client = svc.authenticate_client(&id, &creds).await?;
+    let (client, bound_to) = authenticate(svc, &id, headers, &form, peer).await?;
     match grant.as_str() {
         "client_credentials" => {
-            svc.issue_client_credentials(&id, &client, form.get("scope"), form.get("audience"))
-                .await
+            svc.issue_client_credentials(
+                &id,
+                &client,
+                form.get("scope"),
+                form.get("audience"),
+                bound_to,
+            )
+            .await
         }
         other => Err(oauth_err(
             "unsupported_grant_type",
@@ -258,10 +314,12 @@ pub(crate) async fn token(
     State(svc): Svc,
     Path(t): Path<String>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerCertificate>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = form_body(body)?;
-    match token_inner(&svc, &t, &headers, &body).await {
+    let peer = peer.map(|Extension(p)| p);
+    match token_inner(&svc, &t, &headers, &body, peer.as_ref()).await {
         Ok(tok) => Ok(no_store(Json(tok).into_response())),
         Err(e) => {
             if matches!(e, AuthError::OAuth { .. }) {
@@ -279,11 +337,12 @@ async fn authenticated_form(
     t: &str,
     headers: &HeaderMap,
     body: &[u8],
+    peer: Option<Extension<PeerCertificate>>,
 ) -> Result<(TenantId, Arc<crate::model::Client>, Form), AuthError> {
     let id = tenant(svc, t).await?;
     let form = Form::parse(headers, body)?;
-    let creds = credentials(headers, &form)?;
-    let client = svc.authenticate_client(&id, &creds).await?;
+    let peer = peer.map(|Extension(p)| p);
+    let (client, _) = authenticate(svc, &id, headers, &form, peer.as_ref()).await?;
     Ok((id, client, form))
 }
 
@@ -297,10 +356,11 @@ pub(crate) async fn introspect(
     State(svc): Svc,
     Path(t): Path<String>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerCertificate>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = form_body(body)?;
-    let (id, _client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
+    let (id, _client, form) = authenticated_form(&svc, &t, &headers, &body, peer).await?;
     let token = form
         .get("token")
         .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
@@ -317,10 +377,11 @@ pub(crate) async fn revoke(
     State(svc): Svc,
     Path(t): Path<String>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerCertificate>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = form_body(body)?;
-    let (id, client, form) = authenticated_form(&svc, &t, &headers, &body).await?;
+    let (id, client, form) = authenticated_form(&svc, &t, &headers, &body, peer).await?;
     let token = form
         .get("token")
         .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
