@@ -12,6 +12,7 @@ on_both_backends!(
     every_command_runs_against_a_real_server,
     error_paths_say_what_went_wrong_and_what_to_do,
     decisions_follow_prints_new_decisions,
+    identity_commands_run_against_a_real_server,
 );
 
 /// A capstanctl with its own config directory, pointed at one server.
@@ -681,4 +682,163 @@ async fn the_cli_reference_is_current() {
             panic!("docs/cli.md is stale: run `cargo run -p capstan-cli -- docs > docs/cli.md`");
         }
     }
+}
+
+async fn identity_commands_run_against_a_real_server(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let admin = s.admin().await;
+    let ctl = Ctl::new(&s);
+    ctl.login_dev(&admin).await;
+    let c = ctl
+        .ok(&[
+            "clients",
+            "create",
+            "--name",
+            "orders",
+            "--audience",
+            "capstan",
+        ])
+        .await
+        .json();
+    let id = c["client_id"].as_str().unwrap().to_owned();
+    ctl.ok(&["attach", "IdentityWorkload", "--principal", &id])
+        .await;
+
+    // Registration entries.
+    let e = ctl
+        .ok(&[
+            "entries",
+            "create",
+            "--principal",
+            &id,
+            "--path",
+            "payments/orders",
+            "--dns",
+            "orders.internal",
+            "--ttl",
+            "600",
+        ])
+        .await
+        .json();
+    assert_eq!(
+        e["spiffe_id"],
+        "spiffe://capstan.local/t/default/payments/orders"
+    );
+    assert_eq!(
+        ctl.ok(&["entries", "list"])
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        ctl.ok(&["entries", "get", &id]).await.json()["ttl_seconds"],
+        600
+    );
+    let u = ctl
+        .ok(&[
+            "entries",
+            "update",
+            &id,
+            "--path",
+            "payments/orders",
+            "--dns",
+            "orders.internal",
+        ])
+        .await
+        .json();
+    assert_eq!(u["ttl_seconds"], 3600);
+
+    // A join token yields one SVID; the key is written here, readable by its owner only.
+    let jt = ctl
+        .ok(&["join-token", "create", "--principal", &id, "--ttl", "600"])
+        .await
+        .json();
+    let token = jt["token"].as_str().unwrap();
+    let dir = ctl.dir.join("svid");
+    let dir_s = dir.display().to_string();
+    let o = ctl
+        .run_stdin(
+            &["svid", "issue", "--out", &dir_s, "--join-token", "-"],
+            token,
+        )
+        .await;
+    assert_eq!(o.code, 0, "{}{}", o.err, o.out);
+    assert_eq!(
+        o.json()["spiffe_id"],
+        "spiffe://capstan.local/t/default/payments/orders"
+    );
+    assert_eq!(mode(&dir.join("svid.key")), 0o600);
+    let again = ctl
+        .run_stdin(
+            &["svid", "issue", "--out", &dir_s, "--join-token", "-"],
+            token,
+        )
+        .await;
+    assert_eq!(again.code, 1, "a join token works once: {}", again.err);
+    let shown = ctl
+        .ok(&["svid", "show", &dir.join("svid.pem").display().to_string()])
+        .await
+        .json();
+    assert_eq!(
+        shown["spiffe_id"],
+        "spiffe://capstan.local/t/default/payments/orders"
+    );
+    assert_eq!(shown["dns_names"], json!(["orders.internal"]));
+    let key = std::fs::read_to_string(dir.join("svid.key")).unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+    let records = ctl.ok(&["svid", "list", "--principal", &id]).await.json();
+    assert_eq!(records[0]["via"], "join_token");
+    assert_eq!(records[0]["serial"], shown["serial"]);
+
+    // The logged-in client's own SVID.
+    let mine = ctl.dir.join("mine").display().to_string();
+    let o = ctl.ok(&["svid", "issue", "--out", &mine]).await.json();
+    assert_eq!(
+        o["spiffe_id"],
+        format!("spiffe://capstan.local/t/default/{}", admin.id).as_str()
+    );
+
+    // The bundle, both forms.
+    let b = ctl.ok(&["bundle"]).await.json();
+    assert!(b["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["use"] == "x509-svid"));
+    let pem = ctl.ok(&["bundle", "--pem"]).await.out;
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+
+    // CAs: list, rotate (prepared), taint.
+    let cas = ctl.ok(&["ca", "list"]).await.json();
+    assert_eq!(cas[0]["slot"], "active");
+    let r = ctl.ok(&["ca", "rotate"]).await.json();
+    assert_eq!(r["slot"], "prepared");
+    let t = ctl
+        .ok(&["ca", "taint", r["id"].as_str().unwrap()])
+        .await
+        .json();
+    assert!(t["tainted_at"].is_i64());
+    let missing = ctl.run(&["ca", "taint", "g99"]).await;
+    assert_eq!(missing.code, 4, "{}", missing.err);
+
+    // A client for tls_client_auth.
+    let t = ctl
+        .ok(&[
+            "clients",
+            "create",
+            "--name",
+            "mtls",
+            "--audience",
+            "capstan",
+            "--tls-client-auth",
+        ])
+        .await
+        .json();
+    assert_eq!(t["token_endpoint_auth_method"], "tls_client_auth");
+    ctl.ok(&["entries", "delete", &id]).await;
+    assert_eq!(ctl.run(&["entries", "get", &id]).await.code, 4);
+    s.shutdown().await;
 }

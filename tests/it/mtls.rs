@@ -328,16 +328,18 @@ async fn rotation_and_taint_never_break_handshakes(ctx: &Ctx) {
         .await;
     assert_eq!(status, 200, "{v}");
     // Each workload learns it from its next bundle poll, trusts the new root and re-issues.
+    // (Their background tasks poll too, so count at least one re-issue each.)
     let (ra, rb) = (a_src.renewals(), b_src.renewals());
     a_src.refresh_bundle().await.unwrap();
     b_src.refresh_bundle().await.unwrap();
-    assert_eq!((a_src.renewals(), b_src.renewals()), (ra + 1, rb + 1));
+    assert!(a_src.renewals() > ra && b_src.renewals() > rb);
     assert_ne!(a_src.svid().unwrap().ca_id, id);
     assert_ne!(b_src.svid().unwrap().ca_id, id);
     check("tainted: both re-issued").await;
     // A poll with nothing tainted re-issues nothing.
+    let ra = a_src.renewals();
     a_src.refresh_bundle().await.unwrap();
-    assert_eq!(a_src.renewals(), ra + 1);
+    assert_eq!(a_src.renewals(), ra);
     let (_, records) = s
         .api(
             Method::GET,

@@ -118,6 +118,25 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// The decision log.
     Decisions(DecisionsArgs),
+    /// X.509-SVIDs: issue one (key and CSR made here; the key never leaves this machine) or
+    /// show one.
+    #[command(subcommand)]
+    Svid(SvidCommand),
+    /// The trust bundle (SPIFFE format, or PEM with --pem).
+    Bundle {
+        /// The roots as PEM instead of the SPIFFE bundle.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// The identity service's CAs: list, rotate, taint.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Registration entries: a principal's SPIFFE ID path, DNS names and SVID lifetime.
+    #[command(subcommand)]
+    Entries(EntriesCommand),
+    /// Single-use join tokens for workloads without credentials yet.
+    #[command(name = "join-token", subcommand)]
+    JoinToken(JoinTokenCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -125,6 +144,117 @@ pub enum Command {
     },
     /// Print this reference as Markdown (docs/cli.md).
     Docs,
+}
+
+/// `svid`.
+#[derive(Debug, Subcommand)]
+pub enum SvidCommand {
+    /// Make a key and a CSR here, get an X.509-SVID for the logged-in client (or for a join
+    /// token's principal), and write DIR/svid.pem (chain), DIR/svid.key (mode 0600) and
+    /// DIR/bundle.pem.
+    Issue {
+        /// Directory to write to (created if needed).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Use a join token (from `join-token create`) instead of the login; read from stdin
+        /// when the value is `-`.
+        #[arg(long, value_name = "TOKEN")]
+        join_token: Option<String>,
+    },
+    /// Show an SVID: SPIFFE ID, serial, validity, issuer, DNS names.
+    Show {
+        /// The certificate file (PEM) [svid.pem].
+        #[arg(default_value = "svid.pem")]
+        file: std::path::PathBuf,
+    },
+    /// Issued-certificate records (audit), newest first.
+    List {
+        /// Only this principal's.
+        #[arg(long)]
+        principal: Option<String>,
+        /// At most this many [100].
+        #[arg(long)]
+        limit: Option<i64>,
+    },
+}
+
+/// `ca`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// List CA generations with their slot (prepared, active, retired).
+    List,
+    /// Prepare a new CA (published at once, signing after the delay); run again to activate
+    /// the prepared one now.
+    Rotate {
+        /// Seconds until the new CA signs [the server's prepare delay].
+        #[arg(long, value_name = "SECONDS")]
+        activate_in: Option<i64>,
+    },
+    /// Taint a CA after a compromise: it stops signing at once; holders of its leaves re-issue.
+    Taint {
+        /// CA id (g1, g2, …).
+        id: String,
+    },
+}
+
+/// `entries`.
+#[derive(Debug, Subcommand)]
+pub enum EntriesCommand {
+    /// Register a principal: its SPIFFE ID path under the tenant, DNS names, SVID lifetime.
+    Create {
+        /// The principal.
+        #[arg(long)]
+        principal: String,
+        /// Path under spiffe://<td>/t/<tenant>/ (e.g. payments/orders).
+        #[arg(long)]
+        path: Option<String>,
+        /// A DNS name its SVIDs carry (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// SVID lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
+    /// List entries.
+    List,
+    /// Show a principal's entry.
+    Get {
+        /// The principal.
+        principal: String,
+    },
+    /// Replace a principal's entry.
+    Update {
+        /// The principal.
+        principal: String,
+        /// Path under spiffe://<td>/t/<tenant>/.
+        #[arg(long)]
+        path: Option<String>,
+        /// A DNS name its SVIDs carry (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// SVID lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
+    /// Delete a principal's entry (its SVIDs get the default ID again).
+    Delete {
+        /// The principal.
+        principal: String,
+    },
+}
+
+/// `join-token`.
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// A single-use token that yields one SVID for a principal.
+    Create {
+        /// The principal.
+        #[arg(long)]
+        principal: String,
+        /// Lifetime in seconds [3600].
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
 }
 
 /// `login`.
@@ -186,6 +316,13 @@ pub enum ClientsCommand {
         /// A policy to set as its permissions boundary.
         #[arg(long)]
         permissions_boundary: Option<String>,
+        /// Authenticate with its X.509-SVID over mTLS (RFC 8705 tls_client_auth) instead of
+        /// its secret; its tokens are bound to the certificate.
+        #[arg(long)]
+        tls_client_auth: bool,
+        /// The certificate URI SAN it must present [its own SPIFFE ID].
+        #[arg(long, requires = "tls_client_auth")]
+        tls_client_auth_san_uri: Option<String>,
     },
     /// List clients.
     List,

@@ -373,6 +373,21 @@ impl Run<'_, '_> {
             Command::Authorize(a) => self.authorize(a).await,
             Command::Simulate(a) => self.simulate(a).await,
             Command::Decisions(a) => self.decisions(a).await,
+            Command::Svid(c) => self.svid(c).await,
+            Command::Bundle { pem } => self.bundle(pem).await,
+            Command::Ca(c) => self.ca(c).await,
+            Command::Entries(c) => self.entries(c).await,
+            Command::JoinToken(JoinTokenCommand::Create { principal, ttl }) => {
+                let body = strip_nulls(json!({"principal": principal, "ttl_seconds": ttl}));
+                let v = self
+                    .call(Method::POST, "/v1/identity/join-tokens", &[], Some(body))
+                    .await?;
+                let _ = writeln!(
+                    self.io.err,
+                    "the join token is shown only now and works once: `capstanctl svid issue --out DIR --join-token -`"
+                );
+                self.print(&v, &[])
+            }
             Command::Completions { .. } | Command::Docs => Ok(exit::OK),
         }
     }
@@ -519,8 +534,12 @@ impl Run<'_, '_> {
                 audiences,
                 token_ttl,
                 permissions_boundary,
+                tls_client_auth,
+                tls_client_auth_san_uri,
             } => {
-                let body = json!({"name": name, "scopes": scopes, "audiences": audiences, "token_ttl_seconds": token_ttl, "permissions_boundary": permissions_boundary});
+                let method = tls_client_auth.then_some("tls_client_auth");
+                let body = json!({"name": name, "scopes": scopes, "audiences": audiences, "token_ttl_seconds": token_ttl, "permissions_boundary": permissions_boundary,
+                    "token_endpoint_auth_method": method, "tls_client_auth_san_uri": tls_client_auth_san_uri});
                 let v = self
                     .call(Method::POST, "/v1/clients", &[], Some(strip_nulls(body)))
                     .await?;
@@ -1007,6 +1026,301 @@ impl Session {
 }
 
 /// Drops null members, so optional flags not given are not sent.
+/// The identity commands.
+impl Run<'_, '_> {
+    async fn svid(&mut self, c: SvidCommand) -> Res {
+        match c {
+            SvidCommand::Issue { out, join_token } => self.svid_issue(out, join_token).await,
+            SvidCommand::Show { file } => {
+                let pem = std::fs::read(&file)
+                    .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
+                let v = describe_svid(&pem)
+                    .map_err(|e| Failure::new(format!("{}: {e}", file.display())))?;
+                self.print(&v, &[])
+            }
+            SvidCommand::List { principal, limit } => {
+                let mut query = Vec::new();
+                if let Some(p) = principal {
+                    query.push(("principal", p));
+                }
+                if let Some(l) = limit {
+                    query.push(("limit", l.to_string()));
+                }
+                let v = self
+                    .call(Method::GET, "/v1/identity/svids", &query, None)
+                    .await?;
+                self.print(
+                    &v,
+                    &[
+                        "serial",
+                        "principal",
+                        "spiffe_id",
+                        "ca_id",
+                        "via",
+                        "issued_at",
+                        "not_after",
+                    ],
+                )
+            }
+        }
+    }
+
+    async fn svid_issue(&mut self, out: std::path::PathBuf, join_token: Option<String>) -> Res {
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| Failure::new(format!("cannot make a key: {e}")))?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(|e| Failure::new(format!("cannot make a CSR: {e}")))?;
+        let body = json!({ "csr": csr });
+        let v = match join_token {
+            None => {
+                self.call(Method::POST, "/v1/identity/svids", &[], Some(body))
+                    .await?
+            }
+            Some(t) => {
+                let t = if t == "-" {
+                    let mut line = String::new();
+                    self.io
+                        .stdin
+                        .read_line(&mut line)
+                        .map_err(|e| Failure::new(format!("cannot read the join token: {e}")))?;
+                    line.trim().to_owned()
+                } else {
+                    t
+                };
+                let url = format!("{}/v1/identity/svids", self.s.addr);
+                let req = self
+                    .s
+                    .transport
+                    .http()
+                    .post(url)
+                    .header(reqwest::header::AUTHORIZATION, format!("JoinToken {t}"))
+                    .json(&body);
+                self.s
+                    .transport
+                    .json(req)
+                    .await
+                    .map_err(|e| self.s.failure(e))?
+            }
+        };
+        let chain = v["svid_chain_pem"].as_str().unwrap_or_default();
+        let bundle = v["bundle_pem"].as_str().unwrap_or_default();
+        std::fs::create_dir_all(&out)
+            .map_err(|e| Failure::new(format!("cannot create {}: {e}", out.display())))?;
+        write_private(&out.join("svid.key"), key.serialize_pem().as_bytes())?;
+        for (name, text) in [("svid.pem", chain), ("bundle.pem", bundle)] {
+            let p = out.join(name);
+            std::fs::write(&p, text)
+                .map_err(|e| Failure::new(format!("cannot write {}: {e}", p.display())))?;
+        }
+        let _ = writeln!(
+            self.io.err,
+            "wrote {0}/svid.pem, {0}/svid.key (0600) and {0}/bundle.pem; renew before {1}",
+            out.display(),
+            v["renew_after"].as_i64().map(utc).unwrap_or_default()
+        );
+        let summary = json!({
+            "spiffe_id": v["spiffe_id"],
+            "serial": v["serial"],
+            "ca_id": v["ca_id"],
+            "expires_at": v["expires_at"],
+            "renew_after": v["renew_after"],
+        });
+        self.print(&summary, &[])
+    }
+
+    async fn bundle(&mut self, pem: bool) -> Res {
+        let http = self.s.transport.http();
+        if pem {
+            let url = format!("{}/v1/identity/bundle.pem", self.s.addr);
+            let resp = self
+                .s
+                .transport
+                .send(http.get(url))
+                .await
+                .map_err(|e| self.s.failure(e))?;
+            if !resp.status().is_success() {
+                let e = capstan_sdk::read_json(resp).await.err();
+                return Err(e.map_or_else(|| Failure::new("no bundle"), |e| self.s.failure(e)));
+            }
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| Failure::new(format!("reading the bundle: {e}")))?;
+            self.io.out.write_all(text.as_bytes()).map_err(io_err)?;
+            return Ok(exit::OK);
+        }
+        let url = format!("{}/v1/identity/bundle", self.s.addr);
+        let v = self
+            .s
+            .transport
+            .json(http.get(url))
+            .await
+            .map_err(|e| self.s.failure(e))?;
+        let text = format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default());
+        if self.format == Format::Table {
+            self.io.out.write_all(text.as_bytes()).map_err(io_err)?;
+            return Ok(exit::OK);
+        }
+        self.print(&v, &[])
+    }
+
+    async fn ca(&mut self, c: CaCommand) -> Res {
+        match c {
+            CaCommand::List => {
+                self.get(
+                    "/v1/identity/ca",
+                    &[
+                        "id",
+                        "slot",
+                        "key_type",
+                        "origin",
+                        "activates_at",
+                        "not_after",
+                        "tainted_at",
+                        "in_bundle",
+                    ],
+                )
+                .await
+            }
+            CaCommand::Rotate { activate_in } => {
+                let body = strip_nulls(json!({ "activate_in_seconds": activate_in }));
+                let v = self
+                    .call(Method::POST, "/v1/identity/ca/rotate", &[], Some(body))
+                    .await?;
+                self.print(&v, &["id", "slot", "activates_at", "not_after"])
+            }
+            CaCommand::Taint { id } => {
+                let v = self
+                    .call(
+                        Method::POST,
+                        &format!("/v1/identity/ca/{}/taint", segment(&id)),
+                        &[],
+                        None,
+                    )
+                    .await?;
+                self.print(&v, &["id", "slot", "tainted_at", "in_bundle"])
+            }
+        }
+    }
+
+    async fn entries(&mut self, c: EntriesCommand) -> Res {
+        let columns = [
+            "principal",
+            "spiffe_id",
+            "dns_names",
+            "ttl_seconds",
+            "updated_at",
+        ];
+        match c {
+            EntriesCommand::Create {
+                principal,
+                path,
+                dns_names,
+                ttl,
+            } => {
+                let body = strip_nulls(
+                    json!({"principal": principal, "spiffe_path": path, "dns_names": dns_names, "ttl_seconds": ttl}),
+                );
+                let v = self
+                    .call(Method::POST, "/v1/identity/entries", &[], Some(body))
+                    .await?;
+                self.print(&v, &columns)
+            }
+            EntriesCommand::List => self.get("/v1/identity/entries", &columns).await,
+            EntriesCommand::Get { principal } => {
+                self.get(
+                    &format!("/v1/identity/entries/{}", segment(&principal)),
+                    &columns,
+                )
+                .await
+            }
+            EntriesCommand::Update {
+                principal,
+                path,
+                dns_names,
+                ttl,
+            } => {
+                let body = strip_nulls(
+                    json!({"spiffe_path": path, "dns_names": dns_names, "ttl_seconds": ttl}),
+                );
+                let v = self
+                    .call(
+                        Method::PUT,
+                        &format!("/v1/identity/entries/{}", segment(&principal)),
+                        &[],
+                        Some(body),
+                    )
+                    .await?;
+                self.print(&v, &columns)
+            }
+            EntriesCommand::Delete { principal } => {
+                self.call(
+                    Method::DELETE,
+                    &format!("/v1/identity/entries/{}", segment(&principal)),
+                    &[],
+                    None,
+                )
+                .await?;
+                self.done(format!("deleted the entry of {principal}"))
+            }
+        }
+    }
+}
+
+/// Writes a file only its owner can read (created so; never briefly readable by others).
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(data)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))
+}
+
+/// What `svid show` prints about a PEM certificate chain.
+fn describe_svid(pem: &[u8]) -> Result<Value, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let ders: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect();
+    let leaf = ders.first().ok_or("no CERTIFICATE in the file")?;
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| format!("not a certificate: {e}"))?;
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for g in &san.value.general_names {
+            if let GeneralName::DNSName(d) = g {
+                dns.push((*d).to_owned());
+            }
+        }
+    }
+    let serial: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(json!({
+        "spiffe_id": capstan_sdk::spiffe::spiffe_id_of(leaf),
+        "serial": serial,
+        "not_before": cert.validity().not_before.timestamp(),
+        "not_after": cert.validity().not_after.timestamp(),
+        "issuer": cert.issuer().to_string(),
+        "dns_names": dns,
+        "chain_length": ders.len(),
+    }))
+}
+
 fn strip_nulls(v: Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(o.into_iter().filter(|(_, v)| !v.is_null()).collect()),

@@ -25,6 +25,14 @@ pub use service::{IdentityConfig, IdentitySection, IdentityService};
 /// Builds the identity service from the platform and its `[service.identity]` section (the
 /// server's registry names this).
 pub fn build(p: &Platform, section: &ServiceConfig) -> Result<Arc<dyn Service>, BoxError> {
+    Ok(build_service(p, section)?)
+}
+
+/// [`build`], typed (`capstan ca import` calls the service directly).
+pub fn build_service(
+    p: &Platform,
+    section: &ServiceConfig,
+) -> Result<Arc<IdentityService>, BoxError> {
     let section: IdentitySection = section.parse()?;
     let cfg = IdentityConfig::from_section(&p.trust_domain, &section)?;
     let store = store::SqlIdentityStore::new(p.db.clone()).with_feed(p.feed.clone());

@@ -488,6 +488,11 @@ impl IdentityService {
         }
     }
 
+    /// Every CA generation, oldest first (no guard: for the server's own commands).
+    pub async fn ca_records(&self) -> Result<Vec<CaRecord>, IdentityError> {
+        Ok(self.loaded().await?.cas.clone())
+    }
+
     /// `GET /v1/identity/ca`.
     pub async fn list_cas(&self, caller: &Caller) -> Result<Vec<CaView>, IdentityError> {
         self.guard(caller, "identity:ListCas", &ca_crn("*"), &[])

@@ -80,6 +80,8 @@ pub struct App {
     pub metrics: HttpMetrics,
     /// Verifies callers: bearer tokens (the issuer) and X.509-SVIDs (the identity service).
     pub verifier: Arc<dyn TokenVerifier>,
+    /// What the services were built from.
+    pub platform: Platform,
     feed_config: FeedConfig,
     body_limit: usize,
     request_timeout: Duration,
@@ -138,6 +140,7 @@ impl App {
                 served: selected("policy"),
             },
         ];
+        let built_from = platform.clone();
         for reg in &registry {
             if !selected(reg.name) {
                 continue;
@@ -191,6 +194,7 @@ impl App {
         });
         Ok(App {
             verifier,
+            platform: built_from,
             db,
             feed,
             auth,

@@ -234,3 +234,58 @@ pub async fn bootstrap(o: Options, force: bool) -> Result<(), ServerError> {
     println!("{:#}", credentials_json(public_url, &created));
     Ok(())
 }
+
+/// `capstan ca import`.
+pub async fn ca_import(
+    o: Options,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), ServerError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", p.display())))
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let mut settings = production_settings(&o)?;
+    settings.db_max_connections = 2;
+    let app = App::build(
+        &settings,
+        o.public_url.clone().unwrap_or_default(),
+        Arc::new(SystemClock),
+        Arc::new(SystemRng::new()),
+        true,
+        registry(),
+    )
+    .await?;
+    let section = capstan_http::ServiceConfig::new(
+        settings
+            .service_config
+            .get("identity")
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let identity = capstan_identity::build_service(&app.platform, &section).map_err(|e| {
+        ServerError::Service {
+            name: "identity",
+            message: e.to_string(),
+        }
+    })?;
+    let id = identity
+        .import_ca(&cert_pem, &key_pem)
+        .await
+        .map_err(|e| ServerError::Config(format!("ca import: {e}")))?;
+    let cas = identity
+        .ca_records()
+        .await
+        .map_err(|e| ServerError::Config(format!("ca import: {e}")))?;
+    let ca = cas.iter().find(|c| c.id == id);
+    println!(
+        "{:#}",
+        serde_json::json!({
+            "id": id,
+            "activates_at": ca.map(|c| c.activates_at),
+            "not_after": ca.map(|c| c.not_after),
+        })
+    );
+    Ok(())
+}

@@ -57,6 +57,30 @@ pub enum Command {
         #[command(flatten)]
         opts: Options,
     },
+    /// The identity service's CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `capstan ca`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Import a CA certificate signed by your organisation's root (an intermediate, with the
+    /// chain up to the root in the same file) and its private key: it becomes the next CA
+    /// generation (signing at once on a fresh deployment, else after the prepare delay, once
+    /// peers have the new root), so SVID chains end at your root. The key is sealed under the
+    /// master key.
+    Import {
+        /// Shared settings.
+        #[command(flatten)]
+        opts: Options,
+        /// The CA certificate, then its chain up to the root (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The CA's private key (PEM, PKCS#8 or SEC1).
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 /// Log output format.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use capstan_server::config::{check_environment, Cli, Command, LogFormat};
+use capstan_server::config::{check_environment, CaCommand, Cli, Command, LogFormat};
 use capstan_server::{commands, telemetry, ServerError};
 use clap::Parser;
 
@@ -22,7 +22,8 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::Dev { opts }
         | Command::Serve { opts, .. }
         | Command::Bootstrap { opts, .. }
-        | Command::Migrate { opts } => opts.clone().with_file()?,
+        | Command::Migrate { opts }
+        | Command::Ca(CaCommand::Import { opts, .. }) => opts.clone().with_file()?,
     };
     let _telemetry = telemetry::init(
         opts.log_format.unwrap_or(LogFormat::Pretty),
@@ -41,6 +42,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Command::Serve { no_migrate, .. } => commands::serve(opts, no_migrate).await,
             Command::Bootstrap { force, .. } => commands::bootstrap(opts, force).await,
             Command::Migrate { .. } => commands::migrate(opts).await,
+            Command::Ca(CaCommand::Import { cert, key, .. }) => {
+                commands::ca_import(opts, &cert, &key).await
+            }
         }
     })
 }

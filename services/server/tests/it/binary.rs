@@ -445,3 +445,148 @@ async fn spans_are_exported_over_otlp_when_configured() {
 fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// `capstan ca import`: an intermediate signed by the organisation's root becomes the CA, its
+/// key sealed at rest; the SVIDs the server then issues chain to that root.
+#[tokio::test]
+async fn ca_import_chains_svids_to_the_organisation_root() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let dir = std::env::temp_dir().join(unique_name("capstan_ca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("capstan.db").display());
+    let key = MasterKey::generate(&SystemRng::new()).unwrap().to_base64();
+
+    // The organisation's root, and an intermediate for Capstan with the chain in one file.
+    let root_key = KeyPair::generate().unwrap();
+    let mut rp = CertificateParams::default();
+    rp.distinguished_name
+        .push(DnType::CommonName, "Example Org Root");
+    rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    rp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root = rp.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(rp, root_key);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut cp = CertificateParams::default();
+    cp.distinguished_name
+        .push(DnType::CommonName, "Capstan intermediate");
+    cp.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    cp.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = cp.signed_by(&ca_key, &root_issuer).unwrap();
+    let cert_file = dir.join("ca.pem");
+    let key_file = dir.join("ca.key");
+    std::fs::write(&cert_file, format!("{}{}", ca.pem(), root.pem())).unwrap();
+    std::fs::write(&key_file, ca_key.serialize_pem()).unwrap();
+
+    // A key that does not match is refused with a clear message.
+    let other_key = dir.join("other.key");
+    std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let import = |k: &Path| {
+        let mut c = capstan(&[
+            "ca",
+            "import",
+            "--database-url",
+            &url,
+            "--cert",
+            cert_file.to_str().unwrap(),
+            "--key",
+            k.to_str().unwrap(),
+        ]);
+        c.env("CAPSTAN_MASTER_KEY", &key);
+        c.output()
+    };
+    let bad = import(&other_key).await.unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("key"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let out = import(&key_file).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(imported["id"], "g1");
+
+    // The server uses it: the bundle is the organisation's root; SVIDs chain through the
+    // intermediate to it.
+    let mut serve = capstan(&["serve", "--database-url", &url, "--listen", "127.0.0.1:0"]);
+    serve.env("CAPSTAN_MASTER_KEY", &key);
+    let (child, addr, _) = start(serve).await;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let bundle = http
+        .get(format!("{base}/v1/identity/bundle.pem"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(bundle, root.pem());
+    let mut boot = capstan(&["bootstrap", "--database-url", &url]);
+    boot.env("CAPSTAN_MASTER_KEY", &key);
+    let creds: Value = serde_json::from_slice(&boot.output().await.unwrap().stdout).unwrap();
+    let token: Value = http
+        .post(format!("{base}/t/default/oauth2/token"))
+        .basic_auth(
+            creds["client_id"].as_str().unwrap(),
+            creds["client_secret"].as_str(),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&leaf_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let svid: Value = http
+        .post(format!("{base}/v1/identity/svids"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({ "csr": csr }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(
+        svid["svid_chain_pem"].as_str().unwrap().as_bytes(),
+    )
+    .map(|p| p.unwrap().contents)
+    .collect();
+    assert_eq!(chain.len(), 2, "leaf and intermediate, not the root");
+    let root_der = rustls_pki_types::CertificateDer::from(root.der().to_vec());
+    let anchors = [webpki::anchor_from_trusted_cert(&root_der).unwrap()];
+    let leaf = rustls_pki_types::CertificateDer::from(chain[0].clone());
+    let inter = [rustls_pki_types::CertificateDer::from(chain[1].clone())];
+    let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
+    use capstan_core::clock::Clock;
+    let now = Duration::from_secs(capstan_core::clock::SystemClock.now() as u64);
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &inter,
+        rustls_pki_types::UnixTime::since_unix_epoch(now),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .unwrap();
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
