@@ -84,3 +84,21 @@ seccompProfile:
       key: database-url
       {{- end }}
 {{- end -}}
+
+{{/* "HTTPS" when Capstan serves TLS, for probes. */}}
+{{- define "capstan.scheme" -}}
+{{- if eq .Values.tls.mode "off" }}HTTP{{ else }}HTTPS{{ end }}
+{{- end }}
+
+{{/* The self-issued certificate's DNS names (a JSON list): tls.dnsNames, or the Service's
+names in the namespace. */}}
+{{- define "capstan.tlsDnsNames" -}}
+{{- $root := .root -}}
+{{- if $root.Values.tls.dnsNames -}}
+{{- toJson $root.Values.tls.dnsNames -}}
+{{- else -}}
+{{- $svc := include "capstan.deploymentName" (dict "root" $root "d" .d) -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- toJson (list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns)) -}}
+{{- end -}}
+{{- end }}

@@ -424,6 +424,11 @@ impl IdentityService {
         let now = self.now();
         let m = pki::import_ca(cert_pem, key_pem, now)?;
         let l = self.loaded().await?;
+        // Idempotent: importing the same certificate again (a deploy hook on every upgrade)
+        // names the generation it already is.
+        if let Some(existing) = l.cas.iter().find(|c| c.cert_der == m.cert_der) {
+            return Ok(existing.id.clone());
+        }
         let generation = l.cas.iter().map(|c| c.generation).max().unwrap_or(0) + 1;
         let activates_at = if l.cas.is_empty() {
             now

@@ -515,6 +515,11 @@ async fn ca_import_chains_svids_to_the_organisation_root() {
     );
     let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(imported["id"], "g1");
+    // Idempotent, so a deploy hook can run it on every upgrade.
+    let again = import(&key_file).await.unwrap();
+    assert!(again.status.success());
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["id"], "g1");
 
     // The server uses it: the bundle is the organisation's root; SVIDs chain through the
     // intermediate to it.
