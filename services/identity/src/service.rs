@@ -195,9 +195,30 @@ pub struct IdentityService {
     hasher: SecretHasher,
     loaded: RwLock<Option<Arc<Loaded>>>,
     generation: AtomicU64,
+    /// Registration entries by principal (misses too), dropped on every entry change from any
+    /// server; bounded.
+    entries: RwLock<HashMap<(TenantId, PrincipalId), Option<Arc<Entry>>>>,
+    entries_generation: AtomicU64,
+    /// Issued-certificate records go through one writer that batches whatever is waiting into
+    /// one statement (group commit); an SVID is answered only once its record is stored.
+    recorder: std::sync::OnceLock<tokio::sync::mpsc::Sender<Recording>>,
     /// Counters.
     pub metrics: IdentityMetrics,
 }
+
+/// A record waiting for the writer, and who waits for it.
+/// The writer answers `Err(true)` when storage is unavailable, `Err(false)` for another
+/// failure (logged by the writer).
+type Recording = (SvidRecord, tokio::sync::oneshot::Sender<Result<(), bool>>);
+
+/// Most cached registration entries (misses included); past it the cache starts over.
+const MAX_CACHED_ENTRIES: usize = 100_000;
+
+/// Most records written in one statement.
+const RECORD_BATCH: usize = 512;
+
+/// Record batches being written at once.
+const RECORD_WRITERS: usize = 2;
 
 fn ca_aad(id: &str) -> String {
     format!("capstan/identity-ca/{id}")
@@ -240,6 +261,9 @@ impl IdentityService {
             hasher: master.secret_hasher(),
             loaded: RwLock::new(None),
             generation: AtomicU64::new(0),
+            entries: RwLock::new(HashMap::new()),
+            entries_generation: AtomicU64::new(0),
+            recorder: std::sync::OnceLock::new(),
             metrics: IdentityMetrics::default(),
         })
     }
@@ -319,6 +343,100 @@ impl IdentityService {
     pub fn on_change(&self, c: &Change) {
         if c.topic == TOPIC_CA {
             self.invalidate();
+        } else if c.topic == crate::store::TOPIC_ENTRY {
+            self.forget_entries();
+        }
+    }
+
+    fn forget_entries(&self) {
+        self.entries_generation.fetch_add(1, Ordering::SeqCst);
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// A principal's registration entry, from memory or storage.
+    async fn entry_of(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<Option<Arc<Entry>>, IdentityError> {
+        let key = (tenant.clone(), principal.clone());
+        if let Some(e) = self
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(e.clone());
+        }
+        let generation = self.entries_generation.load(Ordering::SeqCst);
+        let found = self.store.get_entry(tenant, principal).await?.map(Arc::new);
+        let mut cache = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        // A change that arrived while reading makes this answer stale: do not keep it.
+        if self.entries_generation.load(Ordering::SeqCst) == generation {
+            if cache.len() >= MAX_CACHED_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    /// Stores an issued-certificate record through the batching writer (started on first
+    /// use); returns once it is stored.
+    async fn record(&self, r: SvidRecord) -> Result<(), IdentityError> {
+        let tx = self.recorder.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Recording>(4 * RECORD_BATCH);
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                // A few batches in flight at once, so one commit's wait overlaps the next.
+                let in_flight = Arc::new(tokio::sync::Semaphore::new(RECORD_WRITERS));
+                while let Some(first) = rx.recv().await {
+                    let mut batch = Vec::with_capacity(RECORD_BATCH);
+                    batch.push(first);
+                    while batch.len() < RECORD_BATCH {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let records: Vec<SvidRecord> =
+                            batch.iter().map(|(r, _)| r.clone()).collect();
+                        let result = store.record_svids(&records).await.map_err(|e| {
+                            if !e.is_unavailable() {
+                                tracing::error!(error = %e, "storing certificate records failed");
+                            }
+                            e.is_unavailable()
+                        });
+                        for (_, done) in batch {
+                            let _ = done.send(result);
+                        }
+                        drop(permit);
+                    });
+                }
+            });
+            tx
+        });
+        let (done, wait) = tokio::sync::oneshot::channel();
+        tx.send((r, done))
+            .await
+            .map_err(|_| IdentityError::Unavailable("the record writer stopped".into()))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(true)) => Err(IdentityError::Unavailable(
+                "storage is unavailable; nothing was issued".into(),
+            )),
+            Ok(Err(false)) => Err(IdentityError::Crypto(
+                "the certificate record could not be stored".into(),
+            )),
+            Err(_) => Err(IdentityError::Unavailable("the record writer stopped".into())),
         }
     }
 
@@ -581,12 +699,12 @@ impl IdentityService {
         tenant: &TenantId,
         principal: &PrincipalId,
     ) -> Result<(SpiffeId, Option<Entry>), IdentityError> {
-        let entry = self.store.get_entry(tenant, principal).await?;
+        let entry = self.entry_of(tenant, principal).await?;
         let id = match entry.as_ref().and_then(|e| e.spiffe_path.as_deref()) {
             Some(path) => spiffe::entry_id(&self.cfg.trust_domain, tenant, path)?,
             None => spiffe::default_id(&self.cfg.trust_domain, tenant, principal),
         };
-        Ok((id, entry))
+        Ok((id, entry.map(|e| (*e).clone())))
     }
 
     /// Every root peers must trust now, PEM, deduplicated (imported CAs share their root).
@@ -692,8 +810,7 @@ impl IdentityService {
             },
         )?;
         let serial = pki::serial_hex(&serial);
-        self.store
-            .record_svid(&SvidRecord {
+        self.record(SvidRecord {
                 serial: serial.clone(),
                 tenant,
                 principal,
@@ -927,7 +1044,9 @@ impl IdentityService {
             created_at: now,
             updated_at: now,
         };
-        match self.store.create_entry(&e).await {
+        let created = self.store.create_entry(&e).await;
+        self.forget_entries();
+        match created {
             Ok(()) => self.entry_view(&e),
             Err(DbError::Conflict) => Err(IdentityError::Conflict(format!(
                 "principal \"{}\" has an entry already, or another entry has the SPIFFE ID {id}",
@@ -971,7 +1090,9 @@ impl IdentityService {
             updated_at: self.now(),
             ..old
         };
-        match self.store.update_entry(&e).await {
+        let updated = self.store.update_entry(&e).await;
+        self.forget_entries();
+        match updated {
             Ok(true) => self.entry_view(&e),
             Ok(false) => Err(no_entry(&principal)),
             Err(DbError::Conflict) => Err(IdentityError::Conflict(format!(
@@ -1034,11 +1155,12 @@ impl IdentityService {
             &[],
         )
         .await?;
-        if self
+        let deleted = self
             .store
             .delete_entry(&caller.tenant, &principal, self.now())
-            .await?
-        {
+            .await;
+        self.forget_entries();
+        if deleted? {
             Ok(())
         } else {
             Err(no_entry(&principal))
