@@ -23,6 +23,7 @@ mod cli;
 mod cluster;
 mod feed;
 mod identity;
+mod identity_store;
 mod mtls;
 mod oauth;
 mod platform;

@@ -542,7 +542,10 @@ async fn bench_svid(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String>
     let n = 40_000;
     let made = Instant::now();
     let csrs = svid::csrs(n)?;
-    println!("prepared {n} distinct P-256 CSRs in {:.1} s", made.elapsed().as_secs_f64());
+    println!(
+        "prepared {n} distinct P-256 CSRs in {:.1} s",
+        made.elapsed().as_secs_f64()
+    );
     let (raw, threads) = svid::raw_rate(&csrs, Duration::from_secs(args.duration.min(5)))?;
     let (key, admin) = bootstrap(bin, url).await?;
     let mut server = start_server(bin, url, &key).await?;
@@ -561,7 +564,13 @@ async fn bench_svid(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String>
         .map(|b| json_request(&addr, "/v1/identity/svids", &admin_token, b))
         .collect();
     // A short warm-up (connections, caches), then the measurement.
-    let _ = load(&addr, args.concurrency, Duration::from_secs(1), requests[..1000].to_vec()).await;
+    let _ = load(
+        &addr,
+        args.concurrency,
+        Duration::from_secs(1),
+        requests[..1000].to_vec(),
+    )
+    .await;
     let st = load(
         &addr,
         args.concurrency,
@@ -585,7 +594,10 @@ async fn bench_svid(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String>
         st.errors
     );
     if let Some(k) = rss {
-        println!("| capstan serve RSS after the load | {:.1} MiB | | | |", k as f64 / 1024.0);
+        println!(
+            "| capstan serve RSS after the load | {:.1} MiB | | | |",
+            k as f64 / 1024.0
+        );
     }
     Ok(())
 }

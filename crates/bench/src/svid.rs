@@ -49,7 +49,8 @@ pub fn raw_rate(csrs: &[String], dur: Duration) -> Result<(f64, usize), String> 
         .map_err(|e| e.to_string())?;
     let signer = CaSigner::load(&m.cert_der, &m.intermediates_der, &m.key_pkcs8, &m.root_der)
         .map_err(|e| e.to_string())?;
-    let id = SpiffeId::parse("spiffe://capstan.local/t/default/svc_bench").map_err(|e| e.to_string())?;
+    let id =
+        SpiffeId::parse("spiffe://capstan.local/t/default/svc_bench").map_err(|e| e.to_string())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let next = AtomicUsize::new(0);
     let start = Instant::now();
@@ -96,4 +97,3 @@ pub fn bodies(csrs: &[String]) -> Vec<String> {
         .map(|c| serde_json::json!({ "csr": c }).to_string())
         .collect()
 }
-

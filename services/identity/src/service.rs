@@ -197,7 +197,7 @@ pub struct IdentityService {
     generation: AtomicU64,
     /// Registration entries by principal (misses too), dropped on every entry change from any
     /// server; bounded.
-    entries: RwLock<HashMap<(TenantId, PrincipalId), Option<Arc<Entry>>>>,
+    entries: RwLock<EntryCache>,
     entries_generation: AtomicU64,
     /// Issued-certificate records go through one writer that batches whatever is waiting into
     /// one statement (group commit); an SVID is answered only once its record is stored.
@@ -205,6 +205,9 @@ pub struct IdentityService {
     /// Counters.
     pub metrics: IdentityMetrics,
 }
+
+/// Registration entries (or their absence) by tenant and principal.
+type EntryCache = HashMap<(TenantId, PrincipalId), Option<Arc<Entry>>>;
 
 /// A record waiting for the writer, and who waits for it.
 /// The writer answers `Err(true)` when storage is unavailable, `Err(false)` for another
@@ -436,7 +439,9 @@ impl IdentityService {
             Ok(Err(false)) => Err(IdentityError::Crypto(
                 "the certificate record could not be stored".into(),
             )),
-            Err(_) => Err(IdentityError::Unavailable("the record writer stopped".into())),
+            Err(_) => Err(IdentityError::Unavailable(
+                "the record writer stopped".into(),
+            )),
         }
     }
 
@@ -811,20 +816,20 @@ impl IdentityService {
         )?;
         let serial = pki::serial_hex(&serial);
         self.record(SvidRecord {
-                serial: serial.clone(),
-                tenant,
-                principal,
-                spiffe_id: spiffe_id.to_string(),
-                ca_id: active.id.clone(),
-                via: if join_hash.is_some() {
-                    "join_token".into()
-                } else {
-                    "bearer".into()
-                },
-                issued_at: now,
-                not_after,
-            })
-            .await?;
+            serial: serial.clone(),
+            tenant,
+            principal,
+            spiffe_id: spiffe_id.to_string(),
+            ca_id: active.id.clone(),
+            via: if join_hash.is_some() {
+                "join_token".into()
+            } else {
+                "bearer".into()
+            },
+            issued_at: now,
+            not_after,
+        })
+        .await?;
         if let Some(hash) = &join_hash {
             self.store.set_join_token_serial(hash, &serial).await?;
         }

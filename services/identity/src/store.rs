@@ -28,7 +28,8 @@ pub trait IdentityStore: Send + Sync {
     async fn list_cas(&self) -> Result<Vec<CaRecord>, DbError>;
     /// Stores a new CA; [`DbError::Conflict`] if its generation exists (another server made it).
     async fn insert_ca(&self, ca: &CaRecord, now: UnixTime) -> Result<(), DbError>;
-    /// Moves a prepared CA's activation to `at`; false if no such CA.
+    /// Moves the activation of a CA still prepared at `now` (untainted, not yet active) to
+    /// `at`; false if there is no such CA.
     async fn activate_ca(&self, id: &str, at: UnixTime, now: UnixTime) -> Result<bool, DbError>;
     /// Marks a CA tainted at `at` (once: a second taint keeps the first time); false if none.
     async fn taint_ca(&self, id: &str, at: UnixTime) -> Result<bool, DbError>;
@@ -305,10 +306,11 @@ impl IdentityStore for SqlIdentityStore {
         let n = write_tx!(self, SYSTEM, TOPIC_CA, id, now, |tx| {
             sqlx::query(
                 "UPDATE identity_cas SET activates_at = $2 \
-                 WHERE id = $1 AND tainted_at IS NULL AND activates_at > $2",
+                 WHERE id = $1 AND tainted_at IS NULL AND activates_at > $3",
             )
             .bind(id)
             .bind(at)
+            .bind(now)
             .execute(&mut *tx)
             .await?
             .rows_affected()
