@@ -572,6 +572,27 @@ mod tests {
         assert!(err.to_string().contains("[service.auth]"), "{err}");
     }
 
+    /// docs/configuration.md lists every flag of every command.
+    #[test]
+    fn every_flag_is_documented() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            let subs: Vec<_> = std::iter::once(sub).chain(sub.get_subcommands()).collect();
+            for c in subs {
+                for arg in c.get_arguments() {
+                    if let Some(long) = arg.get_long() {
+                        assert!(
+                            doc.contains(&format!("`--{long}")),
+                            "docs/configuration.md does not document --{long} ({})",
+                            c.get_name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn services_are_checked() {
         assert_eq!(
