@@ -283,6 +283,32 @@ async fn rotation_and_taint_never_break_handshakes(ctx: &Ctx) {
     };
     check("before").await;
 
+    // Traffic: handshakes both ways, back to back, through the whole rotation.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (a_src, b_src, a, b, stop) = (
+            a_src.clone(),
+            b_src.clone(),
+            a.clone(),
+            b.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (x, y, xa, ya) in [(&a_src, &b_src, &a, &b), (&b_src, &a_src, &b, &a)] {
+                    let srv = x.server_config(PeerPolicy::ids([id_of(ya)])).unwrap();
+                    let cli = y.client_config(PeerPolicy::ids([id_of(xa)])).unwrap();
+                    match handshake(srv, cli).await {
+                        Ok(()) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+
     // Prepare a new CA: published at once; workloads pick up the bundle at their renewal.
     let (status, prepared) = s
         .api(
@@ -314,6 +340,13 @@ async fn rotation_and_taint_never_break_handshakes(ctx: &Ctx) {
     check("active: A on the old CA, B on the new").await;
     a_src.renew().await.unwrap();
     check("after").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "handshakes failed during the rotation: {failed:?}"
+    );
+    assert!(ok >= 4, "{ok} handshakes");
 
     // Taint the active CA: a new one signs at once; leaves of the tainted one still verify
     // until their holders renew, and renewed leaves come from the new CA.
