@@ -83,7 +83,8 @@ impl ClientVerifier {
 
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        true
+        // Without the identity service there is nothing to check a client certificate against.
+        self.current().is_some()
     }
 
     fn client_auth_mandatory(&self) -> bool {
