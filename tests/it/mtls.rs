@@ -24,6 +24,7 @@ capstan_tests::on_both_backends!(
     rotation_and_taint_never_break_handshakes,
     capstan_serves_https_and_authenticates_svids,
     tls_client_auth_binds_tokens_to_the_certificate,
+    svid_authentication_follows_the_issuance_record,
 );
 
 /// A client allowed to get its own SVIDs, and an SVID source for it.
@@ -815,4 +816,246 @@ fn ring_sha256(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, data)
         .as_ref()
         .to_vec()
+}
+
+/// What the review found: a certificate authenticates only as the principal it was issued to
+/// (by its record, not its path), never when forged with the CA key or signed by a tainted CA,
+/// and only for principals allowed the API audience. DNS names are the deployment's to assign,
+/// and /v1/authorize refuses a certificate-bound token it cannot check.
+async fn svid_authentication_follows_the_issuance_record(ctx: &Ctx) {
+    let (s, base, plain, bundle_pem) = tls_server(ctx).await;
+    let admin = s.admin().await;
+    let admin_token = https_token(&plain, &base, "default", &admin).await;
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let mut req = plain
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let mut ids = Vec::new();
+    for (name, audience) in [
+        ("orders", "capstan"),
+        ("billing", "capstan"),
+        ("nocapstan", "other-api"),
+    ] {
+        let (status, c) = call(
+            Method::POST,
+            "/v1/clients",
+            Some(json!({ "name": name, "audiences": [audience] })),
+        )
+        .await;
+        assert_eq!(status, 201, "{c}");
+        let id = c["client_id"].as_str().unwrap().to_owned();
+        call(
+            Method::PUT,
+            &format!("/v1/principals/{id}/policies/IdentityWorkload"),
+            None,
+        )
+        .await;
+        ids.push(id);
+    }
+    let svid_for = |id: String| {
+        let call = &call;
+        let (plain, base, bundle_pem) = (&plain, &base, &bundle_pem);
+        async move {
+            let (status, jt) = call(
+                Method::POST,
+                "/v1/identity/join-tokens",
+                Some(json!({ "principal": id })),
+            )
+            .await;
+            assert_eq!(status, 201, "{jt}");
+            svid_by_join_token(plain, base, jt["token"].as_str().unwrap(), bundle_pem).await
+        }
+    };
+    let jwt_svid = |client: reqwest::Client| {
+        let base = base.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/v1/identity/jwt-svids"))
+                .json(&json!({ "audience": "x" }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // A path handed to another principal: the old SVID still authenticates its own principal.
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    let (status, v) = call(
+        Method::POST,
+        "/v1/identity/entries",
+        Some(json!({ "principal": a, "spiffe_path": "payments/orders" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let a_src = svid_for(a.clone()).await;
+    assert_eq!(
+        a_src.svid().unwrap().spiffe_id,
+        "spiffe://capstan.local/t/default/payments/orders"
+    );
+    call(Method::DELETE, &format!("/v1/identity/entries/{a}"), None).await;
+    let (status, v) = call(
+        Method::POST,
+        "/v1/identity/entries",
+        Some(json!({ "principal": b, "spiffe_path": "payments/orders" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = jwt_svid(mtls_client(&a_src)).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v["spiffe_id"],
+        format!("spiffe://capstan.local/t/default/{a}").as_str(),
+        "the holder is A (its record), not B (the path's owner now)"
+    );
+
+    // A principal not allowed the API audience cannot call the API with its SVID either.
+    let n_src = svid_for(ids[2].clone()).await;
+    let (status, _) = jwt_svid(mtls_client(&n_src)).await;
+    assert_eq!(status, 401);
+
+    // A certificate forged with the CA's key (as a thief of it would): chains, but has no
+    // issuance record, so it authenticates nobody.
+    let (sealed, cert_der): (Vec<u8>, Vec<u8>) = match ctx.db() {
+        capstan_db::Db::Postgres(p) => {
+            sqlx::query_as("SELECT key_sealed, cert_der FROM identity_cas WHERE id = 'g1'")
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        }
+        capstan_db::Db::Sqlite(p) => {
+            sqlx::query_as("SELECT key_sealed, cert_der FROM identity_cas WHERE id = 'g1'")
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        }
+    };
+    let ca_key = ctx
+        .master
+        .sealer()
+        .unwrap()
+        .open(&sealed, b"capstan/identity-ca/g1")
+        .unwrap();
+    let issuer = Issuer::from_ca_cert_der(
+        &rustls::pki_types::CertificateDer::from(cert_der),
+        KeyPair::try_from(ca_key.as_slice()).unwrap(),
+    )
+    .unwrap();
+    let forged_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://capstan.local/t/default/{}", admin.id)
+            .as_str()
+            .try_into()
+            .unwrap(),
+    )];
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42; 16]));
+    let forged = p.signed_by(&forged_key, &issuer).unwrap();
+    let forged_src =
+        SvidSource::from_pem(&forged.pem(), &forged_key.serialize_pem(), &bundle_pem).unwrap();
+    let (status, v) = jwt_svid(mtls_client(&forged_src)).await;
+    assert_eq!(status, 401, "a forged admin certificate: {v}");
+
+    // After a taint, SVIDs of that CA authenticate nobody here, at once.
+    let b_src = svid_for(b.clone()).await;
+    assert_eq!(jwt_svid(mtls_client(&b_src)).await.0, 201);
+    let (status, v) = call(Method::POST, "/v1/identity/ca/g1/taint", None).await;
+    assert_eq!(status, 200, "{v}");
+    s.server.tls.as_ref().unwrap().refresh().await.unwrap();
+    let r = mtls_client(&b_src)
+        .post(format!("{base}/v1/identity/jwt-svids"))
+        .json(&json!({ "audience": "x" }))
+        .send()
+        .await;
+    assert!(
+        r.as_ref().map_or(true, |r| r.status() == 401),
+        "an SVID of a tainted CA: {r:?}"
+    );
+
+    // DNS names are the deployment's: another tenant's admin cannot put one in an SVID.
+    let (status, t) = call(Method::POST, "/v1/tenants", Some(json!({ "id": "acme" }))).await;
+    assert_eq!(status, 201, "{t}");
+    let acme = Creds::from_json(&t["admin_client"]);
+    let acme_token = https_token(&plain, &base, "acme", &acme).await;
+    let r = plain
+        .post(format!("{base}/v1/identity/entries"))
+        .bearer_auth(&acme_token)
+        .json(&json!({ "principal": acme.id, "dns_names": ["localhost"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["action"], "identity:AssignDnsName", "{body}");
+
+    // /v1/authorize cannot check a certificate-bound token's binding: it refuses it.
+    let (status, c) = call(
+        Method::POST,
+        "/v1/clients",
+        Some(json!({ "name": "bound", "audiences": ["capstan"],
+            "token_endpoint_auth_method": "tls_client_auth" })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let bound_id = c["client_id"].as_str().unwrap().to_owned();
+    call(
+        Method::PUT,
+        &format!("/v1/principals/{bound_id}/policies/IdentityWorkload"),
+        None,
+    )
+    .await;
+    let bound_src = svid_for(bound_id.clone()).await;
+    let r = mtls_client(&bound_src)
+        .post(format!("{base}/t/default/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", bound_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, v) = call(
+        Method::POST,
+        "/v1/authorize",
+        Some(json!({ "token": token, "action": "identity:IssueSvid", "resource": "*" })),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    s.shutdown().await;
+}
+
+/// A client_credentials token over HTTPS.
+async fn https_token(plain: &reqwest::Client, base: &str, tenant: &str, c: &Creds) -> String {
+    let r = plain
+        .post(format!("{base}/t/{tenant}/oauth2/token"))
+        .basic_auth(&c.id, Some(&c.secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned()
 }

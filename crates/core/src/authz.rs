@@ -154,6 +154,8 @@ pub struct VerifiedToken {
     pub client_id: String,
     /// Granted scopes.
     pub scopes: Vec<String>,
+    /// For a certificate-bound token (RFC 8705): the thumbprint of its certificate.
+    pub bound_to: Option<String>,
 }
 
 /// Why a token could not be accepted.
@@ -194,7 +196,11 @@ pub trait TokenVerifier: Send + Sync + 'static {
 
     /// The caller of a Capstan API presenting an X.509-SVID of this trust domain on the TLS
     /// connection (its chain was verified by the TLS layer against the bundle).
-    async fn authenticate_svid(&self, _spiffe_id: &str) -> Result<Caller, VerifyError> {
+    async fn authenticate_svid(
+        &self,
+        _spiffe_id: &str,
+        _serial: &str,
+    ) -> Result<Caller, VerifyError> {
         Err(VerifyError::Invalid(
             "certificate authentication is not available on this server".into(),
         ))
@@ -217,11 +223,15 @@ pub trait WorkloadIdentity: Send + Sync + 'static {
     /// things never authenticates anyone here.
     async fn issuing_cas(&self) -> Result<Vec<Vec<u8>>, VerifyError>;
 
-    /// The tenant and principal a SPIFFE ID of this trust domain names, if any: a default
-    /// ID (`/t/<tenant>/<principal>`) or a registration entry's path.
-    async fn principal_of(
+    /// The tenant and principal a client certificate authenticates, if any: the certificate
+    /// (its serial, lowercase hex) must be one this deployment issued with that SPIFFE ID,
+    /// unexpired, from a CA that is not tainted. The principal comes from the issuance record,
+    /// never from the path alone (a path can change hands), and a certificate forged with a
+    /// stolen CA key has no record.
+    async fn authenticate_certificate(
         &self,
         spiffe_id: &str,
+        serial: &str,
     ) -> Result<Option<(TenantId, PrincipalId)>, VerifyError>;
 
     /// A serving certificate for Capstan itself (`spiffe://<td>/capstan/server` plus

@@ -92,10 +92,10 @@ where
         let svid = parts
             .extensions
             .get::<PeerCertificate>()
-            .and_then(|c| c.spiffe_id.clone());
+            .and_then(|c| Some((c.spiffe_id.clone()?, c.serial.clone())));
         let mut caller = match svid {
-            Some(id) if !parts.headers.contains_key(header::AUTHORIZATION) => {
-                verifier.authenticate_svid(&id).await?
+            Some((id, serial)) if !parts.headers.contains_key(header::AUTHORIZATION) => {
+                verifier.authenticate_svid(&id, &serial).await?
             }
             _ => verifier.authenticate_caller(bearer_token(parts)?).await?,
         };
@@ -117,6 +117,8 @@ pub struct PeerCertificate {
     pub der: Arc<[u8]>,
     /// Its SPIFFE ID (its one URI SAN), if it has exactly one `spiffe://` URI.
     pub spiffe_id: Option<String>,
+    /// Its serial number, lowercase hex.
+    pub serial: String,
     /// SHA-256 of the DER (RFC 8705 `x5t#S256`, before base64url).
     pub sha256: [u8; 32],
 }

@@ -377,6 +377,7 @@ impl TokenVerifier for AuthService {
             principal,
             client_id: claims.client_id,
             scopes: split_scopes(&claims.scope),
+            bound_to: claims.cnf.map(|c| c.x5t_s256),
         })
     }
 
@@ -396,6 +397,13 @@ impl TokenVerifier for AuthService {
             .ok_or_else(|| {
                 VerifyError::Invalid("the principal of this certificate no longer exists".into())
             })?;
+        // As with a bearer token: only a client allowed the API audience calls the API.
+        if !client.audiences.contains(&self.cfg.api_audience) {
+            return Err(VerifyError::Invalid(format!(
+                "this principal may not call the Capstan API (its audiences do not include {:?})",
+                self.cfg.api_audience
+            )));
+        }
         Ok(Caller {
             tenant: tenant.clone(),
             principal: principal.clone(),

@@ -76,9 +76,11 @@ async fn issue_svid(
 ) -> ApiResult<Response> {
     // Renewal over mTLS: the current SVID on the connection authenticates, like a bearer token.
     let peer = peer.map(|axum::Extension(p)| p);
-    let svid = peer.as_ref().and_then(|p| p.spiffe_id.clone());
-    if let (None, Some(id)) = (headers.get(header::AUTHORIZATION), svid) {
-        let caller = svc.verifier.0.authenticate_svid(&id).await?;
+    let svid = peer
+        .as_ref()
+        .and_then(|p| Some((p.spiffe_id.clone()?, p.serial.clone())));
+    if let (None, Some((id, serial))) = (headers.get(header::AUTHORIZATION), svid) {
+        let caller = svc.verifier.0.authenticate_svid(&id, &serial).await?;
         let issued = svc.issue_svid(SvidAuth::Caller(caller), req).await?;
         return Ok(no_store(
             (StatusCode::CREATED, Json(issued)).into_response(),

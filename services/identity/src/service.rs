@@ -199,6 +199,9 @@ pub struct IdentityService {
     /// server; bounded.
     entries: RwLock<EntryCache>,
     entries_generation: AtomicU64,
+    /// Issuance records by serial (immutable once written; misses too), for certificate
+    /// authentication; bounded.
+    records: RwLock<HashMap<String, Option<SvidRecord>>>,
     /// Issued-certificate records go through one writer that batches whatever is waiting into
     /// one statement (group commit); an SVID is answered only once its record is stored.
     recorder: std::sync::OnceLock<tokio::sync::mpsc::Sender<Recording>>,
@@ -266,6 +269,7 @@ impl IdentityService {
             generation: AtomicU64::new(0),
             entries: RwLock::new(HashMap::new()),
             entries_generation: AtomicU64::new(0),
+            records: RwLock::new(HashMap::new()),
             recorder: std::sync::OnceLock::new(),
             metrics: IdentityMetrics::default(),
         })
@@ -384,6 +388,28 @@ impl IdentityService {
             }
             cache.insert(key, found.clone());
         }
+        Ok(found)
+    }
+
+    /// The issuance record of a serial, from memory or storage.
+    async fn svid_record(&self, serial: &str) -> Result<Option<SvidRecord>, IdentityError> {
+        if serial.is_empty() || serial.len() > 64 {
+            return Ok(None);
+        }
+        if let Some(r) = self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(serial)
+        {
+            return Ok(r.clone());
+        }
+        let found = self.store.get_svid(serial).await?;
+        let mut cache = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(serial.to_owned(), found.clone());
         Ok(found)
     }
 
@@ -741,7 +767,6 @@ impl IdentityService {
         auth: SvidAuth,
         req: IssueSvid,
     ) -> Result<SvidResponse, IdentityError> {
-        let csr = pki::check_csr(req.csr.as_bytes())?;
         let now = self.now();
         let (tenant, principal, join_hash) = match &auth {
             SvidAuth::Caller(c) => (c.tenant.clone(), c.principal.clone(), None),
@@ -755,6 +780,8 @@ impl IdentityService {
                 (jt.tenant, jt.principal, Some(hash))
             }
         };
+        // The CSR is checked (a signature verification) only once the requester is known.
+        let csr = pki::check_csr(req.csr.as_bytes())?;
         let (spiffe_id, entry) = self.identity_of(&tenant, &principal).await?;
         if let SvidAuth::Caller(c) = &auth {
             self.guard(
@@ -1009,6 +1036,32 @@ impl IdentityService {
         Ok(id)
     }
 
+    /// DNS names in certificates that chain to the deployment's root are the deployment's to
+    /// hand out, not a tenant's: each needs `identity:AssignDnsName` on
+    /// `crn:capstan:identity:default:dns/<name>` (a resource of the `default` tenant, so only
+    /// its principals can be allowed it), so no tenant can put Capstan's own or another
+    /// tenant's service names into an SVID.
+    async fn guard_dns_names(
+        &self,
+        caller: &Caller,
+        names: &[String],
+    ) -> Result<(), IdentityError> {
+        for name in names {
+            self.guard(
+                caller,
+                "identity:AssignDnsName",
+                &Crn::new(
+                    "identity",
+                    &TenantId::default_tenant(),
+                    &format!("dns/{name}"),
+                ),
+                &[("identity:DnsName", name.as_str())],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// `POST /v1/identity/entries`.
     pub async fn create_entry(
         &self,
@@ -1030,6 +1083,7 @@ impl IdentityService {
             &[("identity:SpiffeId", id.as_str())],
         )
         .await?;
+        self.guard_dns_names(caller, &req.dns_names).await?;
         if !self
             .store
             .principal_exists(&caller.tenant, &principal)
@@ -1083,6 +1137,7 @@ impl IdentityService {
             &[("identity:SpiffeId", id.as_str())],
         )
         .await?;
+        self.guard_dns_names(caller, &req.dns_names).await?;
         let old = self
             .store
             .get_entry(&caller.tenant, &principal)
@@ -1187,7 +1242,13 @@ impl IdentityService {
                 self.cfg.max_join_token_ttl
             )));
         }
-        let (spiffe_id, _) = self.identity_of(&caller.tenant, &principal).await?;
+        // Read past the entry cache: the principal is the caller's choice, and made-up ids
+        // must not churn the cache.
+        let entry = self.store.get_entry(&caller.tenant, &principal).await?;
+        let spiffe_id = match entry.as_ref().and_then(|e| e.spiffe_path.as_deref()) {
+            Some(path) => spiffe::entry_id(&self.cfg.trust_domain, &caller.tenant, path)?,
+            None => spiffe::default_id(&self.cfg.trust_domain, &caller.tenant, &principal),
+        };
         self.guard(
             caller,
             "identity:CreateJoinToken",
@@ -1329,36 +1390,35 @@ impl capstan_core::authz::WorkloadIdentity for IdentityService {
 
     async fn issuing_cas(&self) -> Result<Vec<Vec<u8>>, capstan_core::authz::VerifyError> {
         let l = self.loaded().await.map_err(verify_error)?;
+        // A tainted CA stops anchoring client certificates at once (peers keep it in the
+        // bundle until its leaves expire; Capstan itself does not wait).
         Ok(
             model::published(&l.cas, self.now(), self.cfg.max_svid_ttl, self.cfg.leeway)
                 .into_iter()
+                .filter(|c| c.tainted_at.is_none())
                 .map(|c| c.cert_der.clone())
                 .collect(),
         )
     }
 
-    async fn principal_of(
+    async fn authenticate_certificate(
         &self,
         spiffe_id: &str,
+        serial: &str,
     ) -> Result<Option<(TenantId, PrincipalId)>, capstan_core::authz::VerifyError> {
-        let Ok(id) = SpiffeId::parse(spiffe_id) else {
+        let Some(rec) = self.svid_record(serial).await.map_err(verify_error)? else {
             return Ok(None);
         };
-        let Some(tenant) = spiffe::tenant_of(&self.cfg.trust_domain, &id) else {
+        let now = self.now();
+        let l = self.loaded().await.map_err(verify_error)?;
+        let ca_ok = l
+            .cas
+            .iter()
+            .any(|c| c.id == rec.ca_id && c.tainted_at.is_none());
+        if rec.spiffe_id != spiffe_id || rec.not_after <= now || !ca_ok {
             return Ok(None);
-        };
-        let rest = &id.path()[spiffe::tenant_prefix(&tenant).len() + 1..];
-        // A default ID names its principal; any other path is a registration entry's (and an
-        // entry's path can never parse as a principal id).
-        if let Ok(p) = PrincipalId::parse(rest) {
-            return Ok(Some((tenant, p)));
         }
-        let entry = self
-            .store
-            .entry_by_path(&tenant, rest)
-            .await
-            .map_err(|e| verify_error(e.into()))?;
-        Ok(entry.map(|e| (tenant, e.principal)))
+        Ok(Some((rec.tenant, rec.principal)))
     }
 
     async fn issue_server_certificate(

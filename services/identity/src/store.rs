@@ -55,6 +55,8 @@ pub trait IdentityStore: Send + Sync {
     ) -> Result<bool, DbError>;
     /// The entry whose path is `path` (its SPIFFE ID's path under the tenant).
     async fn entry_by_path(&self, tenant: &TenantId, path: &str) -> Result<Option<Entry>, DbError>;
+    /// The record of the certificate with this serial.
+    async fn get_svid(&self, serial: &str) -> Result<Option<SvidRecord>, DbError>;
     /// Records issued certificates (one statement for the batch).
     async fn record_svids(&self, rs: &[SvidRecord]) -> Result<(), DbError>;
     /// The newest records of a tenant (of one principal if given), newest first.
@@ -519,6 +521,19 @@ impl IdentityStore for SqlIdentityStore {
             }
         }
         Ok(())
+    }
+
+    async fn get_svid(&self, serial: &str) -> Result<Option<SvidRecord>, DbError> {
+        let row: Option<SvidRow> = on_pool!(&self.db, |p| {
+            sqlx::query_as(
+                "SELECT serial, tenant, principal, spiffe_id, ca_id, via, issued_at, not_after \
+                 FROM identity_svids WHERE serial = $1",
+            )
+            .bind(serial)
+            .fetch_optional(p)
+            .await
+        })?;
+        row.map(svid_from_row).transpose()
     }
 
     async fn list_svids(

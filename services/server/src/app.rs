@@ -619,17 +619,24 @@ impl TokenVerifier for CallerVerifier {
         self.auth.authenticate_principal(tenant, principal).await
     }
 
-    async fn authenticate_svid(&self, spiffe_id: &str) -> Result<Caller, VerifyError> {
+    async fn authenticate_svid(
+        &self,
+        spiffe_id: &str,
+        serial: &str,
+    ) -> Result<Caller, VerifyError> {
         let Some(identity) = &self.identity else {
             return Err(VerifyError::Invalid(
                 "certificate authentication needs the identity service".into(),
             ));
         };
-        let (tenant, principal) = identity.principal_of(spiffe_id).await?.ok_or_else(|| {
-            VerifyError::Invalid(format!(
-                "the certificate's SPIFFE ID {spiffe_id} names no principal of this deployment"
-            ))
-        })?;
+        let (tenant, principal) = identity
+            .authenticate_certificate(spiffe_id, serial)
+            .await?
+            .ok_or_else(|| {
+                VerifyError::Invalid(format!(
+                    "the certificate ({spiffe_id}, serial {serial}) is not a current SVID of this deployment"
+                ))
+            })?;
         self.auth.authenticate_principal(&tenant, &principal).await
     }
 }

@@ -189,6 +189,10 @@ impl Tls {
             .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(cert.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No resumption: a resumed session would carry a client certificate forward without
+        // checking it again (expired, or from a CA tainted since).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         let tls = Arc::new(Tls {
             mode,
             identity,
@@ -359,11 +363,17 @@ fn client_verifier(anchors: &[Vec<u8>]) -> Result<Arc<dyn ClientCertVerifier>, S
 
 /// The client certificate of a finished handshake, for the request extensions.
 pub fn peer_certificate(conn: &rustls::ServerConnection) -> Option<PeerCertificate> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let leaf = conn.peer_certificates()?.first()?;
     let der: Arc<[u8]> = Arc::from(leaf.as_ref());
     let sha256 = sha256(&der);
+    let serial = X509Certificate::from_der(&der)
+        .ok()
+        .map(|(_, c)| c.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_default();
     Some(PeerCertificate {
         spiffe_id: spiffe_id_of(&der),
+        serial,
         der,
         sha256,
     })

@@ -31,6 +31,14 @@ impl PolicyService {
                         "the token belongs to another tenant".into(),
                     ));
                 }
+                // A certificate-bound token proves nothing without its certificate, which this
+                // request cannot show: the resource server checks the binding (introspection
+                // returns `cnf`) and asks by `principal`.
+                if v.bound_to.is_some() {
+                    return Err(PolicyError::BadRequest(
+                        "the token is bound to a client certificate (RFC 8705): check the binding, then ask with principal".into(),
+                    ));
+                }
                 Ok(Subject {
                     principal: v.principal.to_string(),
                     client_id: Some(v.client_id),
