@@ -41,6 +41,27 @@ macro_rules! append_change {
     };
 }
 
+/// Runs `$body` in one transaction as `tx` on the store's `db`; the body evaluates to how many
+/// rows it changed. When it changed any, the feed row `($topic, $key)` of `$tenant` is appended
+/// in the same transaction (the outbox); after the commit the store's `woke()` wakes the
+/// server's feed. Evaluates to the count; a failure returns from the calling function.
+#[macro_export]
+macro_rules! write_tx {
+    ($store:expr, $tenant:expr, $topic:expr, $key:expr, $now:expr, |$tx:ident| $body:expr) => {{
+        let n = $crate::on_pool!(&$store.db, |p| {
+            let mut $tx = p.begin().await?;
+            let n: u64 = $body;
+            if n > 0 {
+                $crate::append_change!($tx, $tenant, $topic, $key, $now).await?;
+            }
+            $tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        $store.woke();
+        n
+    }};
+}
+
 /// Receives the changes of some topics. Called on the runner's task: keep it quick (drop a
 /// cache entry, wake a watcher), never block.
 pub trait Subscriber: Send + Sync + 'static {

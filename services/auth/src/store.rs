@@ -14,7 +14,7 @@ use capstan_core::ids::{PrincipalId, PrincipalKind, TenantId};
 use capstan_core::jwt::{Alg, Jwk};
 use std::sync::Arc;
 
-use capstan_db::{append_change, on_pool, Db, DbError, Feed};
+use capstan_db::{on_pool, write_tx, Db, DbError, Feed};
 
 use crate::model::{Client, Revocation, StoredKey, Tenant};
 
@@ -140,25 +140,6 @@ impl SqlStore {
             f.wake();
         }
     }
-}
-
-/// Runs `$body` in one transaction as `tx`; the body evaluates to how many rows it changed.
-/// When it changed any, the feed row `($topic, $key)` of `$tenant` is appended in the same
-/// transaction (the outbox); after the commit, the server's feed is woken. Evaluates to the count.
-macro_rules! write_tx {
-    ($store:expr, $tenant:expr, $topic:expr, $key:expr, $now:expr, |$tx:ident| $body:expr) => {{
-        let n = on_pool!(&$store.db, |p| {
-            let mut $tx = p.begin().await?;
-            let n: u64 = $body;
-            if n > 0 {
-                append_change!($tx, $tenant, $topic, $key, $now).await?;
-            }
-            $tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        $store.woke();
-        n
-    }};
 }
 
 fn corrupt(what: &str) -> DbError {

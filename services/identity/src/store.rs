@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use capstan_core::clock::UnixTime;
 use capstan_core::ids::{PrincipalId, TenantId};
-use capstan_db::{append_change, on_pool, Db, DbError, Feed};
+use capstan_db::{on_pool, write_tx, Db, DbError, Feed};
 
 use crate::model::{CaRecord, Entry, JoinToken, SvidRecord};
 
@@ -119,23 +119,6 @@ impl SqlIdentityStore {
             f.wake();
         }
     }
-}
-
-/// Runs `$body` in a transaction; when it changed rows, appends the feed row in it.
-macro_rules! write_tx {
-    ($store:expr, $tenant:expr, $topic:expr, $key:expr, $now:expr, |$tx:ident| $body:expr) => {{
-        let n = on_pool!(&$store.db, |p| {
-            let mut $tx = p.begin().await?;
-            let n: u64 = $body;
-            if n > 0 {
-                append_change!($tx, $tenant, $topic, $key, $now).await?;
-            }
-            $tx.commit().await?;
-            Ok::<u64, sqlx::Error>(n)
-        })?;
-        $store.woke();
-        n
-    }};
 }
 
 fn corrupt(what: &str) -> DbError {
