@@ -269,7 +269,19 @@ pub fn import_ca(cert_pem: &str, key_pem: &str, now: i64) -> Result<CaMaterial, 
             "the chain does not end at a self-signed root: append the upstream intermediates and root to the certificate file",
         ));
     }
+    if let Some(c) = certs.iter().skip(1).find(|c| !c.is_ca()) {
+        return Err(invalid(format!(
+            "\"{}\" in the chain is not a CA certificate",
+            c.subject()
+        )));
+    }
     let root_der = ders.last().cloned().unwrap_or_default();
+    // The bundle publishes the root as a JWK: a key type it cannot express would break it.
+    x509_svid_jwk(&root_der).map_err(|e| {
+        invalid(format!(
+            "the root's key cannot be published in a SPIFFE bundle (EC P-256/P-384, Ed25519 or RSA): {e}"
+        ))
+    })?;
     let intermediates_der = if ders.len() > 1 {
         ders[1..ders.len() - 1].to_vec()
     } else {
