@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use capstan_core::clock::Clock;
 use capstan_sdk::spiffe::{PeerPolicy, SvidSource};
@@ -25,6 +26,7 @@ capstan_tests::on_both_backends!(
     capstan_serves_https_and_authenticates_svids,
     tls_client_auth_binds_tokens_to_the_certificate,
     svid_authentication_follows_the_issuance_record,
+    tls_files_are_reloaded_when_they_change,
 );
 
 /// A client allowed to get its own SVIDs, and an SVID source for it.
@@ -1058,4 +1060,67 @@ async fn https_token(plain: &reqwest::Client, base: &str, tenant: &str, c: &Cred
         .as_str()
         .unwrap_or_else(|| panic!("{v}"))
         .to_owned()
+}
+
+/// `--tls-cert/--tls-key`: the server serves the files and picks up new ones (as cert-manager
+/// rotates them) without a restart; a broken file keeps the previous certificate.
+async fn tls_files_are_reloaded_when_they_change(ctx: &Ctx) {
+    let dir = std::env::temp_dir().join(capstan_tests::db::unique_name("capstan_tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root_key = KeyPair::generate().unwrap();
+    let mut rp = CertificateParams::default();
+    rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = rp.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(rp, root_key);
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let issue = |serial: u8| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[serial; 8]));
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    };
+    issue(0x11);
+    let mut settings = ctx.settings();
+    settings.tls = Some(TlsMode::Files {
+        cert: cert_file.clone(),
+        key: key_file.clone(),
+    });
+    let s = ctx.server_with(settings).await;
+    let tls = s.server.tls.clone().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(root.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", s.server.addr.port());
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(tls.serving_serial(), vec![0x11; 8]);
+
+    issue(0x22);
+    tls.refresh().await.unwrap();
+    assert_eq!(tls.serving_serial(), vec![0x22; 8]);
+    // A fresh connection gets the new certificate.
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(root.pem().as_bytes()).unwrap())
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let r = fresh.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let der = r
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))
+        .unwrap();
+    let (_, served) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(served.raw_serial(), &[0x22; 8]);
+
+    // A half-written file is refused and the current certificate kept.
+    std::fs::write(&cert_file, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    assert!(tls.refresh().await.is_err());
+    assert_eq!(tls.serving_serial(), vec![0x22; 8]);
+    assert_eq!(fresh.get(&url).send().await.unwrap().status(), 200);
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use capstan_core::authz::WorkloadIdentity;
 use capstan_core::clock::Clock;
@@ -148,8 +148,9 @@ impl ClientCertVerifier for ClientVerifier {
 struct Renewal {
     /// When the self-issued certificate should be renewed (half its life).
     renew_at: i64,
-    /// Modification time and length of the files last loaded.
-    files: Option<(SystemTime, u64, SystemTime, u64)>,
+    /// The contents of the files last loaded (compared, not their mtimes: a Kubernetes
+    /// Secret update swaps a symlink, and a rewrite can keep the size and the second).
+    files: Option<(Vec<u8>, Vec<u8>)>,
     /// The anchors the client verifier was built from.
     anchors: Vec<Vec<u8>>,
 }
@@ -289,21 +290,15 @@ impl Tls {
         key: &PathBuf,
         st: &mut Renewal,
     ) -> Result<(), ServerError> {
-        let stat = |p: &PathBuf| {
-            std::fs::metadata(p)
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-                .map_err(|e| ServerError::Config(format!("tls: {}: {e}", p.display())))
-        };
-        let (cm, cl) = stat(cert)?;
-        let (km, kl) = stat(key)?;
-        let seen = Some((cm, cl, km, kl));
-        if st.files == seen && read(&self.cert.0).is_some() {
-            return Ok(());
-        }
         let cert_pem = std::fs::read(cert)
             .map_err(|e| ServerError::Config(format!("tls: {}: {e}", cert.display())))?;
         let key_pem = std::fs::read(key)
             .map_err(|e| ServerError::Config(format!("tls: {}: {e}", key.display())))?;
+        if st.files.as_ref() == Some(&(cert_pem.clone(), key_pem.clone()))
+            && read(&self.cert.0).is_some()
+        {
+            return Ok(());
+        }
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ServerError::Config(format!("tls: {}: {e}", cert.display())))?;
@@ -317,7 +312,7 @@ impl Tls {
             .map_err(|e| ServerError::Config(format!("tls: {}: {e}", key.display())))?;
         let certified = certified_key(chain, key_der)?;
         *write(&self.cert.0) = Some(Arc::new(certified));
-        st.files = seen;
+        st.files = Some((cert_pem, key_pem));
         tracing::info!(cert = %cert.display(), "loaded the TLS certificate");
         Ok(())
     }
