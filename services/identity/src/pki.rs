@@ -442,11 +442,13 @@ pub fn check_csr(input: &[u8]) -> Result<CheckedCsr, PkiError> {
     if !rest.is_empty() {
         return Err(invalid("trailing bytes after the CSR"));
     }
+    // The key kind first: a weak or unknown key is named as such (ring would also refuse to
+    // verify its signature, with a less useful message).
+    let spki_parsed = &csr.certification_request_info.subject_pki;
+    let key = key_kind(spki_parsed)?;
     csr.verify_signature().map_err(|_| {
         invalid("the CSR's self-signature does not verify: it must be signed by its own key")
     })?;
-    let spki_parsed = &csr.certification_request_info.subject_pki;
-    let key = key_kind(spki_parsed)?;
     let mut requested_uris = Vec::new();
     let mut requested_dns = Vec::new();
     if let Some(exts) = csr.requested_extensions() {
@@ -633,6 +635,28 @@ mod tests {
 
     fn csr(params: CertificateParams, key: &KeyPair) -> String {
         params.serialize_request(key).unwrap().pem().unwrap()
+    }
+
+    /// CSRs made by OpenSSL (testdata/, `openssl req -new …`): weak RSA and curves outside the
+    /// accepted set are refused with a message naming what is accepted; RSA 2048 passes.
+    #[test]
+    fn weak_keys_and_unknown_curves_are_refused() {
+        for (name, pem) in [
+            ("RSA 1024", include_str!("../testdata/rsa1024.csr")),
+            ("secp256k1", include_str!("../testdata/secp256k1.csr")),
+            ("P-521", include_str!("../testdata/p521.csr")),
+        ] {
+            let err = check_csr(pem.as_bytes())
+                .err()
+                .unwrap_or_else(|| panic!("{name} accepted"));
+            let msg = err.to_string();
+            assert!(
+                msg.contains("P-256") || msg.contains("2048"),
+                "{name}: {msg}"
+            );
+        }
+        let ok = check_csr(include_str!("../testdata/rsa2048.csr").as_bytes()).unwrap();
+        assert!(matches!(ok.key, KeyKind::Rsa(_)));
     }
 
     #[test]
