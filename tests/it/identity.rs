@@ -27,6 +27,7 @@ capstan_tests::on_both_backends!(
     rotation_and_taint_never_break_verification,
     identity_apis_are_guarded,
     ca_keys_are_sealed_at_rest,
+    issuance_per_principal_is_bounded,
 );
 
 /// A fresh P-256 key and a CSR for it made with `edit` applied to empty parameters.
@@ -858,5 +859,54 @@ async fn ca_keys_are_sealed_at_rest(ctx: &Ctx) {
             assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
         }
     }
+    s.shutdown().await;
+}
+
+/// Every issuance adds a record: one principal gets at most
+/// `max_svids_per_principal_per_minute` from a server, then 429 with `Retry-After`.
+async fn issuance_per_principal_is_bounded(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.service_config.insert(
+        "identity".into(),
+        json!({ "max_svids_per_principal_per_minute": 3 }),
+    );
+    let s = ctx.server_with(settings).await;
+    // Start at a minute boundary, so the window does not roll over mid-test.
+    let now = s.clock.now();
+    s.clock.advance(60 - now.rem_euclid(60));
+    let (_, svc, token) = workload(&s, "orders").await;
+    let (_, _, other_token) = workload(&s, "billing").await;
+    let bearer = format!("Bearer {token}");
+    for _ in 0..3 {
+        assert_eq!(issue(&s, &bearer, &csr().1).await.0, 201);
+    }
+    let r = s
+        .http
+        .post(s.url("/v1/identity/svids"))
+        .header("authorization", &bearer)
+        .json(&json!({ "csr": csr().1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["message"].as_str().unwrap().contains(svc.id.as_str()));
+    // Another principal is not affected; the next minute the first may go on.
+    assert_eq!(
+        issue(&s, &format!("Bearer {other_token}"), &csr().1)
+            .await
+            .0,
+        201
+    );
+    s.clock.advance(60);
+    let token = s.token("default", &svc, &[]).await;
+    assert_eq!(issue(&s, &format!("Bearer {token}"), &csr().1).await.0, 201);
     s.shutdown().await;
 }

@@ -208,6 +208,15 @@ fn capstan_bin(args: &Args) -> Result<PathBuf, String> {
 }
 
 async fn start_server(bin: &PathBuf, url: &str, key: &str) -> Result<Server, String> {
+    start_server_with(bin, url, key, &[]).await
+}
+
+async fn start_server_with(
+    bin: &PathBuf,
+    url: &str,
+    key: &str,
+    extra: &[&str],
+) -> Result<Server, String> {
     let mut child = Command::new(bin)
         .args([
             "serve",
@@ -218,6 +227,7 @@ async fn start_server(bin: &PathBuf, url: &str, key: &str) -> Result<Server, Str
             "--log",
             "warn",
         ])
+        .args(extra)
         .env("CAPSTAN_MASTER_KEY", key)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -548,7 +558,17 @@ async fn bench_svid(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String>
     );
     let (raw, threads) = svid::raw_rate(&csrs, Duration::from_secs(args.duration.min(5)))?;
     let (key, admin) = bootstrap(bin, url).await?;
-    let mut server = start_server(bin, url, &key).await?;
+    // One principal sends every request here: lift the per-principal issuance limit, which
+    // this benchmark is not about.
+    let config = std::env::temp_dir().join(unique_name("capstan_bench_svid"));
+    std::fs::write(
+        &config,
+        "[service.identity]\nmax_svids_per_principal_per_minute = 1000000000\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let config_arg = format!("--config={}", config.display());
+    let mut server = start_server_with(bin, url, &key, &[config_arg.as_str()]).await?;
+    let _ = std::fs::remove_file(&config);
     let base = server.base.clone();
     let http = reqwest::Client::new();
     let admin_token = token(

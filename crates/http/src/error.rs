@@ -74,6 +74,13 @@ pub enum ApiError {
         /// Human-readable detail, safe to show.
         description: String,
     },
+    /// 429 with `Retry-After`: the caller asked too often; the message says for what.
+    TooManyRequests {
+        /// What was limited, safe to show.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after: u64,
+    },
     /// 503 with `Retry-After`: storage cannot be reached. The detail is logged.
     Unavailable(String),
     /// 500: anything else. The detail is logged, never sent.
@@ -102,6 +109,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::OAuth { code, .. } if *code == "invalid_client" => StatusCode::UNAUTHORIZED,
             ApiError::OAuth { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -185,6 +193,15 @@ impl IntoResponse for ApiError {
                     );
                 }
                 no_store(r)
+            }
+            ApiError::TooManyRequests {
+                message,
+                retry_after,
+            } => {
+                let mut r = body(status, "rate_limited", &message);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+                r
             }
             ApiError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "storage unavailable");

@@ -36,6 +36,14 @@ pub enum IdentityError {
     /// A cryptographic operation failed.
     #[error("crypto: {0}")]
     Crypto(String),
+    /// Too many requests from one principal.
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after: u64,
+    },
 }
 
 impl From<CoreError> for IdentityError {
@@ -73,6 +81,13 @@ impl From<IdentityError> for ApiError {
             IdentityError::Guard(g) => g.into(),
             IdentityError::Db(e) => e.into(),
             IdentityError::Crypto(m) => ApiError::Internal(format!("crypto: {m}")),
+            IdentityError::RateLimited {
+                message,
+                retry_after,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after,
+            },
         }
     }
 }

@@ -66,7 +66,7 @@ async fn bundle_pem(State(svc): Svc) -> ApiResult<Response> {
 /// action `identity:IssueSvid`) or to a join token's principal (`Authorization: JoinToken`,
 /// once).
 #[utoipa::path(post, path = "/v1/identity/svids", tag = "identity", request_body = IssueSvid,
-    responses((status = 201, body = SvidResponse), (status = 400), (status = 401), (status = 403), (status = 503)),
+    responses((status = 201, body = SvidResponse), (status = 400), (status = 401), (status = 403), (status = 429), (status = 503)),
     security(("bearer" = []), ("join_token" = [])))]
 async fn issue_svid(
     State(svc): Svc,

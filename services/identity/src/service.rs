@@ -51,6 +51,8 @@ pub struct IdentitySection {
     pub svid_record_retention_days: Option<i64>,
     /// The bundle's `spiffe_refresh_hint`, in seconds [300].
     pub bundle_refresh_hint_seconds: Option<i64>,
+    /// X.509-SVIDs one principal may get per minute from one server [600]; more get 429.
+    pub max_svids_per_principal_per_minute: Option<i64>,
 }
 
 /// The identity service's settings.
@@ -80,6 +82,8 @@ pub struct IdentityConfig {
     pub record_retention: i64,
     /// The bundle's refresh hint.
     pub refresh_hint: i64,
+    /// X.509-SVIDs one principal may get per minute from one server.
+    pub svids_per_principal_per_minute: i64,
     /// Clock skew tolerated.
     pub leeway: i64,
 }
@@ -100,6 +104,7 @@ impl IdentityConfig {
             max_join_token_ttl: 7 * 86_400,
             record_retention: 30 * 86_400,
             refresh_hint: 300,
+            svids_per_principal_per_minute: 600,
             leeway: 5,
         }
     }
@@ -150,6 +155,11 @@ impl IdentityConfig {
             "bundle_refresh_hint_seconds",
             s.bundle_refresh_hint_seconds,
             c.refresh_hint,
+        )?;
+        c.svids_per_principal_per_minute = positive(
+            "max_svids_per_principal_per_minute",
+            s.max_svids_per_principal_per_minute,
+            c.svids_per_principal_per_minute,
         )?;
         if c.ca_ttl <= 2 * c.max_svid_ttl {
             return Err("ca_ttl_days must be longer than twice max_svid_ttl_seconds".into());
@@ -202,12 +212,17 @@ pub struct IdentityService {
     /// Issuance records by serial (immutable once written; misses too), for certificate
     /// authentication; bounded.
     records: RwLock<HashMap<String, Option<SvidRecord>>>,
+    /// SVIDs issued per principal in the current minute (of the injected clock); bounded.
+    issued: std::sync::Mutex<(UnixTime, IssuanceCounts)>,
     /// Issued-certificate records go through one writer that batches whatever is waiting into
     /// one statement (group commit); an SVID is answered only once its record is stored.
     recorder: std::sync::OnceLock<tokio::sync::mpsc::Sender<Recording>>,
     /// Counters.
     pub metrics: IdentityMetrics,
 }
+
+/// X.509-SVIDs issued per principal in one minute.
+type IssuanceCounts = HashMap<(TenantId, PrincipalId), i64>;
 
 /// Registration entries (or their absence) by tenant and principal.
 type EntryCache = HashMap<(TenantId, PrincipalId), Option<Arc<Entry>>>;
@@ -270,6 +285,7 @@ impl IdentityService {
             entries: RwLock::new(HashMap::new()),
             entries_generation: AtomicU64::new(0),
             records: RwLock::new(HashMap::new()),
+            issued: std::sync::Mutex::new((0, HashMap::new())),
             recorder: std::sync::OnceLock::new(),
             metrics: IdentityMetrics::default(),
         })
@@ -389,6 +405,34 @@ impl IdentityService {
             cache.insert(key, found.clone());
         }
         Ok(found)
+    }
+
+    /// Counts one X.509-SVID for the principal in this minute, or refuses with 429 when it had
+    /// its share: each issuance adds a record, so a narrow grant must not be able to grow the
+    /// table without bound.
+    fn count_issuance(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<(), IdentityError> {
+        let now = self.now();
+        let minute = now - now.rem_euclid(60);
+        let mut g = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        if g.0 != minute || g.1.len() >= MAX_CACHED_ENTRIES {
+            *g = (minute, HashMap::new());
+        }
+        let n = g.1.entry((tenant.clone(), principal.clone())).or_insert(0);
+        if *n >= self.cfg.svids_per_principal_per_minute {
+            return Err(IdentityError::RateLimited {
+                message: format!(
+                    "principal {principal} got {} X.509-SVIDs this minute, the most one server issues to one principal (max_svids_per_principal_per_minute)",
+                    self.cfg.svids_per_principal_per_minute
+                ),
+                retry_after: (minute + 60 - now).max(1) as u64,
+            });
+        }
+        *n += 1;
+        Ok(())
     }
 
     /// The issuance record of a serial, from memory or storage.
@@ -806,6 +850,7 @@ impl IdentityService {
                 "the CSR asks for the DNS name {d:?}, which this principal's registration entry does not list"
             )));
         }
+        self.count_issuance(&tenant, &principal)?;
         let ttl = entry
             .as_ref()
             .and_then(|e| e.ttl_seconds)
