@@ -119,8 +119,8 @@ pub struct PeerCertificate {
     pub spiffe_id: Option<String>,
     /// Its serial number, lowercase hex.
     pub serial: String,
-    /// SHA-256 of the DER (RFC 8705 `x5t#S256`, before base64url).
-    pub sha256: [u8; 32],
+    /// Its RFC 8705 thumbprint (`x5t#S256`: base64url of the DER's SHA-256).
+    pub x5t_s256: String,
 }
 
 /// A certificate-bound token (RFC 8705 §3) is good only over a connection presenting that
@@ -129,8 +129,7 @@ pub fn check_binding(caller: &Caller, peer: Option<&PeerCertificate>) -> Result<
     let Some(bound) = &caller.bound_to else {
         return Ok(());
     };
-    let presented = peer.map(|c| capstan_core::jwt::x5t_s256(&c.der));
-    if presented.as_deref() == Some(bound.as_str()) {
+    if peer.is_some_and(|c| &c.x5t_s256 == bound) {
         Ok(())
     } else {
         Err(ApiError::Unauthenticated(

@@ -356,35 +356,30 @@ fn client_verifier(anchors: &[Vec<u8>]) -> Result<Arc<dyn ClientCertVerifier>, S
         .map_err(|e| ServerError::Config(format!("tls: client verifier: {e}")))
 }
 
-/// The client certificate of a finished handshake, for the request extensions.
+/// The client certificate of a finished handshake, for the request extensions: parsed once per
+/// connection (SPIFFE ID, serial, RFC 8705 thumbprint), not per request.
 pub fn peer_certificate(conn: &rustls::ServerConnection) -> Option<PeerCertificate> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let leaf = conn.peer_certificates()?.first()?;
     let der: Arc<[u8]> = Arc::from(leaf.as_ref());
-    let sha256 = sha256(&der);
-    let serial = X509Certificate::from_der(&der)
-        .ok()
-        .map(|(_, c)| c.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
-        .unwrap_or_default();
+    let (spiffe_id, serial) = match X509Certificate::from_der(&der) {
+        Ok((_, c)) => (
+            spiffe_id_of(&c),
+            c.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
+        ),
+        Err(_) => (None, String::new()),
+    };
     Some(PeerCertificate {
-        spiffe_id: spiffe_id_of(&der),
+        spiffe_id,
         serial,
+        x5t_s256: capstan_core::jwt::x5t_s256(&der),
         der,
-        sha256,
     })
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 /// The one `spiffe://` URI SAN of a certificate (none when it has zero or several URIs).
-pub fn spiffe_id_of(der: &[u8]) -> Option<String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
+fn spiffe_id_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    use x509_parser::prelude::GeneralName;
     let san = cert.subject_alternative_name().ok()??;
     let uris: Vec<&str> = san
         .value

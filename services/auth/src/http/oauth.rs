@@ -263,7 +263,7 @@ async fn authenticate(
             let client = svc
                 .authenticate_client_certificate(tenant, &id, p.spiffe_id.as_deref())
                 .await?;
-            Ok((client, Some(capstan_core::jwt::x5t_s256(&p.der))))
+            Ok((client, Some(p.x5t_s256.clone())))
         }
         (ClientAuth::Certificate(_), None) => Err(oauth_err(
             "invalid_client",
