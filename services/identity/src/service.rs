@@ -168,6 +168,14 @@ impl IdentityConfig {
     }
 }
 
+/// The CA that signs now, with its opened keys and the CA set it was taken from.
+struct SigningCa {
+    id: String,
+    x509: Arc<CaSigner>,
+    jwt: Arc<SigningKey>,
+    loaded: Arc<Loaded>,
+}
+
 /// The CAs with their keys opened.
 pub(crate) struct Loaded {
     pub cas: Vec<CaRecord>,
@@ -667,7 +675,7 @@ impl IdentityService {
             Slot::Retired => "retired",
         };
         let (subject, serial) = pki::describe(&ca.cert_der);
-        let published = model::published(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway);
+        let published = self.published(l, now);
         CaView {
             id: ca.id.clone(),
             generation: ca.generation,
@@ -768,6 +776,25 @@ impl IdentityService {
             .any(|c| c.id == ca_id && c.tainted_at.is_some()))
     }
 
+    /// The CA that signs at `now`, with its keys (a CA is made first when none can sign).
+    async fn signing_ca(&self, now: UnixTime) -> Result<SigningCa, IdentityError> {
+        let mut l = self.loaded().await?;
+        if model::active(&l.cas, now).is_none() {
+            self.ensure_ca().await?;
+            l = self.loaded().await?;
+        }
+        let id = model::active(&l.cas, now)
+            .map(|c| c.id.clone())
+            .ok_or_else(|| IdentityError::Unavailable("no CA can sign now".into()))?;
+        let not_loaded = || IdentityError::Unavailable("the active CA is not loaded".into());
+        Ok(SigningCa {
+            x509: l.signers.get(&id).cloned().ok_or_else(not_loaded)?,
+            jwt: l.jwt.get(&id).cloned().ok_or_else(not_loaded)?,
+            id,
+            loaded: l,
+        })
+    }
+
     /// The SPIFFE ID a principal's SVIDs carry, and its entry.
     async fn identity_of(
         &self,
@@ -783,14 +810,19 @@ impl IdentityService {
     }
 
     /// Every root peers must trust now, PEM, deduplicated (imported CAs share their root).
-    pub(crate) fn bundle_roots(&self, l: &Loaded, now: UnixTime) -> Vec<Vec<u8>> {
-        let mut roots: Vec<Vec<u8>> = Vec::new();
-        for ca in model::published(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway) {
-            if !roots.contains(&ca.root_der) {
-                roots.push(ca.root_der.clone());
+    pub(crate) fn bundle_roots<'a>(&self, l: &'a Loaded, now: UnixTime) -> Vec<&'a [u8]> {
+        let mut roots: Vec<&[u8]> = Vec::new();
+        for ca in self.published(l, now) {
+            if !roots.contains(&ca.root_der.as_slice()) {
+                roots.push(&ca.root_der);
             }
         }
         roots
+    }
+
+    /// The CAs in the bundle now ([`model::published`] with this deployment's settings).
+    fn published<'a>(&self, l: &'a Loaded, now: UnixTime) -> Vec<&'a CaRecord> {
+        model::published(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway)
     }
 
     /// `POST /v1/identity/svids`.
@@ -856,17 +888,8 @@ impl IdentityService {
             .and_then(|e| e.ttl_seconds)
             .unwrap_or(self.cfg.default_svid_ttl)
             .min(self.cfg.max_svid_ttl);
-        let mut l = self.loaded().await?;
-        if model::active(&l.cas, now).is_none() {
-            self.ensure_ca().await?;
-            l = self.loaded().await?;
-        }
-        let active = model::active(&l.cas, now)
-            .ok_or_else(|| IdentityError::Unavailable("no CA can sign now".into()))?;
-        let signer = l
-            .signers
-            .get(&active.id)
-            .ok_or_else(|| IdentityError::Unavailable("the active CA is not loaded".into()))?;
+        let active = self.signing_ca(now).await?;
+        let signer = &active.x509;
         if let Some(hash) = &join_hash {
             // Used once: of two concurrent uses, one gets the row.
             self.store
@@ -908,12 +931,12 @@ impl IdentityService {
         self.metrics.svids_issued.fetch_add(1, Ordering::Relaxed);
         let mut chain: Vec<&[u8]> = vec![&leaf];
         chain.extend(signer.chain_der.iter().map(Vec::as_slice));
-        let roots = self.bundle_roots(&l, now);
+        let roots = self.bundle_roots(&active.loaded, now);
         Ok(SvidResponse {
             spiffe_id: spiffe_id.to_string(),
             svid_chain_pem: pki::to_pem(&chain),
             expires_at: not_after,
-            bundle_pem: pki::to_pem(&roots.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+            bundle_pem: pki::to_pem(&roots),
             serial,
             ca_id: active.id.clone(),
             renew_after: now + (not_after - now) / 2,
@@ -958,17 +981,7 @@ impl IdentityService {
             None => self.cfg.jwt_svid_ttl,
         };
         let now = self.now();
-        let mut l = self.loaded().await?;
-        if model::active(&l.cas, now).is_none() {
-            self.ensure_ca().await?;
-            l = self.loaded().await?;
-        }
-        let active = model::active(&l.cas, now)
-            .ok_or_else(|| IdentityError::Unavailable("no CA can sign now".into()))?;
-        let key = l
-            .jwt
-            .get(&active.id)
-            .ok_or_else(|| IdentityError::Unavailable("the active JWT key is not loaded".into()))?;
+        let key = self.signing_ca(now).await?.jwt;
         let exp = now + ttl;
         let claims = serde_json::json!({
             "sub": spiffe_id.as_str(),
@@ -995,9 +1008,10 @@ impl IdentityService {
         let now = self.now();
         let mut keys = Vec::new();
         for root in self.bundle_roots(&l, now) {
-            keys.push(pki::x509_svid_jwk(&root)?);
+            keys.push(pki::x509_svid_jwk(root)?);
         }
-        for ca in model::published(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway) {
+        let published = self.published(&l, now);
+        for ca in &published {
             keys.push(
                 serde_json::to_value(&ca.jwt_public)
                     .map_err(|e| IdentityError::Crypto(format!("jwk encoding: {e}")))?,
@@ -1005,12 +1019,11 @@ impl IdentityService {
         }
         // Not in the SPIFFE format (readers ignore unknown members): the published CAs that
         // were tainted, so Capstan's SDK re-issues leaves they signed at its next refresh.
-        let tainted: Vec<&str> =
-            model::published(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway)
-                .into_iter()
-                .filter(|c| c.tainted_at.is_some())
-                .map(|c| c.id.as_str())
-                .collect();
+        let tainted: Vec<&str> = published
+            .iter()
+            .filter(|c| c.tainted_at.is_some())
+            .map(|c| c.id.as_str())
+            .collect();
         Ok(serde_json::json!({
             "keys": keys,
             "spiffe_sequence": model::bundle_sequence(&l.cas, now, self.cfg.max_svid_ttl, self.cfg.leeway),
@@ -1022,10 +1035,7 @@ impl IdentityService {
     /// The roots of the bundle as PEM (`GET /v1/identity/bundle.pem`).
     pub async fn bundle_pem(&self) -> Result<String, IdentityError> {
         let l = self.loaded().await?;
-        let roots = self.bundle_roots(&l, self.now());
-        Ok(pki::to_pem(
-            &roots.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        ))
+        Ok(pki::to_pem(&self.bundle_roots(&l, self.now())))
     }
 
     fn entry_view(&self, e: &Entry) -> Result<EntryView, IdentityError> {
@@ -1430,20 +1440,23 @@ impl capstan_core::authz::WorkloadIdentity for IdentityService {
 
     async fn trust_roots(&self) -> Result<Vec<Vec<u8>>, capstan_core::authz::VerifyError> {
         let l = self.loaded().await.map_err(verify_error)?;
-        Ok(self.bundle_roots(&l, self.now()))
+        Ok(self
+            .bundle_roots(&l, self.now())
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect())
     }
 
     async fn issuing_cas(&self) -> Result<Vec<Vec<u8>>, capstan_core::authz::VerifyError> {
         let l = self.loaded().await.map_err(verify_error)?;
         // A tainted CA stops anchoring client certificates at once (peers keep it in the
         // bundle until its leaves expire; Capstan itself does not wait).
-        Ok(
-            model::published(&l.cas, self.now(), self.cfg.max_svid_ttl, self.cfg.leeway)
-                .into_iter()
-                .filter(|c| c.tainted_at.is_none())
-                .map(|c| c.cert_der.clone())
-                .collect(),
-        )
+        Ok(self
+            .published(&l, self.now())
+            .into_iter()
+            .filter(|c| c.tainted_at.is_none())
+            .map(|c| c.cert_der.clone())
+            .collect())
     }
 
     async fn authenticate_certificate(
@@ -1490,17 +1503,8 @@ impl IdentityService {
         }
         let id = SpiffeId::new(&self.cfg.trust_domain, SERVER_PATH)?;
         let now = self.now();
-        let mut l = self.loaded().await?;
-        if model::active(&l.cas, now).is_none() {
-            self.ensure_ca().await?;
-            l = self.loaded().await?;
-        }
-        let active = model::active(&l.cas, now)
-            .ok_or_else(|| IdentityError::Unavailable("no CA can sign now".into()))?;
-        let signer = l
-            .signers
-            .get(&active.id)
-            .ok_or_else(|| IdentityError::Unavailable("the active CA is not loaded".into()))?;
+        let active = self.signing_ca(now).await?;
+        let signer = &active.x509;
         let serial = pki::random_serial(self.rng.as_ref())?;
         let (leaf, not_after) = pki::sign_leaf(
             signer,
