@@ -1066,12 +1066,8 @@ impl Run<'_, '_> {
     }
 
     async fn svid_issue(&mut self, out: std::path::PathBuf, join_token: Option<String>) -> Res {
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| Failure::new(format!("cannot make a key: {e}")))?;
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .and_then(|c| c.pem())
-            .map_err(|e| Failure::new(format!("cannot make a CSR: {e}")))?;
+        let (key, csr) = capstan_sdk::spiffe::new_key_and_csr()
+            .map_err(|e| Failure::new(format!("cannot make a key and CSR: {e}")))?;
         let body = json!({ "csr": csr });
         let v = match join_token {
             None => {

@@ -434,17 +434,24 @@ impl SvidSource {
     }
 }
 
-/// Makes a key and a CSR here and asks Capstan for an SVID; the new SVID and bundle.
-async fn request(
-    api: &ApiClient,
-    clock: &dyn Clock,
-) -> Result<(Svid, Vec<CertificateDer<'static>>), Error> {
+/// A fresh P-256 key and a CSR for it (PEM) with nothing in it but the key: Capstan sets
+/// every field of the SVID. The key never leaves the caller.
+pub fn new_key_and_csr() -> Result<(rcgen::KeyPair, String), Error> {
     let key =
         rcgen::KeyPair::generate().map_err(|e| Error::Config(format!("key generation: {e}")))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| Error::Config(format!("CSR: {e}")))?;
+    Ok((key, csr))
+}
+
+/// Makes a key and a CSR here and asks Capstan for an SVID; the new SVID and bundle.
+async fn request(
+    api: &ApiClient,
+    clock: &dyn Clock,
+) -> Result<(Svid, Vec<CertificateDer<'static>>), Error> {
+    let (key, csr) = new_key_and_csr()?;
     let v = api
         .call(
             Method::POST,
