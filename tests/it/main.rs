@@ -21,6 +21,7 @@ mod auth_store;
 mod authorization;
 mod cli;
 mod cluster;
+mod config;
 mod feed;
 mod identity;
 mod identity_store;

@@ -86,6 +86,16 @@ pub trait Authorizer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The tags of `principal` (`PUT /v1/principals/{p}/tags`), for services that target by
+    /// them (config rollouts). The default has none.
+    async fn principal_tags(
+        &self,
+        _tenant: &TenantId,
+        _principal: &PrincipalId,
+    ) -> Result<Vec<(String, String)>, AuthzError> {
+        Ok(Vec::new())
+    }
+
     /// Sets `policy` as the permissions boundary of a principal being created (after the
     /// creator's guard allowed it). `Denied` says why the policy cannot be one (unknown). The
     /// default refuses: an authorizer without boundaries cannot honour one.

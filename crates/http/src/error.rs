@@ -7,7 +7,8 @@
 //! - 4xx bodies say exactly what is wrong: 400 bad input (invalid documents list every problem
 //!   with its JSON path), 401 no valid bearer token (`WWW-Authenticate: Bearer`, RFC 6750),
 //!   403 not allowed (with the action, the resource and the reason), 404 unknown, 405 wrong
-//!   method, 409 conflict, 413 body over the limit, 415 wrong content type.
+//!   method, 409 conflict, 413 body over the limit, 415 wrong content type, 422 content that
+//!   breaks a rule of its target (a JSON Schema), with every problem and its path.
 //! - Storage that cannot be reached is **503 with `Retry-After`**, never 500, 401 or 403: an
 //!   outage is not a verdict on the caller.
 //! - Anything else is 500 `{"error": "internal", "message": "internal error", "request_id"}`.
@@ -39,6 +40,16 @@ pub enum ApiError {
     /// 400 with a list of problems (each `{path, message}`), under an error code of its own
     /// (`invalid_policy`).
     Invalid {
+        /// The error code.
+        code: &'static str,
+        /// A one-line summary.
+        message: String,
+        /// The problems.
+        errors: Value,
+    },
+    /// 422: a well-formed request whose content breaks a rule of the target (a config value
+    /// violating its namespace's JSON Schema), each problem `{path, message}`.
+    Unprocessable {
         /// The error code.
         code: &'static str,
         /// A one-line summary.
@@ -100,6 +111,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -143,6 +155,11 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::BadRequest(m) => body(status, "bad_request", &m),
             ApiError::Invalid {
+                code,
+                message,
+                errors,
+            }
+            | ApiError::Unprocessable {
                 code,
                 message,
                 errors,

@@ -24,3 +24,7 @@ pub use error::{no_store, ApiError, ApiResult, RETRY_AFTER_SECONDS};
 pub use service::{
     BoxError, Metric, Platform, Registration, RouteList, Routes, Service, ServiceConfig,
 };
+
+/// The longest a long poll may hold a request (the server's request timeout is extended by
+/// this for requests with `since=` or `wait=`).
+pub const LONG_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(300);

@@ -90,6 +90,10 @@ pub trait Service: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The server has begun to stop: end what never finishes on its own (watch streams, long
+    /// polls), so in-flight requests can complete and connections close.
+    fn draining(&self) {}
+
     /// Graceful stop: finish what was accepted (flush queues) before the tasks are aborted.
     async fn stop(&self) {}
 

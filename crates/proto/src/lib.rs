@@ -2,6 +2,7 @@
 //! types with OpenAPI schemas: no axum, no sqlx, nothing of the server.
 
 pub mod auth;
+pub mod config;
 pub mod identity;
 pub mod policy;
 

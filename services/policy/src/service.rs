@@ -296,6 +296,19 @@ impl Authorizer for PolicyService {
         }
     }
 
+    async fn principal_tags(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<Vec<(String, String)>, AuthzError> {
+        let snap = self.snapshot(tenant).await.map_err(authz_error)?;
+        Ok(snap
+            .tags
+            .get(principal.as_str())
+            .cloned()
+            .unwrap_or_default())
+    }
+
     async fn grant_administrator(
         &self,
         tenant: &TenantId,

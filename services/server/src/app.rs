@@ -45,7 +45,10 @@ pub const PLATFORM: [&str; 2] = ["auth", "policy"];
 /// here: `Registration::new("identity", capstan_identity::build)`, where `build` takes the
 /// [`Platform`] and the service's own `[service.identity]` section.
 pub fn registry() -> Vec<Registration> {
-    vec![Registration::new("identity", capstan_identity::build)]
+    vec![
+        Registration::new("identity", capstan_identity::build),
+        Registration::new("config", capstan_config::build),
+    ]
 }
 
 /// The names of every service this build implements.
@@ -346,6 +349,16 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let method = req.method().as_str().to_owned();
     let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
     let start = Instant::now();
+    // A long poll (`?since=` / `?wait=`) may wait up to the kit's maximum before answering.
+    let long_poll = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p.starts_with("wait=") || p.starts_with("since="))
+    });
+    let limit = if long_poll {
+        app.request_timeout + capstan_http::LONG_POLL_MAX
+    } else {
+        app.request_timeout
+    };
     let handled = async {
         let run = async {
             match capstan_http::body::reject_oversized(req, app.body_limit).await {
@@ -353,7 +366,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
                 Err(too_large) => too_large,
             }
         };
-        match tokio::time::timeout(app.request_timeout, run).await {
+        match tokio::time::timeout(limit, run).await {
             Ok(resp) => resp,
             Err(_) => capstan_http::ApiError::Unavailable(format!(
                 "request not answered within {} s",
@@ -546,6 +559,9 @@ impl Server {
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        for r in &self.app.services {
+            r.service.draining();
         }
         // In-flight requests finish first (each is bounded by the request timeout), so what
         // they queued (decisions) is flushed by the services' stop, before their tasks end.

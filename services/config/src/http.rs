@@ -1,0 +1,715 @@
+//! The config service's HTTP API (`/v1/config`), its watch stream and long poll, and its
+//! OpenAPI description.
+//!
+//! Watch (`GET /v1/config/{ns}/{env}/watch`) is Server-Sent Events: `event: reset` (the whole
+//! view, first when the watcher gives no revision or one older than the kept log),
+//! `event: change` (id = the revision, data = `{revision, changes}`), `: heartbeat` comments,
+//! and `event: dropped` before the server ends a stream (the watcher fell too far behind, or
+//! the server is stopping): the client resumes with `Last-Event-ID`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use capstan_core::authz::TokenVerifier;
+use capstan_http::{
+    Api, ApiError, ApiResult, Bearer, BearerScheme, BoxError, JsonBody, JsonText, Metric, Path,
+    Query, RouteList, Routes, Service,
+};
+use capstan_proto::config::{
+    ConfigSnapshot, ConfigValue, Diff, History, PatchRequest, RollbackRequest, RolloutRequest,
+    RolloutView, WatchEvent, WriteResult,
+};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::OpenApi;
+
+use crate::error::ConfigError;
+use crate::hub::{Attached, Update};
+use crate::model::{EnvState, Viewer};
+use crate::service::ConfigService;
+use crate::store::{EnvKey, TOPIC_SCHEMA, TOPIC_VALUES};
+
+type Svc = State<Api<ConfigService>>;
+
+fn etag(rev: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{rev}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn with_etag(rev: i64, r: impl IntoResponse) -> Response {
+    let mut r = r.into_response();
+    r.headers_mut().insert(header::ETAG, etag(rev));
+    r
+}
+
+fn written(rev: i64) -> Response {
+    with_etag(rev, Json(WriteResult { revision: rev }))
+}
+
+/// A revision from an `If-Match`, `If-None-Match` or `Last-Event-ID` header: `"5"`, `W/"5"`
+/// or `5`. A header that is not one is a 400 (`*` means any revision: `None`).
+fn revision_header(headers: &HeaderMap, name: header::HeaderName) -> ApiResult<Option<i64>> {
+    let Some(v) = headers.get(&name) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let bare = s.trim_start_matches("W/").trim_matches('"');
+    bare.parse::<i64>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("{name} must be a revision (\"5\"), not `{s}`"))
+        })
+}
+
+/// `30s`, `500ms`, `2m` or plain seconds.
+fn parse_wait(s: &str) -> ApiResult<Duration> {
+    let bad = || ApiError::BadRequest(format!("wait must be like 30s, 500ms or 2m, not `{s}`"));
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvQuery {
+    since: Option<i64>,
+    wait: Option<String>,
+}
+
+/// Every key of a namespace-environment as the caller sees it (its rollouts resolved, secrets
+/// masked unless it may `config:ReadSecret`). With `since`, a long poll: answers once the
+/// revision passes `since`, or 304 after `wait` (default 30s, at most the server's maximum).
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path),
+           ("since" = Option<i64>, Query, description = "Long poll: answer when the revision is greater"),
+           ("wait" = Option<String>, Query, description = "Longest wait, e.g. 30s")),
+    responses((status = 200, body = ConfigSnapshot), (status = 304, description = "Not newer than since / If-None-Match"),
+              (status = 400), (status = 401), (status = 403), (status = 503)),
+    security(("bearer" = [])))]
+async fn get_env(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+    Query(q): Query<EnvQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Some(since) = q.since else {
+        if q.wait.is_some() {
+            return Err(ApiError::BadRequest("wait needs since".into()));
+        }
+        let snap = svc.get_env(&caller, &ns, &env).await?;
+        if revision_header(&headers, header::IF_NONE_MATCH)? == Some(snap.revision) {
+            return Ok(with_etag(snap.revision, StatusCode::NOT_MODIFIED));
+        }
+        return Ok(with_etag(snap.revision, Json(snap)));
+    };
+    let wait = match &q.wait {
+        Some(w) => parse_wait(w)?,
+        None => Duration::from_secs(30),
+    }
+    .min(svc.settings().max_wait);
+    let key = svc.target(&caller, &ns, &env)?;
+    svc.guard_env_read(&caller, &key).await?;
+    let attached = svc.hub().attach(&key, false).await?;
+    let (mut rx, rev, state) = attached.env().subscribe(true);
+    if rev > since {
+        let state = state.unwrap_or_default();
+        let snap = svc.view_for(&caller, &key, &state).await?;
+        return Ok(with_etag(snap.revision, Json(snap)));
+    }
+    let mut stopping = svc.hub().stopping();
+    let newer = tokio::time::timeout(wait, async {
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(u) if u.revision() > since => return true,
+                    Ok(_) => {}
+                    // Fell behind: something newer certainly arrived.
+                    Err(RecvError::Lagged(_)) => return true,
+                    Err(RecvError::Closed) => return false,
+                },
+                _ = stopping.changed() => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let (_, rev, state) = attached.env().subscribe(true);
+    if newer && rev > since {
+        let state = state.unwrap_or_default();
+        let snap = svc.view_for(&caller, &key, &state).await?;
+        return Ok(with_etag(snap.revision, Json(snap)));
+    }
+    Ok(with_etag(rev, StatusCode::NOT_MODIFIED))
+}
+
+/// One key as the caller sees it.
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/{key}", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("key" = String, Path)),
+    responses((status = 200, body = ConfigValue), (status = 400), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+async fn get_key(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, key)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let v = svc.get_key(&caller, &ns, &env, &key).await?;
+    Ok(with_etag(v.revision, Json(v)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    #[serde(default)]
+    secret: bool,
+}
+
+/// Set a key (the body is its JSON value). `If-Match: "<revision>"` makes it a
+/// compare-and-set (409 when the revision moved); `?secret=true` stores it sealed.
+#[utoipa::path(put, path = "/v1/config/{ns}/{env}/{key}", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("key" = String, Path),
+           ("secret" = Option<bool>, Query, description = "Store as a secret"),
+           ("If-Match" = Option<String>, Header, description = "Expected revision")),
+    request_body = Object,
+    responses((status = 200, body = WriteResult), (status = 400), (status = 401), (status = 403), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+async fn put_key(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, key)): Path<(String, String, String)>,
+    Query(q): Query<PutQuery>,
+    headers: HeaderMap,
+    JsonText(text): JsonText,
+) -> ApiResult<Response> {
+    // Any JSON value, not only an object: a key holds `5`, `"text"` or `[…]` as well.
+    let value: Value = capstan_http::body::parse_json(text.as_bytes())?;
+    let if_match = revision_header(&headers, header::IF_MATCH)?;
+    let rev = svc
+        .put(&caller, &ns, &env, &key, value, q.secret, if_match)
+        .await?;
+    Ok(written(rev))
+}
+
+/// Delete a key (`If-Match` as for PUT).
+#[utoipa::path(delete, path = "/v1/config/{ns}/{env}/{key}", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("key" = String, Path)),
+    responses((status = 200, body = WriteResult), (status = 401), (status = 403), (status = 404), (status = 409)),
+    security(("bearer" = [])))]
+async fn delete_key(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let if_match = revision_header(&headers, header::IF_MATCH)?;
+    Ok(written(
+        svc.delete(&caller, &ns, &env, &key, if_match).await?,
+    ))
+}
+
+/// Set and delete keys atomically, in one revision.
+#[utoipa::path(patch, path = "/v1/config/{ns}/{env}", tag = "config", request_body = PatchRequest,
+    params(("ns" = String, Path), ("env" = String, Path)),
+    responses((status = 200, body = WriteResult), (status = 400), (status = 401), (status = 403), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+async fn patch_env(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(mut req): JsonBody<PatchRequest>,
+) -> ApiResult<Response> {
+    if let Some(m) = revision_header(&headers, header::IF_MATCH)? {
+        req.expect_revision.get_or_insert(m);
+    }
+    Ok(written(svc.patch(&caller, &ns, &env, req).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// Revisions, newest first: who, when, which keys.
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/history", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path),
+           ("limit" = Option<i64>, Query, description = "1-1000, default 50"),
+           ("before" = Option<i64>, Query, description = "Only revisions below this")),
+    responses((status = 200, body = History), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+async fn history(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<History>> {
+    Ok(Json(
+        svc.history(&caller, &ns, &env, q.limit, q.before).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    from: i64,
+    to: Option<i64>,
+}
+
+/// The base keys that differ between two revisions (`to` defaults to the current one).
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/diff", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("from" = i64, Query), ("to" = Option<i64>, Query)),
+    responses((status = 200, body = Diff), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+async fn diff(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<Diff>> {
+    Ok(Json(svc.diff(&caller, &ns, &env, q.from, q.to).await?))
+}
+
+/// Make a new revision whose base values equal those of `to_revision`.
+#[utoipa::path(post, path = "/v1/config/{ns}/{env}/rollback", tag = "config", request_body = RollbackRequest,
+    params(("ns" = String, Path), ("env" = String, Path)),
+    responses((status = 200, body = WriteResult), (status = 401), (status = 403), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+async fn rollback(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> ApiResult<Response> {
+    Ok(written(
+        svc.rollback(&caller, &ns, &env, req.to_revision).await?,
+    ))
+}
+
+/// The namespace's JSON Schema.
+#[utoipa::path(get, path = "/v1/config/{ns}/schema", tag = "config",
+    params(("ns" = String, Path)),
+    responses((status = 200, body = Object), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+async fn get_schema(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path(ns): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(svc.get_schema(&caller, &ns).await?))
+}
+
+/// Set the namespace's JSON Schema (draft 2020-12): every environment's values must satisfy
+/// it (422 otherwise, now and on every later write). `"x-capstan-secret": true` on a property
+/// makes that key a secret.
+#[utoipa::path(put, path = "/v1/config/{ns}/schema", tag = "config", request_body = Object,
+    params(("ns" = String, Path)),
+    responses((status = 200, body = Object), (status = 400), (status = 401), (status = 403), (status = 422)),
+    security(("bearer" = [])))]
+async fn put_schema(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path(ns): Path<String>,
+    JsonBody(schema): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    svc.put_schema(&caller, &ns, schema).await?;
+    Ok(Json(json!({ "namespace": ns })))
+}
+
+/// Drop the namespace's schema.
+#[utoipa::path(delete, path = "/v1/config/{ns}/schema", tag = "config",
+    params(("ns" = String, Path)),
+    responses((status = 204), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+async fn delete_schema(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path(ns): Path<String>,
+) -> ApiResult<StatusCode> {
+    svc.delete_schema(&caller, &ns).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The environment's rollouts.
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/rollouts", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path)),
+    responses((status = 200, body = Vec<RolloutView>), (status = 401), (status = 403)),
+    security(("bearer" = [])))]
+async fn list_rollouts(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<RolloutView>>> {
+    Ok(Json(svc.list_rollouts(&caller, &ns, &env).await?))
+}
+
+/// One rollout.
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/rollouts/{name}", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = RolloutView), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+async fn get_rollout(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<RolloutView>> {
+    Ok(Json(svc.get_rollout(&caller, &ns, &env, &name).await?))
+}
+
+/// Create or replace a rollout: principals it matches (by tags, ids or a stable percentage)
+/// see its values instead of the base ones, in reads and watches.
+#[utoipa::path(put, path = "/v1/config/{ns}/{env}/rollouts/{name}", tag = "config", request_body = RolloutRequest,
+    params(("ns" = String, Path), ("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = RolloutView), (status = 400), (status = 401), (status = 403), (status = 422)),
+    security(("bearer" = [])))]
+async fn put_rollout(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, name)): Path<(String, String, String)>,
+    JsonBody(req): JsonBody<RolloutRequest>,
+) -> ApiResult<Response> {
+    let v = svc.put_rollout(&caller, &ns, &env, &name, req).await?;
+    Ok(with_etag(v.revision, Json(v)))
+}
+
+/// Merge a rollout's values into the base (a new revision) and drop it.
+#[utoipa::path(post, path = "/v1/config/{ns}/{env}/rollouts/{name}/promote", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = WriteResult), (status = 401), (status = 403), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+async fn promote(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, name)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    Ok(written(
+        svc.end_rollout(&caller, &ns, &env, &name, true).await?,
+    ))
+}
+
+/// Drop a rollout: everyone sees the base values again.
+#[utoipa::path(post, path = "/v1/config/{ns}/{env}/rollouts/{name}/abort", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = WriteResult), (status = 401), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+async fn abort(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env, name)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    Ok(written(
+        svc.end_rollout(&caller, &ns, &env, &name, false).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    since: Option<i64>,
+}
+
+fn reset_event(snap: &ConfigSnapshot) -> Event {
+    Event::default()
+        .event("reset")
+        .id(snap.revision.to_string())
+        .data(serde_json::to_string(snap).unwrap_or_default())
+}
+
+fn change_event(ev: &WatchEvent) -> Event {
+    Event::default()
+        .event("change")
+        .id(ev.revision.to_string())
+        .data(serde_json::to_string(ev).unwrap_or_default())
+}
+
+fn dropped_event(reason: &str, revision: i64) -> Event {
+    Event::default()
+        .event("dropped")
+        .data(json!({"reason": reason, "revision": revision}).to_string())
+}
+
+/// One watcher's stream.
+struct Watch {
+    _attached: Attached,
+    rx: tokio::sync::broadcast::Receiver<Arc<Update>>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    pending: VecDeque<Event>,
+    viewer: Viewer,
+    cursor: i64,
+    done: bool,
+    dropped: Arc<ConfigService>,
+}
+
+impl Watch {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            tokio::select! {
+                r = self.rx.recv() => match r {
+                    Ok(u) => match u.as_ref() {
+                        Update::Next(p) if p.revision > self.cursor => {
+                            self.cursor = p.revision;
+                            return Some(change_event(&p.view(&self.viewer)));
+                        }
+                        Update::Next(_) => {}
+                        Update::Reset(s) => {
+                            self.cursor = s.revision;
+                            return Some(reset_event(&s.view(&self.viewer)));
+                        }
+                    },
+                    Err(RecvError::Lagged(_)) => {
+                        self.done = true;
+                        self.dropped.hub().dropped.fetch_add(1, Ordering::Relaxed);
+                        return Some(dropped_event(
+                            "the watcher fell too far behind; resume with Last-Event-ID",
+                            self.cursor,
+                        ));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.stopping.changed() => {
+                    self.done = true;
+                    return Some(dropped_event(
+                        "the server is stopping; resume on another replica with Last-Event-ID",
+                        self.cursor,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The events that bring a watcher from `since` to `state` (the attached state it subscribed
+/// at): the log's revisions in between, or a reset when the log no longer reaches back (or the
+/// gap is larger than replaying is worth).
+async fn catch_up_events(
+    svc: &ConfigService,
+    key: &EnvKey,
+    state: &EnvState,
+    since: Option<i64>,
+    viewer: &Viewer,
+) -> Result<(VecDeque<Event>, i64), ConfigError> {
+    let mut out = VecDeque::new();
+    let rev = state.revision;
+    let since = match since {
+        Some(s) if s >= rev => return Ok((out, s)),
+        Some(s) if rev - s <= svc.settings().watch_buffer as i64 * 4 => s,
+        _ => {
+            out.push_back(reset_event(&state.view(viewer)));
+            return Ok((out, rev));
+        }
+    };
+    let rows = svc.store().log_after(key, since, rev - since).await?;
+    let mut log = Vec::with_capacity(rows.len());
+    for r in rows.iter().filter(|r| r.revision <= rev) {
+        log.push(svc.codec().revision(key, r)?);
+    }
+    match state.at(since, &log) {
+        Some(mut s) => {
+            for r in &log {
+                out.push_back(change_event(&s.apply(r).view(viewer)));
+            }
+        }
+        None => out.push_back(reset_event(&state.view(viewer))),
+    }
+    Ok((out, rev))
+}
+
+/// Watch a namespace-environment: Server-Sent Events from `since` (or `Last-Event-ID`), or a
+/// `reset` with everything first when neither is given or the revision was compacted away.
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/watch", tag = "config",
+    params(("ns" = String, Path), ("env" = String, Path),
+           ("since" = Option<i64>, Query, description = "Resume after this revision"),
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this revision")),
+    responses((status = 200, description = "text/event-stream of reset, change and dropped events", content_type = "text/event-stream"),
+              (status = 401), (status = 403), (status = 429)),
+    security(("bearer" = [])))]
+async fn watch(
+    State(svc): Svc,
+    Bearer(caller): Bearer,
+    Path((ns, env)): Path<(String, String)>,
+    Query(q): Query<WatchQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let key = svc.target(&caller, &ns, &env)?;
+    let last = revision_header(&headers, header::HeaderName::from_static("last-event-id"))?;
+    let since = last.or(q.since);
+    if since.is_some_and(|s| s < 0) {
+        return Err(ApiError::BadRequest(
+            "since must be a revision (≥ 0)".into(),
+        ));
+    }
+    svc.guard_watch(&caller, &key).await?;
+    let viewer = svc.watch_viewer(&caller, &key).await?;
+    let attached = svc.hub().attach(&key, true).await?;
+    let (rx, _, state) = attached.env().subscribe(true);
+    let state = state.unwrap_or_default();
+    let (pending, cursor) = catch_up_events(&svc, &key, &state, since, &viewer).await?;
+    drop(state);
+    let w = Watch {
+        _attached: attached,
+        rx,
+        stopping: svc.hub().stopping(),
+        pending,
+        viewer,
+        cursor,
+        done: false,
+        dropped: svc.svc.clone(),
+    };
+    let events = stream::unfold(w, |mut w| async move {
+        let e = w.next().await?;
+        Some((Ok::<Event, Infallible>(e), w))
+    });
+    let sse = Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(svc.settings().heartbeat)
+            .text("heartbeat"),
+    );
+    let mut r = sse.into_response();
+    // Proxies must not buffer the stream (nginx honours this header).
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(get_env, patch_env, get_key, put_key, delete_key, history, diff, rollback, watch,
+          get_schema, put_schema, delete_schema, list_rollouts, get_rollout, put_rollout,
+          promote, abort),
+    components(schemas(ConfigSnapshot, ConfigValue, WriteResult, PatchRequest, History,
+                        capstan_proto::config::HistoryEntry, Diff, capstan_proto::config::DiffEntry,
+                        RollbackRequest, WatchEvent, capstan_proto::config::KeyChange,
+                        RolloutRequest, RolloutView, capstan_proto::config::RolloutMatch)),
+    modifiers(&BearerScheme),
+    tags((name = "config", description = "Dynamic configuration: values, history, schemas, rollouts, watch"))
+)]
+struct ConfigApi;
+
+#[async_trait::async_trait]
+impl Service for ConfigService {
+    fn name(&self) -> &'static str {
+        "config"
+    }
+
+    fn routes(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Routes {
+        RouteList::new()
+            .route(
+                "/v1/config/{ns}/schema",
+                get(get_schema).put(put_schema).delete(delete_schema),
+            )
+            .route("/v1/config/{ns}/{env}", get(get_env).patch(patch_env))
+            .route("/v1/config/{ns}/{env}/watch", get(watch))
+            .route("/v1/config/{ns}/{env}/history", get(history))
+            .route("/v1/config/{ns}/{env}/diff", get(diff))
+            .route("/v1/config/{ns}/{env}/rollback", post(rollback))
+            .route("/v1/config/{ns}/{env}/rollouts", get(list_rollouts))
+            .route(
+                "/v1/config/{ns}/{env}/rollouts/{name}",
+                get(get_rollout).put(put_rollout),
+            )
+            .route(
+                "/v1/config/{ns}/{env}/rollouts/{name}/promote",
+                post(promote),
+            )
+            .route("/v1/config/{ns}/{env}/rollouts/{name}/abort", post(abort))
+            .route(
+                "/v1/config/{ns}/{env}/{key}",
+                get(get_key).put(put_key).delete(delete_key),
+            )
+            .with_state(Api::new(self, verifier))
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        ConfigApi::openapi()
+    }
+
+    fn topics(&self) -> &[&'static str] {
+        &[TOPIC_VALUES, TOPIC_SCHEMA]
+    }
+
+    fn on_change(&self, change: &capstan_db::Change) {
+        if change.topic == TOPIC_SCHEMA {
+            self.schema_changed(&change.tenant, &change.key);
+        } else if let Some(key) = EnvKey::from_feed(&change.tenant, &change.key) {
+            self.hub().changed(key);
+        }
+    }
+
+    async fn start(self: Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, BoxError> {
+        Ok(vec![tokio::spawn(self.hub().clone().run())])
+    }
+
+    async fn housekeeping(&self) -> Result<(), BoxError> {
+        let n = self.compact().await?;
+        if n > 0 {
+            tracing::debug!(rows = n, "config: change log compacted");
+        }
+        Ok(())
+    }
+
+    fn draining(&self) {
+        self.hub().stop();
+    }
+
+    async fn stop(&self) {
+        self.hub().stop();
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let hub = self.hub();
+        vec![
+            Metric::gauge(
+                "capstan_config_watchers",
+                "Config watch streams open on this server.",
+                hub.watchers() as f64,
+            ),
+            Metric::gauge(
+                "capstan_config_environments_attached",
+                "Namespace-environments with watchers or long polls on this server.",
+                hub.attached() as f64,
+            ),
+            Metric::counter(
+                "capstan_config_fanout_reads_total",
+                "Change-log reads made to fan changes out (one per change per server).",
+                hub.reads.load(Ordering::Relaxed),
+            ),
+            Metric::counter(
+                "capstan_config_watchers_dropped_total",
+                "Watchers dropped for falling too far behind.",
+                hub.dropped.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
