@@ -22,6 +22,7 @@ capstan_tests::on_both_backends!(
     rollouts_target_by_tags_principals_and_percentage,
     policy_scopes_a_principal_to_its_namespace,
     slow_watcher_is_dropped_not_buffered,
+    watchers_are_bounded_per_principal,
 );
 
 async fn admin_token(s: &TestServer) -> String {
@@ -913,5 +914,44 @@ async fn slow_watcher_is_dropped_not_buffered(ctx: &Ctx) {
     }
     assert!(last < 201, "the watcher was never dropped");
     assert!(w.next().await.is_none());
+    s.shutdown().await;
+}
+
+async fn watchers_are_bounded_per_principal(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.service_config.insert(
+        "config".into(),
+        json!({ "max_watchers_per_principal": 2, "max_watchers": 3 }),
+    );
+    let s = ctx.server_with(settings).await;
+    let t = admin_token(&s).await;
+    let (_, other) = principal_with(&s, &t, "other", &["ConfigReadOnly"]).await;
+    let (_, third) = principal_with(&s, &t, "third", &["ConfigReadOnly"]).await;
+    let a = Sse::open(&s, &t, "/v1/config/orders/prod/watch", None).await;
+    let _b = Sse::open(&s, &t, "/v1/config/orders/prod/watch", None).await;
+    let watch = |token: &str| {
+        s.http
+            .get(s.url("/v1/config/orders/prod/watch"))
+            .bearer_auth(token)
+            .send()
+    };
+    let r = watch(&t).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // Another principal still gets one, up to the server's limit.
+    let _c = Sse::open(&s, &other, "/v1/config/orders/prod/watch", None).await;
+    assert_eq!(watch(&third).await.unwrap().status(), 429);
+    // A closed stream frees its slot.
+    drop(a);
+    let mut freed = false;
+    for _ in 0..50 {
+        let r = watch(&t).await.unwrap();
+        if r.status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a closed watch stream kept its slot");
     s.shutdown().await;
 }

@@ -133,7 +133,7 @@ async fn get_env(
     .min(svc.settings().max_wait);
     let key = svc.target(&caller, &ns, &env)?;
     svc.guard_env_read(&caller, &key).await?;
-    let attached = svc.hub().attach(&key, false).await?;
+    let attached = svc.hub().attach(&key, None).await?;
     let (mut rx, rev, state) = attached.env().subscribe(true);
     if rev > since {
         let state = state.unwrap_or_default();
@@ -570,7 +570,8 @@ async fn watch(
     }
     svc.guard_watch(&caller, &key).await?;
     let viewer = svc.watch_viewer(&caller, &key).await?;
-    let attached = svc.hub().attach(&key, true).await?;
+    let principal = caller.principal.to_string();
+    let attached = svc.hub().attach(&key, Some(&principal)).await?;
     let (rx, _, state) = attached.env().subscribe(true);
     let state = state.unwrap_or_default();
     let (pending, cursor) = catch_up_events(&svc, &key, &state, since, &viewer).await?;

@@ -73,7 +73,8 @@ pub struct Attached {
     hub: Arc<Hub>,
     key: EnvKey,
     env: Arc<EnvHub>,
-    watcher: bool,
+    /// The watcher's principal (a long poll is not counted).
+    watcher: Option<String>,
 }
 
 impl Attached {
@@ -85,8 +86,8 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if self.watcher {
-            self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(p) = &self.watcher {
+            self.hub.release(p);
         }
         if self.env.attached.fetch_sub(1, Ordering::AcqRel) == 1 {
             let mut envs = self.hub.envs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -108,7 +109,9 @@ pub struct Hub {
     wake: Notify,
     buffer: usize,
     max_watchers: usize,
+    max_per_principal: usize,
     watchers: AtomicUsize,
+    per_principal: Mutex<HashMap<String, usize>>,
     shutdown: watch::Sender<bool>,
     /// Log reads made to fan out changes.
     pub reads: AtomicU64,
@@ -118,12 +121,13 @@ pub struct Hub {
 
 impl Hub {
     /// A hub reading `store`, with a channel of `buffer` revisions per attached environment and
-    /// at most `max_watchers` watchers.
+    /// at most `max_watchers` watchers, `max_per_principal` of one principal.
     pub fn new(
         store: Arc<dyn ConfigStore>,
         codec: Arc<Codec>,
         buffer: usize,
         max_watchers: usize,
+        max_per_principal: usize,
     ) -> Hub {
         Hub {
             store,
@@ -133,7 +137,9 @@ impl Hub {
             wake: Notify::new(),
             buffer: buffer.max(1),
             max_watchers,
+            max_per_principal,
             watchers: AtomicUsize::new(0),
+            per_principal: Mutex::default(),
             shutdown: watch::channel(false).0,
             reads: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -163,25 +169,58 @@ impl Hub {
         self.shutdown.send_replace(true);
     }
 
-    /// Attaches `key` (loading its state if no one has), as a watcher (counted against the
-    /// limit) or a long poll.
-    pub async fn attach(
-        self: &Arc<Self>,
-        key: &EnvKey,
-        watcher: bool,
-    ) -> Result<Attached, ConfigError> {
-        if watcher && self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
+    /// Takes a watcher slot for `principal`, within both limits.
+    fn reserve(&self, principal: &str) -> Result<(), ConfigError> {
+        let mut per = self
+            .per_principal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine = per.get(principal).copied().unwrap_or(0);
+        if mine >= self.max_per_principal {
+            return Err(ConfigError::Busy(format!(
+                "this principal has {mine} watchers on this server, its limit"
+            )));
+        }
+        if self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
             self.watchers.fetch_sub(1, Ordering::Relaxed);
             return Err(ConfigError::Busy(format!(
                 "this server has {} watchers, its limit; retry later or on another replica",
                 self.max_watchers
             )));
         }
+        per.insert(principal.to_owned(), mine + 1);
+        Ok(())
+    }
+
+    fn release(&self, principal: &str) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
+        let mut per = self
+            .per_principal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per.get_mut(principal) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(principal);
+            }
+        }
+    }
+
+    /// Attaches `key` (loading its state if no one has), as the watcher of a principal
+    /// (counted against the limits) or, with `None`, a long poll.
+    pub async fn attach(
+        self: &Arc<Self>,
+        key: &EnvKey,
+        watcher: Option<&str>,
+    ) -> Result<Attached, ConfigError> {
+        if let Some(p) = watcher {
+            self.reserve(p)?;
+        }
         let attached = |env: Arc<EnvHub>| Attached {
             hub: self.clone(),
             key: key.clone(),
             env,
-            watcher,
+            watcher: watcher.map(str::to_owned),
         };
         if let Some(env) = self.lookup(key) {
             return Ok(attached(env));
@@ -193,8 +232,8 @@ impl Hub {
         let state = match loaded {
             Ok(s) => s,
             Err(e) => {
-                if watcher {
-                    self.watchers.fetch_sub(1, Ordering::Relaxed);
+                if let Some(p) = watcher {
+                    self.release(p);
                 }
                 return Err(e);
             }

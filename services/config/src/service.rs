@@ -39,6 +39,8 @@ pub struct ConfigSection {
     /// Watch streams one server holds at most (each is a connection too: see
     /// `max_connections`). Default 20,000.
     pub max_watchers: Option<usize>,
+    /// Watch streams one principal may hold on one server. Default 1,000.
+    pub max_watchers_per_principal: Option<usize>,
     /// Revisions a watcher may fall behind before it is dropped. Default 256.
     pub watch_buffer: Option<usize>,
     /// Seconds between heartbeat comments on idle watch streams. Default 15.
@@ -60,6 +62,8 @@ pub struct ConfigSection {
 pub struct Settings {
     /// See [`ConfigSection::max_watchers`].
     pub max_watchers: usize,
+    /// See [`ConfigSection::max_watchers_per_principal`].
+    pub max_watchers_per_principal: usize,
     /// See [`ConfigSection::watch_buffer`].
     pub watch_buffer: usize,
     /// See [`ConfigSection::heartbeat_seconds`].
@@ -80,6 +84,7 @@ impl From<&ConfigSection> for Settings {
     fn from(s: &ConfigSection) -> Settings {
         Settings {
             max_watchers: s.max_watchers.unwrap_or(20_000),
+            max_watchers_per_principal: s.max_watchers_per_principal.unwrap_or(1000).max(1),
             watch_buffer: s.watch_buffer.unwrap_or(256).clamp(1, 65_536),
             heartbeat: Duration::from_secs(s.heartbeat_seconds.unwrap_or(15).max(1)),
             max_wait: Duration::from_secs(s.max_wait_seconds.unwrap_or(60).max(1))
@@ -137,6 +142,7 @@ impl ConfigService {
             codec.clone(),
             settings.watch_buffer,
             settings.max_watchers,
+            settings.max_watchers_per_principal,
         ));
         Ok(ConfigService {
             settings,
