@@ -22,6 +22,8 @@ mod authorization;
 mod cli;
 mod cluster;
 mod config;
+mod config_sdk;
+mod config_store;
 mod feed;
 mod identity;
 mod identity_store;

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod config;
+pub use config::*;
+
 /// Operate Capstan from a terminal, over its HTTP API.
 ///
 /// Exit codes: 0 ok, 1 error, 2 usage, 3 denied (a 403, or `authorize` answering Deny),
@@ -137,6 +140,10 @@ pub enum Command {
     /// Single-use join tokens for workloads without credentials yet.
     #[command(name = "join-token", subcommand)]
     JoinToken(JoinTokenCommand),
+    /// Dynamic config: JSON values per namespace and environment, with revisions, history,
+    /// schemas and rollouts, pushed to watchers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.

@@ -16,6 +16,8 @@ use crate::output::{render, utc};
 use crate::session::{now, Session};
 use crate::{exit, Failure, Io};
 
+mod config;
+
 type Res = Result<i32, Failure>;
 
 struct Run<'a, 'b> {
@@ -167,16 +169,7 @@ impl Run<'_, '_> {
     ) -> Result<Value, Failure> {
         let mut forced = false;
         loop {
-            let api = if forced {
-                let t = self.s.token(true).await?;
-                capstan_sdk::ApiClient::new(
-                    &self.s.addr,
-                    self.s.transport.clone(),
-                    capstan_sdk::Credentials::Token(t),
-                )
-            } else {
-                self.s.api().await?
-            };
+            let api = self.client(forced).await?;
             let r = spin(
                 self.io.interactive,
                 api.call(method.clone(), path, query, body.as_ref()),
@@ -188,6 +181,20 @@ impl Run<'_, '_> {
                 Ok(v) => return Ok(v),
             }
         }
+    }
+
+    /// An API client with the saved login; `forced`: with a new token (the saved one was
+    /// refused).
+    async fn client(&mut self, forced: bool) -> Result<capstan_sdk::ApiClient, Failure> {
+        if !forced {
+            return self.s.api().await;
+        }
+        let t = self.s.token(true).await?;
+        Ok(capstan_sdk::ApiClient::new(
+            &self.s.addr,
+            self.s.transport.clone(),
+            capstan_sdk::Credentials::Token(t),
+        ))
     }
 
     fn print(&mut self, v: &Value, columns: &[&str]) -> Res {
@@ -388,6 +395,7 @@ impl Run<'_, '_> {
                 );
                 self.print(&v, &[])
             }
+            Command::Config(c) => self.config(c).await,
             Command::Completions { .. } | Command::Docs => Ok(exit::OK),
         }
     }

@@ -1,13 +1,13 @@
 //! Calls to Capstan's `/v1` API with a bearer token, the wire types of `capstan-proto` in and
 //! out.
 
-use reqwest::Method;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::token::{AccessToken, TokenSource};
-use crate::transport::Transport;
+use crate::transport::{read_json, Transport};
 use crate::Error;
 
 /// The audience of Capstan's own API.
@@ -78,32 +78,46 @@ impl ApiClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, Error> {
+        let resp = self
+            .request(method, path, |mut b| {
+                if !query.is_empty() {
+                    b = b.query(query);
+                }
+                if let Some(v) = body {
+                    b = b.json(v);
+                }
+                b
+            })
+            .await?;
+        read_json(resp).await
+    }
+
+    /// Sends `method path` with the bearer token, the request shaped by `build` (query,
+    /// headers, body, a timeout of its own), and returns the response whatever its status: for
+    /// what [`ApiClient::call`] does not cover (conditional writes, long polls, event streams).
+    /// `build` runs once per attempt. A 401 with a token source fetches a new token and tries
+    /// once more.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, Error> {
         let url = format!("{}{}", self.base, path);
         let mut retried = false;
         loop {
             let bearer = self.bearer().await?;
-            let result = self
-                .transport
-                .json({
-                    let mut b = self.transport.http().request(method.clone(), &url);
-                    if !query.is_empty() {
-                        b = b.query(query);
-                    }
-                    if let Some(t) = &bearer {
-                        b = b.bearer_auth(t.secret());
-                    }
-                    if let Some(v) = body {
-                        b = b.json(v);
-                    }
-                    b
-                })
-                .await;
-            match (&result, &self.creds) {
-                (Err(Error::Api { status: 401, .. }), Credentials::Source(s)) if !retried => {
+            let mut b = self.transport.http().request(method.clone(), &url);
+            if let Some(t) = &bearer {
+                b = b.bearer_auth(t.secret());
+            }
+            let resp = self.transport.send(build(b)).await?;
+            match &self.creds {
+                Credentials::Source(s) if resp.status() == StatusCode::UNAUTHORIZED && !retried => {
                     s.invalidate();
                     retried = true;
                 }
-                _ => return result,
+                _ => return Ok(resp),
             }
         }
     }

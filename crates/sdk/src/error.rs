@@ -50,6 +50,22 @@ pub enum Error {
     /// A setting is wrong (a URL that does not parse, …).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A config value is not of the type asked for, or is a masked secret.
+    #[error("config key {key:?}: {detail}")]
+    Value {
+        /// The key.
+        key: String,
+        /// What is wrong with its value.
+        detail: String,
+    },
+    /// A local file (a config snapshot file) could not be read or written.
+    #[error("{path}: {detail}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -58,6 +74,17 @@ impl Error {
         match self {
             Error::Api { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// Whether retrying later may succeed: Capstan unreachable or slow, a 408, 429 or 5xx, or
+    /// an answer that broke off. A 4xx (a refused token, a denial, a bad request) will not
+    /// change by itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Protocol(_) => true,
+            Error::Api { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            _ => false,
         }
     }
 

@@ -8,6 +8,9 @@
 //! - [`CapstanLayer`]: a tower layer for axum that does both for every route.
 //! - [`spiffe::SvidSource`]: the service's X.509-SVID, renewed at half-life, and rustls
 //!   configurations for mTLS that verify the peer's SPIFFE ID against the trust bundle.
+//! - [`config::ConfigWatcher`]: a service's dynamic config, pushed by Capstan, kept in memory,
+//!   resumed after disconnects and backed by a local snapshot file; [`config::ConfigClient`]
+//!   for the rest of the config API.
 //! - [`ApiClient`]: the `/v1` API with the wire types of `capstan-proto` (the CLI's client).
 //!
 //! Every call has a timeout and retries on 429 and 503 honouring `Retry-After`
@@ -31,6 +34,7 @@
 
 mod api;
 mod authz;
+pub mod config;
 mod error;
 mod jwks;
 mod layer;
@@ -46,6 +50,7 @@ use serde::Deserialize;
 pub use api::{segment, to_body, ApiClient, Credentials, API_AUDIENCE};
 pub use authz::{AuthorizeRequest, AuthorizeResponse, Authorizer, ContextValue};
 pub use capstan_core::clock::{Clock, ManualClock, SystemClock, UnixTime};
+pub use capstan_core::rng::{Rng, SystemRng};
 pub use capstan_proto as proto;
 pub use error::Error;
 pub use jwks::{AccessClaims, JwksVerifier, TokenError, VerifierConfig, VerifyError};
