@@ -23,6 +23,9 @@ capstan_tests::on_both_backends!(
     policy_scopes_a_principal_to_its_namespace,
     slow_watcher_is_dropped_not_buffered,
     watchers_are_bounded_per_principal,
+    narrow_grants_cannot_widen_through_rollouts_schemas_or_history,
+    watch_ends_when_the_grant_goes_or_the_token_expires,
+    writes_that_change_nothing_make_no_revision,
 );
 
 async fn admin_token(s: &TestServer) -> String {
@@ -685,11 +688,8 @@ async fn secrets_are_masked_and_sealed_at_rest(ctx: &Ctx) {
         });
         assert!(!rows.is_empty());
         for r in rows {
+            // Even the revision written before the schema sealed api_key was resealed.
             for clear in [secret, "rotated-password-2", "clear-then-sealed-key"] {
-                if table == "config_log" && clear == "clear-then-sealed-key" {
-                    // Its first write predates the schema: that revision holds it clear.
-                    continue;
-                }
                 assert!(!r.contains(clear), "{table} holds a secret in clear: {r}");
             }
         }
@@ -953,5 +953,231 @@ async fn watchers_are_bounded_per_principal(ctx: &Ctx) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(freed, "a closed watch stream kept its slot");
+    s.shutdown().await;
+}
+
+/// A policy document allowing `actions` on `resource`.
+async fn put_policy(s: &TestServer, admin: &str, name: &str, statements: Value) {
+    let (status, v) = s
+        .api(
+            Method::PUT,
+            &format!("/v1/policies/{name}"),
+            admin,
+            Some(json!({"Version": "2012-10-17", "Statement": statements})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{v}");
+}
+
+async fn narrow_grants_cannot_widen_through_rollouts_schemas_or_history(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let t = admin_token(&s).await;
+    put(&s, &t, "orders/prod/db.host", json!("db-1")).await;
+    put(&s, &t, "orders/prod/limit", json!(10)).await;
+    // May manage rollouts and write `limit`, nothing else.
+    put_policy(
+        &s,
+        &t,
+        "RolloutOps",
+        json!([
+            {"Effect": "Allow", "Action": ["config:ManageRollout", "config:GetValue", "config:GetRollout"],
+             "Resource": "crn:capstan:config:default:namespace/orders/env/prod/key/*"},
+            {"Effect": "Allow", "Action": "config:PutValue",
+             "Resource": "crn:capstan:config:default:namespace/orders/env/prod/key/limit"}
+        ]),
+    )
+    .await;
+    let (_, ops) = principal_with(&s, &t, "ops", &["RolloutOps"]).await;
+    // A rollout may not set a key its author may not write (everyone would read it).
+    let (status, v) = put(
+        &s,
+        &ops,
+        "orders/prod/rollouts/evil",
+        json!({"match": {"percentage": 100}, "set": {"db.host": "attacker"}}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["action"], "config:PutValue");
+    let (status, v) = put(
+        &s,
+        &ops,
+        "orders/prod/rollouts/ok",
+        json!({"match": {"percentage": 100}, "set": {"limit": 20}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    // Promoting a rollout another principal made with keys the caller may not write: 403.
+    put(
+        &s,
+        &t,
+        "orders/prod/rollouts/admins",
+        json!({"match": {"percentage": 100}, "set": {"db.host": "db-2"}}),
+    )
+    .await;
+    let (status, v) = s
+        .api(
+            Method::POST,
+            "/v1/config/orders/prod/rollouts/admins/promote",
+            &ops,
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, _) = s
+        .api(
+            Method::POST,
+            "/v1/config/orders/prod/rollouts/ok/promote",
+            &ops,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // A key made secret later: history and rollback do not show or unseal it.
+    put(&s, &t, "pay/prod/token", json!("early-clear-token")).await; // 1
+    put(&s, &t, "pay/prod/other", json!(1)).await; // 2
+    let (status, _) = put(&s, &t, "pay/prod/token?secret=true", json!("sealed-token")).await; // 3
+    assert_eq!(status, 200);
+    let (_, reader) = principal_with(&s, &t, "reader", &["ConfigReadOnly"]).await;
+    put_policy(
+        &s,
+        &t,
+        "History",
+        json!([{"Effect": "Allow", "Action": ["config:ListHistory", "config:GetValue"],
+                "Resource": "crn:capstan:config:default:namespace/pay/*"}]),
+    )
+    .await;
+    let (_, historian) = principal_with(&s, &t, "historian", &["History"]).await;
+    let (status, d) = get(&s, &historian, "pay/prod/diff?from=1&to=3").await;
+    assert_eq!(status, 200, "{d}");
+    assert!(!d.to_string().contains("early-clear-token"), "{d}");
+    assert!(!d.to_string().contains("sealed-token"), "{d}");
+    let (_, d) = get(&s, &historian, "pay/prod/diff?from=0&to=1").await;
+    assert_eq!(d["changes"][0]["after"], "********", "{d}");
+    let (status, v) = s
+        .api(
+            Method::POST,
+            "/v1/config/pay/prod/rollback",
+            &t,
+            Some(json!({"to_revision": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, v) = get(&s, &reader, "pay/prod/token").await;
+    assert_eq!(v["value"], "********", "rollback unsealed the key: {v}");
+    // Writing it again without ?secret keeps it sealed.
+    put(&s, &t, "pay/prod/token", json!("third")).await;
+    let (_, v) = get(&s, &reader, "pay/prod/token").await;
+    assert_eq!(v["masked"], true);
+    // A schema editor who may not read the secrets cannot probe them with 422s.
+    put_policy(
+        &s,
+        &t,
+        "SchemaOnly",
+        json!([{"Effect": "Allow", "Action": "config:PutSchema",
+                "Resource": "crn:capstan:config:default:namespace/pay/schema"}]),
+    )
+    .await;
+    let (_, editor) = principal_with(&s, &t, "editor", &["SchemaOnly"]).await;
+    let (status, v) = put(
+        &s,
+        &editor,
+        "pay/schema",
+        json!({"properties": {"token": {"pattern": "^t"}}}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["action"], "config:ReadSecret");
+    // Watching or diffing needs GetValue too.
+    put_policy(
+        &s,
+        &t,
+        "WatchOnly",
+        json!([{"Effect": "Allow", "Action": ["config:Watch", "config:ListHistory"],
+                "Resource": "crn:capstan:config:default:namespace/pay/*"}]),
+    )
+    .await;
+    let (_, watcher) = principal_with(&s, &t, "watcher", &["WatchOnly"]).await;
+    for path in ["pay/prod/watch", "pay/prod/diff?from=1"] {
+        let (status, v) = get(&s, &watcher, path).await;
+        assert_eq!(status, 403, "{path}: {v}");
+    }
+    // Revisions are never negative.
+    for path in [
+        "pay/prod/diff?from=-1",
+        "pay/prod/diff?from=0&to=-9223372036854775808",
+        "pay/prod?since=-1",
+    ] {
+        let (status, v) = get(&s, &t, path).await;
+        assert_eq!(status, 400, "{path}: {v}");
+    }
+    let (status, _) = s
+        .api(
+            Method::POST,
+            "/v1/config/pay/prod/rollback",
+            &t,
+            Some(json!({"to_revision": i64::MIN})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    s.shutdown().await;
+}
+
+async fn watch_ends_when_the_grant_goes_or_the_token_expires(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings
+        .service_config
+        .insert("config".into(), json!({ "reauthorize_seconds": 1 }));
+    let s = ctx.server_with(settings).await;
+    let t = admin_token(&s).await;
+    put(&s, &t, "orders/prod/k", json!(1)).await;
+    let (reader, reader_t) = principal_with(&s, &t, "reader", &["ConfigReadOnly"]).await;
+    let mut w = Sse::open(&s, &reader_t, "/v1/config/orders/prod/watch", None).await;
+    assert_eq!(w.next_within(Duration::from_secs(5)).await.event, "reset");
+    let (status, _) = s
+        .api(
+            Method::DELETE,
+            &format!("/v1/principals/{}/policies/ConfigReadOnly", reader.id),
+            &t,
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 204);
+    let ev = w.next_within(Duration::from_secs(10)).await;
+    assert_eq!(ev.event, "dropped", "{:?}", ev.data);
+    assert!(ev.data["reason"].as_str().unwrap().contains("no longer"));
+    assert!(w.next().await.is_none());
+    // A token about to expire: the stream ends when it does.
+    let (_, fresh) = principal_with(&s, &t, "fresh", &["ConfigReadOnly"]).await;
+    use capstan_core::clock::Clock;
+    let ttl = 900; // the default token lifetime
+    s.clock.advance(ttl - 2);
+    let mut w = Sse::open(&s, &fresh, "/v1/config/orders/prod/watch", None).await;
+    assert_eq!(w.next_within(Duration::from_secs(5)).await.event, "reset");
+    let ev = w.next_within(Duration::from_secs(10)).await;
+    assert_eq!(ev.event, "dropped", "{:?}", ev.data);
+    assert!(ev.data["reason"].as_str().unwrap().contains("expired"));
+    let _ = s.clock.now();
+    s.shutdown().await;
+}
+
+async fn writes_that_change_nothing_make_no_revision(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let t = admin_token(&s).await;
+    let (_, v) = put(&s, &t, "orders/prod/k", json!({"a": 1})).await;
+    assert_eq!(v["revision"], 1);
+    let (status, v) = put(&s, &t, "orders/prod/k", json!({"a": 1})).await;
+    assert_eq!((status, &v["revision"]), (200, &json!(1)));
+    let (_, v) = s
+        .api(
+            Method::PATCH,
+            "/v1/config/orders/prod",
+            &t,
+            Some(json!({"set": {"k": {"a": 1}}, "delete": ["missing"]})),
+        )
+        .await;
+    assert_eq!(v["revision"], 1);
+    let (_, h) = get(&s, &t, "orders/prod/history").await;
+    assert_eq!(h["entries"].as_array().unwrap().len(), 1);
     s.shutdown().await;
 }

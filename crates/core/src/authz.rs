@@ -32,6 +32,9 @@ pub struct Caller {
     /// For a certificate-bound token (RFC 8705): the thumbprint (`x5t#S256`) of the only
     /// client certificate it may be used with.
     pub bound_to: Option<String>,
+    /// When the credential expires (a token's `exp`, Unix seconds): long-lived requests (watch
+    /// streams) end then.
+    pub expires_at: Option<i64>,
 }
 
 /// Condition keys and values a guarded act adds to its decision (`policy:PolicyName`, …).

@@ -25,6 +25,6 @@ pub use service::{
     BoxError, Metric, Platform, Registration, RouteList, Routes, Service, ServiceConfig,
 };
 
-/// The longest a long poll may hold a request (the server's request timeout is extended by
-/// this for requests with `since=` or `wait=`).
+/// The longest a long poll may hold a request: the server's request timeout is extended by
+/// this for `GET`s of the routes services declare in `Service::long_poll_routes`.
 pub const LONG_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(300);

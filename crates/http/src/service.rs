@@ -90,6 +90,12 @@ pub trait Service: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Route templates (`GET` only) that may hold a request up to
+    /// [`crate::LONG_POLL_MAX`] beyond the server's request timeout (long polls).
+    fn long_poll_routes(&self) -> &[&'static str] {
+        &[]
+    }
+
     /// The server has begun to stop: end what never finishes on its own (watch streams, long
     /// polls), so in-flight requests can complete and connections close.
     fn draining(&self) {}

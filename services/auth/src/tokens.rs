@@ -277,6 +277,7 @@ impl AuthService {
                 admin: caller.admin,
                 source_ip: None,
                 bound_to: None,
+                expires_at: None,
             };
             let resource = Crn::new("auth", tenant, &format!("clients/{}", claims.client_id));
             match guard(
@@ -345,6 +346,7 @@ impl AuthService {
             admin,
             source_ip: None,
             bound_to: claims.cnf.map(|c| c.x5t_s256),
+            expires_at: Some(claims.exp),
         })
     }
 }
@@ -412,6 +414,7 @@ impl TokenVerifier for AuthService {
             admin: client.admin,
             source_ip: None,
             bound_to: None,
+            expires_at: None,
         })
     }
 }

@@ -267,6 +267,40 @@ impl Codec {
         })
     }
 
+    /// A log row with every value of `keys` sealed (`None` if it held none of them in clear):
+    /// when a key becomes secret, its history must not keep it readable.
+    pub fn reseal(
+        &self,
+        env: &EnvKey,
+        l: &StoredLog,
+        keys: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<String>, ConfigError> {
+        let mut r = self.revision(env, l)?;
+        let mut changed = false;
+        let mut seal = |key: &str, e: &mut Entry| {
+            if keys.contains(key) && !e.secret {
+                e.secret = true;
+                changed = true;
+            }
+        };
+        for d in &mut r.keys {
+            for e in [&mut d.before, &mut d.after].into_iter().flatten() {
+                seal(&d.key, e);
+            }
+        }
+        if let Some(rd) = &mut r.rollout {
+            for side in [&mut rd.before, &mut rd.after].into_iter().flatten() {
+                for (k, e) in side.set.iter_mut() {
+                    seal(k, e);
+                }
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        self.revision_body(env, &r).map(Some)
+    }
+
     /// The base keys a log row changed and the rollout it concerned, without opening secrets
     /// (for history).
     pub fn summary(l: &StoredLog) -> Result<(Vec<String>, Option<String>), ConfigError> {

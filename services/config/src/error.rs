@@ -30,6 +30,9 @@ pub enum ConfigError {
     /// The server cannot take more of something (watchers).
     #[error("{0}")]
     Busy(String),
+    /// Not now (the server is stopping): retry, on another replica.
+    #[error("{0}")]
+    Unavailable(String),
     /// The guard refused the act, or could not decide.
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -65,6 +68,7 @@ impl From<ConfigError> for ApiError {
                 message: m,
                 retry_after: 5,
             },
+            ConfigError::Unavailable(m) => ApiError::Unavailable(m),
             ConfigError::Guard(g) => g.into(),
             ConfigError::Db(d) => d.into(),
             ConfigError::Internal(m) => ApiError::Internal(m),

@@ -19,7 +19,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use capstan_core::authz::TokenVerifier;
+use capstan_core::authz::{Caller, TokenVerifier};
 use capstan_http::{
     Api, ApiError, ApiResult, Bearer, BearerScheme, BoxError, JsonBody, JsonText, Metric, Path,
     Query, RouteList, Routes, Service,
@@ -38,7 +38,7 @@ use crate::error::ConfigError;
 use crate::hub::{Attached, Update};
 use crate::model::{EnvState, Viewer};
 use crate::service::ConfigService;
-use crate::store::{EnvKey, TOPIC_SCHEMA, TOPIC_VALUES};
+use crate::store::{EnvKey, TOPIC_VALUES};
 
 type Svc = State<Api<ConfigService>>;
 
@@ -46,9 +46,17 @@ fn etag(rev: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{rev}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
+/// A config answer: its revision as the ETag. What it holds depends on who asks (rollouts,
+/// masking), so only the caller's own cache may keep it, revalidating by the ETag.
 fn with_etag(rev: i64, r: impl IntoResponse) -> Response {
     let mut r = r.into_response();
-    r.headers_mut().insert(header::ETAG, etag(rev));
+    let h = r.headers_mut();
+    h.insert(header::ETAG, etag(rev));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("authorization"));
     r
 }
 
@@ -131,16 +139,27 @@ async fn get_env(
         None => Duration::from_secs(30),
     }
     .min(svc.settings().max_wait);
+    if since < 0 {
+        return Err(ApiError::BadRequest(
+            "since must be a revision (≥ 0)".into(),
+        ));
+    }
     let key = svc.target(&caller, &ns, &env)?;
+    let mut stopping = svc.hub().stopping();
+    if *stopping.borrow() {
+        return Err(ConfigError::Unavailable("the server is stopping".into()).into());
+    }
     svc.guard_env_read(&caller, &key).await?;
-    let attached = svc.hub().attach(&key, None).await?;
-    let (mut rx, rev, state) = attached.env().subscribe(true);
+    // A long poll holds a watcher slot of its principal while it waits.
+    let principal = caller.principal.to_string();
+    let attached = svc.hub().attach(&key, Some(&principal)).await?;
+    let (mut rx, rev, _) = attached.env().subscribe(false);
     if rev > since {
+        let (_, _, state) = attached.env().subscribe(true);
         let state = state.unwrap_or_default();
         let snap = svc.view_for(&caller, &key, &state).await?;
         return Ok(with_etag(snap.revision, Json(snap)));
     }
-    let mut stopping = svc.hub().stopping();
     let newer = tokio::time::timeout(wait, async {
         loop {
             tokio::select! {
@@ -151,7 +170,7 @@ async fn get_env(
                     Err(RecvError::Lagged(_)) => return true,
                     Err(RecvError::Closed) => return false,
                 },
-                _ = stopping.changed() => return false,
+                _ = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => return false,
             }
         }
     })
@@ -461,7 +480,13 @@ struct Watch {
     viewer: Viewer,
     cursor: i64,
     done: bool,
-    dropped: Arc<ConfigService>,
+    svc: Arc<ConfigService>,
+    caller: Caller,
+    key: EnvKey,
+    /// When the caller's permissions are checked again.
+    recheck: tokio::time::Interval,
+    /// When the caller's access token expires.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Watch {
@@ -488,7 +513,7 @@ impl Watch {
                     },
                     Err(RecvError::Lagged(_)) => {
                         self.done = true;
-                        self.dropped.hub().dropped.fetch_add(1, Ordering::Relaxed);
+                        self.svc.hub().dropped.fetch_add(1, Ordering::Relaxed);
                         return Some(dropped_event(
                             "the watcher fell too far behind; resume with Last-Event-ID",
                             self.cursor,
@@ -496,7 +521,33 @@ impl Watch {
                     }
                     Err(RecvError::Closed) => return None,
                 },
-                _ = self.stopping.changed() => {
+                _ = self.recheck.tick() => {
+                    match self.svc.recheck_watch(&self.caller, &self.key).await {
+                        Ok(Some(read_secrets)) => self.viewer.read_secrets = read_secrets,
+                        Ok(None) => {
+                            self.done = true;
+                            return Some(dropped_event(
+                                "the caller may no longer watch this environment",
+                                self.cursor,
+                            ));
+                        }
+                        // No decision now (storage down): keep serving from memory.
+                        Err(_) => {}
+                    }
+                }
+                _ = async {
+                    match self.expires {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.done = true;
+                    return Some(dropped_event(
+                        "the access token expired; reconnect with a new one and Last-Event-ID",
+                        self.cursor,
+                    ));
+                }
+                _ = async { self.stopping.wait_for(|s| *s).await.map(|_| ()) } => {
                     self.done = true;
                     return Some(dropped_event(
                         "the server is stopping; resume on another replica with Last-Event-ID",
@@ -528,7 +579,15 @@ async fn catch_up_events(
             return Ok((out, rev));
         }
     };
-    let rows = svc.store().log_after(key, since, rev - since).await?;
+    let rows = match svc.store().log_after(key, since, rev - since).await {
+        Ok(rows) => rows,
+        // Storage down: what is in memory still serves, as a reset.
+        Err(e) if e.is_unavailable() => {
+            out.push_back(reset_event(&state.view(viewer)));
+            return Ok((out, rev));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut log = Vec::with_capacity(rows.len());
     for r in rows.iter().filter(|r| r.revision <= rev) {
         log.push(svc.codec().revision(key, r)?);
@@ -568,6 +627,11 @@ async fn watch(
             "since must be a revision (≥ 0)".into(),
         ));
     }
+    // Taken first: a stop that begins while this request is set up still ends its stream.
+    let stopping = svc.hub().stopping();
+    if *stopping.borrow() {
+        return Err(ConfigError::Unavailable("the server is stopping".into()).into());
+    }
     svc.guard_watch(&caller, &key).await?;
     let viewer = svc.watch_viewer(&caller, &key).await?;
     let principal = caller.principal.to_string();
@@ -576,15 +640,26 @@ async fn watch(
     let state = state.unwrap_or_default();
     let (pending, cursor) = catch_up_events(&svc, &key, &state, since, &viewer).await?;
     drop(state);
+    let every = svc.settings().reauthorize;
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let expires = caller.expires_at.map(|exp| {
+        let left = u64::try_from(exp.saturating_sub(svc.now())).unwrap_or(0);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
     let w = Watch {
         _attached: attached,
         rx,
-        stopping: svc.hub().stopping(),
+        stopping,
         pending,
         viewer,
         cursor,
         done: false,
-        dropped: svc.svc.clone(),
+        svc: svc.svc.clone(),
+        caller,
+        key,
+        recheck,
+        expires,
     };
     let events = stream::unfold(w, |mut w| async move {
         let e = w.next().await?;
@@ -600,7 +675,7 @@ async fn watch(
     r.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
 
@@ -657,15 +732,17 @@ impl Service for ConfigService {
     }
 
     fn topics(&self) -> &[&'static str] {
-        &[TOPIC_VALUES, TOPIC_SCHEMA]
+        &[TOPIC_VALUES]
     }
 
     fn on_change(&self, change: &capstan_db::Change) {
-        if change.topic == TOPIC_SCHEMA {
-            self.schema_changed(&change.tenant, &change.key);
-        } else if let Some(key) = EnvKey::from_feed(&change.tenant, &change.key) {
+        if let Some(key) = EnvKey::from_feed(&change.tenant, &change.key) {
             self.hub().changed(key);
         }
+    }
+
+    fn long_poll_routes(&self) -> &[&'static str] {
+        &["/v1/config/{ns}/{env}"]
     }
 
     async fn start(self: Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, BoxError> {

@@ -26,9 +26,6 @@ use crate::error::ConfigError;
 use crate::model::{EnvState, Published};
 use crate::store::{ConfigStore, EnvKey};
 
-/// Log rows read per query when catching up.
-const BATCH: i64 = 1000;
-
 /// One revision as broadcast: what it touched, or a whole new state after a reload.
 #[derive(Debug, Clone)]
 pub enum Update {
@@ -299,7 +296,13 @@ impl Hub {
             for key in batch {
                 match self.catch_up(&key).await {
                     Ok(true) => {
-                        retry.insert(key);
+                        // More to read: give the watchers a turn at what was sent, then go on.
+                        tokio::task::yield_now().await;
+                        self.dirty
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(key);
+                        self.wake.notify_one();
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -329,8 +332,11 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
             .revision;
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let rows = self.store.log_after(key, from, BATCH).await?;
-        let more = rows.len() as i64 == BATCH;
+        // At most half a channel per round, so a burst of writes does not overrun watchers
+        // that keep up.
+        let batch = (self.buffer / 2).max(1) as i64;
+        let rows = self.store.log_after(key, from, batch).await?;
+        let more = rows.len() as i64 == batch;
         let mut revisions = Vec::with_capacity(rows.len());
         for r in &rows {
             revisions.push(self.codec.revision(key, r)?);

@@ -471,30 +471,68 @@ impl Published {
     }
 }
 
-/// The base keys that differ between two states, secrets masked unless `viewer` may read them.
-pub fn diff(from: &EnvState, to: &EnvState, viewer: &Viewer) -> Vec<DiffEntry> {
+/// The base keys that differ between two states. A key is masked (unless `viewer` may read
+/// secrets) when it is secret on either side or in `secret` (secret now, or by the schema): a
+/// value stored before its key was sealed must not show through history.
+pub fn diff(
+    from: &EnvState,
+    to: &EnvState,
+    viewer: &Viewer,
+    secret: &BTreeSet<String>,
+) -> Vec<DiffEntry> {
     let keys: BTreeSet<&String> = from.values.keys().chain(to.values.keys()).collect();
     keys.into_iter()
         .filter(|k| from.values.get(*k) != to.values.get(*k))
-        .map(|k| DiffEntry {
-            key: k.clone(),
-            before: from.values.get(k).map(|e| viewer.shown(e).0),
-            after: to.values.get(k).map(|e| viewer.shown(e).0),
+        .map(|k| {
+            let hidden = !viewer.read_secrets
+                && (secret.contains(k.as_str())
+                    || from.values.get(k).is_some_and(|e| e.secret)
+                    || to.values.get(k).is_some_and(|e| e.secret));
+            let show = |e: &Entry| {
+                if hidden {
+                    Value::String(MASK.into())
+                } else {
+                    e.value.clone()
+                }
+            };
+            DiffEntry {
+                key: k.clone(),
+                before: from.values.get(k).map(show),
+                after: to.values.get(k).map(show),
+            }
         })
         .collect()
 }
 
-/// The deltas that turn `current` into `target` (a rollback): every key that differs.
-pub fn deltas_to(current: &EnvState, target: &EnvState) -> Vec<KeyDelta> {
+/// The deltas that turn `current` into `target` (a rollback): every key whose value differs.
+/// A key secret now (or in `secret`) stays secret whatever it was at `target`.
+pub fn deltas_to(
+    current: &EnvState,
+    target: &EnvState,
+    secret: &BTreeSet<String>,
+) -> Vec<KeyDelta> {
     let keys: BTreeSet<&String> = current.values.keys().chain(target.values.keys()).collect();
     keys.into_iter()
-        .filter(|k| current.values.get(*k) != target.values.get(*k))
-        .map(|k| KeyDelta {
-            key: k.clone(),
-            before: current.values.get(k).cloned(),
-            after: target.values.get(k).cloned(),
+        .filter_map(|k| {
+            let before = current.values.get(k).cloned();
+            let after = target.values.get(k).map(|e| Entry {
+                value: e.value.clone(),
+                secret: e.secret
+                    || secret.contains(k.as_str())
+                    || before.as_ref().is_some_and(|b| b.secret),
+            });
+            (before != after).then(|| KeyDelta {
+                key: k.clone(),
+                before,
+                after,
+            })
         })
         .collect()
+}
+
+/// Whether a revision changes nothing (a write of the values already there).
+pub fn is_noop(keys: &[KeyDelta]) -> bool {
+    keys.iter().all(|d| d.before == d.after)
 }
 
 #[cfg(test)]
@@ -570,9 +608,9 @@ mod tests {
         assert_eq!(s.at(0, &log).unwrap().values.len(), 0);
         // Compacted: the log no longer reaches revision 1.
         assert!(s.at(1, &log[2..]).is_none());
-        let d = diff(&at2, &s, &Viewer::default());
+        let d = diff(&at2, &s, &Viewer::default(), &BTreeSet::new());
         assert_eq!(d.len(), 2);
-        let back = deltas_to(&s, &at2);
+        let back = deltas_to(&s, &at2, &BTreeSet::new());
         assert_eq!(back.len(), 2);
     }
 

@@ -6,7 +6,7 @@
 //! does not. A namespace's schema is `namespace/<ns>/schema`. Every guarded call carries
 //! `config:Namespace`, `config:Environment` and (for one key) `config:Key` in its context.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct ConfigSection {
     pub max_value_bytes: Option<usize>,
     /// Most keys in one environment. Default 10,000.
     pub max_keys: Option<usize>,
+    /// How often an open watch stream re-checks its caller's permissions, seconds. Default 60.
+    pub reauthorize_seconds: Option<u64>,
 }
 
 /// The effective settings.
@@ -78,6 +80,8 @@ pub struct Settings {
     pub max_value_bytes: usize,
     /// See [`ConfigSection::max_keys`].
     pub max_keys: usize,
+    /// See [`ConfigSection::reauthorize_seconds`].
+    pub reauthorize: Duration,
 }
 
 impl From<&ConfigSection> for Settings {
@@ -89,16 +93,21 @@ impl From<&ConfigSection> for Settings {
             heartbeat: Duration::from_secs(s.heartbeat_seconds.unwrap_or(15).max(1)),
             max_wait: Duration::from_secs(s.max_wait_seconds.unwrap_or(60).max(1))
                 .min(capstan_http::LONG_POLL_MAX),
-            history_revisions: s.history_revisions.unwrap_or(1000).max(1),
-            history_max_age: s.history_max_age_seconds.unwrap_or(7 * 86_400).max(60),
+            history_revisions: s.history_revisions.unwrap_or(1000).clamp(1, 1_000_000),
+            history_max_age: s
+                .history_max_age_seconds
+                .unwrap_or(7 * 86_400)
+                .clamp(60, 100 * 365 * 86_400),
             max_value_bytes: s.max_value_bytes.unwrap_or(65_536).max(16),
             max_keys: s.max_keys.unwrap_or(10_000).max(1),
+            reauthorize: Duration::from_secs(s.reauthorize_seconds.unwrap_or(60).clamp(1, 3600)),
         }
     }
 }
 
-/// A cached compiled schema (or its absence) per tenant and namespace.
-type SchemaCache = RwLock<HashMap<(String, String), Option<Arc<Schema>>>>;
+/// Compiled schemas by their text (the text is read in each write's transaction, so no cache
+/// entry can be stale: a changed schema is different text).
+type SchemaCache = RwLock<HashMap<String, Arc<Schema>>>;
 
 /// The config service.
 pub struct ConfigService {
@@ -111,18 +120,23 @@ pub struct ConfigService {
     schemas: SchemaCache,
 }
 
-/// An environment named in a request, checked.
-pub struct Target {
-    /// The key of the environment.
-    pub env: EnvKey,
-}
-
 fn crn(caller: &Caller, ns: &str, env: &str, key: &str) -> Crn {
     Crn::new(
         "config",
         &caller.tenant,
         &format!("namespace/{ns}/env/{env}/key/{key}"),
     )
+}
+
+/// The keys a revision turns from clear to secret (their history is sealed after it).
+fn newly_secret(keys: &[KeyDelta]) -> BTreeSet<String> {
+    keys.iter()
+        .filter(|d| {
+            d.after.as_ref().is_some_and(|a| a.secret)
+                && d.before.as_ref().is_some_and(|b| !b.secret)
+        })
+        .map(|d| d.key.clone())
+        .collect()
 }
 
 impl ConfigService {
@@ -291,9 +305,30 @@ impl ConfigService {
         self.guard(caller, "config:GetValue", env, "*").await
     }
 
-    /// The guard of a watch (`config:Watch` on every key).
+    /// The guard of a watch: `config:Watch` and, since it delivers values, `config:GetValue`,
+    /// on every key.
     pub async fn guard_watch(&self, caller: &Caller, env: &EnvKey) -> Result<(), ConfigError> {
-        self.guard(caller, "config:Watch", env, "*").await
+        self.guard(caller, "config:Watch", env, "*").await?;
+        self.guard(caller, "config:GetValue", env, "*").await
+    }
+
+    /// An open watch's periodic check: `Some(may read secrets)` while it may still watch,
+    /// `None` once it may not; an error when no decision can be made now.
+    pub async fn recheck_watch(
+        &self,
+        caller: &Caller,
+        env: &EnvKey,
+    ) -> Result<Option<bool>, ConfigError> {
+        match self.guard_watch(caller, env).await {
+            Ok(()) => Ok(Some(self.may_read_secrets(caller, env, "*").await?)),
+            Err(ConfigError::Guard(GuardError::Forbidden { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The injected clock's time.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// What `viewer` sees of `state` (for long polls served from the hub).
@@ -332,42 +367,57 @@ impl ConfigService {
         })
     }
 
-    /// The namespace's compiled schema, cached until the feed says it changed.
-    async fn schema(&self, tenant: &str, ns: &str) -> Result<Option<Arc<Schema>>, ConfigError> {
-        let k = (tenant.to_owned(), ns.to_owned());
+    /// `body` compiled (cached by its text). A stored schema that no longer compiles fails
+    /// closed: writes are refused.
+    fn compiled(&self, body: Option<&str>) -> Result<Option<Arc<Schema>>, ConfigError> {
+        let Some(body) = body else {
+            return Ok(None);
+        };
         if let Some(s) = self
             .schemas
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&k)
+            .get(body)
         {
-            return Ok(s.clone());
+            return Ok(Some(s.clone()));
         }
-        let compiled = match self.store.get_schema(tenant, ns).await? {
-            Some(body) => {
-                let v: Value = serde_json::from_str(&body)
-                    .map_err(|_| ConfigError::Internal("stored schema is not JSON".into()))?;
-                // A stored schema that no longer compiles fails closed: writes are refused.
-                Some(Arc::new(Schema::compile(v).map_err(|e| {
-                    ConfigError::Internal(format!("stored schema does not compile: {e}"))
-                })?))
-            }
-            None => None,
-        };
+        let v: Value = serde_json::from_str(body)
+            .map_err(|_| ConfigError::Internal("stored schema is not JSON".into()))?;
+        let compiled =
+            Arc::new(Schema::compile(v).map_err(|e| {
+                ConfigError::Internal(format!("stored schema does not compile: {e}"))
+            })?);
         let mut cache = self.schemas.write().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() > 10_000 {
+        if cache.len() >= 1000 {
             cache.clear();
         }
-        cache.insert(k, compiled.clone());
-        Ok(compiled)
+        cache.insert(body.to_owned(), compiled.clone());
+        Ok(Some(compiled))
     }
 
-    /// The feed said a schema changed.
-    pub fn schema_changed(&self, tenant: &str, ns: &str) {
-        self.schemas
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(tenant.to_owned(), ns.to_owned()));
+    /// The namespace's schema as stored now (outside a write).
+    async fn current_schema(
+        &self,
+        tenant: &str,
+        ns: &str,
+    ) -> Result<Option<Arc<Schema>>, ConfigError> {
+        let body = self.store.get_schema(tenant, ns).await?;
+        self.compiled(body.as_deref())
+    }
+
+    /// Seals, in the log, the earlier values of keys that just became secret.
+    async fn reseal_history(
+        &self,
+        env: &EnvKey,
+        keys: BTreeSet<String>,
+    ) -> Result<(), ConfigError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let codec = self.codec.clone();
+        let rewrite = |l: &crate::store::StoredLog| codec.reseal(env, l, &keys);
+        self.store.rewrite_log(env, &rewrite).await?;
+        Ok(())
     }
 
     fn check_value(&self, key: &str, v: &Value) -> Result<(), ConfigError> {
@@ -448,11 +498,12 @@ impl ConfigService {
         expect: Option<i64>,
         strict_delete: bool,
     ) -> Result<i64, ConfigError> {
-        let schema = self.schema(&env.tenant, &env.ns).await?;
         let actor = caller.principal.to_string();
         let at = self.clock.now();
+        let sealed = std::sync::Mutex::new(BTreeSet::new());
         let plan = |cur: &StoredEnv| -> Result<Commit, ConfigError> {
             Self::check_expect(cur, expect)?;
+            let schema = self.compiled(cur.schema.as_deref())?;
             let mut state = self.codec.state(env, cur)?;
             let mut keys = Vec::new();
             for (k, v) in &set {
@@ -493,17 +544,29 @@ impl ConfigService {
                 keys,
                 rollout: None,
             };
-            state.apply(&r);
-            if state.values.len() > self.settings.max_keys {
-                return Err(ConfigError::BadRequest(format!(
-                    "an environment holds at most {} keys",
-                    self.settings.max_keys
-                )));
+            if model::is_noop(&r.keys) {
+                return Ok(Commit::noop());
             }
+            *sealed.lock().unwrap_or_else(PoisonError::into_inner) = newly_secret(&r.keys);
+            state.apply(&r);
+            self.check_size(&state)?;
             Self::check_against_schema(schema.as_deref(), &state, "the write")?;
             self.commit(env, &r, None)
         };
-        self.store.write(env, &plan).await
+        let rev = self.store.write(env, &plan).await?;
+        let sealed = std::mem::take(&mut *sealed.lock().unwrap_or_else(PoisonError::into_inner));
+        self.reseal_history(env, sealed).await?;
+        Ok(rev)
+    }
+
+    fn check_size(&self, state: &EnvState) -> Result<(), ConfigError> {
+        if state.values.len() > self.settings.max_keys {
+            return Err(ConfigError::BadRequest(format!(
+                "an environment holds at most {} keys",
+                self.settings.max_keys
+            )));
+        }
+        Ok(())
     }
 
     /// `PUT /v1/config/{ns}/{env}/{key}`.
@@ -681,29 +744,46 @@ impl ConfigService {
         to: Option<i64>,
     ) -> Result<Diff, ConfigError> {
         let env = self.target(caller, ns, env)?;
+        if from < 0 || to.is_some_and(|t| t < 0) {
+            return Err(ConfigError::BadRequest("revisions are ≥ 0".into()));
+        }
         self.guard(caller, "config:ListHistory", &env, "*").await?;
+        self.guard(caller, "config:GetValue", &env, "*").await?;
         let lo = to.map_or(from, |t| t.min(from));
         let (state, log) = self.state_and_log(&env, lo).await?;
         let to = to.unwrap_or(state.revision);
         let at_from = state.at(from, &log).ok_or_else(|| Self::gone(&env, from))?;
         let at_to = state.at(to, &log).ok_or_else(|| Self::gone(&env, to))?;
+        let mut secret: BTreeSet<String> = self
+            .current_schema(&env.tenant, &env.ns)
+            .await?
+            .map(|s| s.secret_keys.clone())
+            .unwrap_or_default();
+        secret.extend(
+            state
+                .values
+                .iter()
+                .filter(|(_, e)| e.secret)
+                .map(|(k, _)| k.clone()),
+        );
         let mut viewer = Viewer::default();
-        if at_from
+        let any_secret = at_from
             .values
-            .values()
-            .chain(at_to.values.values())
-            .any(|e| e.secret)
-        {
+            .iter()
+            .chain(at_to.values.iter())
+            .any(|(k, e)| e.secret || secret.contains(k));
+        if any_secret {
             viewer.read_secrets = self.may_read_secrets(caller, &env, "*").await?;
         }
         Ok(Diff {
             from,
             to,
-            changes: model::diff(&at_from, &at_to, &viewer),
+            changes: model::diff(&at_from, &at_to, &viewer, &secret),
         })
     }
 
-    /// `POST …/rollback`: a new revision whose base values are those of `to`.
+    /// `POST …/rollback`: a new revision whose base values are those of `to`. Keys secret now
+    /// (or by the schema) stay secret.
     pub async fn rollback(
         &self,
         caller: &Caller,
@@ -712,8 +792,10 @@ impl ConfigService {
         to: i64,
     ) -> Result<i64, ConfigError> {
         let env = self.target(caller, ns, env)?;
+        if to < 0 {
+            return Err(ConfigError::BadRequest("to_revision must be ≥ 0".into()));
+        }
         self.guard(caller, "config:Rollback", &env, "*").await?;
-        let schema = self.schema(&env.tenant, &env.ns).await?;
         let actor = caller.principal.to_string();
         for _ in 0..5 {
             let (state, log) = self.state_and_log(&env, to).await?;
@@ -724,16 +806,25 @@ impl ConfigService {
                 if cur.revision != seen {
                     return Err(ConfigError::Conflict("changed concurrently".into()));
                 }
+                let schema = self.compiled(cur.schema.as_deref())?;
+                let secret = schema
+                    .as_ref()
+                    .map(|s| s.secret_keys.clone())
+                    .unwrap_or_default();
                 let mut now = state.clone();
                 let r = Revision {
                     revision: cur.revision + 1,
                     actor: actor.clone(),
                     at,
                     kind: Kind::Rollback,
-                    keys: model::deltas_to(&state, &target),
+                    keys: model::deltas_to(&state, &target, &secret),
                     rollout: None,
                 };
+                if model::is_noop(&r.keys) {
+                    return Ok(Commit::noop());
+                }
                 now.apply(&r);
+                self.check_size(&now)?;
                 Self::check_against_schema(schema.as_deref(), &now, &format!("revision {to}"))?;
                 self.commit(&env, &r, None)
             };
@@ -748,7 +839,10 @@ impl ConfigService {
     }
 
     /// `PUT /v1/config/{ns}/schema`: refused (422) if a current value of any environment
-    /// violates it; keys it annotates secret are sealed by a new revision where stored clear.
+    /// violates it. Validating reveals whether secret values match it, so a caller must be
+    /// allowed to read the secrets of every environment that holds any. Keys it annotates
+    /// secret are then sealed (and their history) where stored clear; a rollout holding such
+    /// a key in clear must be re-put or aborted first (409).
     pub async fn put_schema(
         &self,
         caller: &Caller,
@@ -770,7 +864,12 @@ impl ConfigService {
         let compiled = Schema::compile(schema)?;
         let tenant = caller.tenant.to_string();
         let envs = self.store.list_envs(&tenant, ns).await?;
-        let mut to_seal = Vec::new();
+        if envs.len() > 1000 {
+            return Err(ConfigError::BadRequest(
+                "a namespace with more than 1000 environments cannot take a schema".into(),
+            ));
+        }
+        let mut keys = Vec::with_capacity(envs.len());
         for e in &envs {
             let env = EnvKey {
                 tenant: tenant.clone(),
@@ -778,42 +877,53 @@ impl ConfigService {
                 env: e.clone(),
             };
             let state = self.load(&env).await?;
-            Self::check_against_schema(Some(&compiled), &state, &format!("environment `{e}`"))?;
-            let clear: Vec<String> = compiled
-                .secret_keys
-                .iter()
-                .filter(|k| state.values.get(*k).is_some_and(|v| !v.secret))
-                .cloned()
-                .collect();
-            if !clear.is_empty() {
-                to_seal.push((env, clear));
+            let holds_secrets = state.values.values().any(|v| v.secret)
+                || state
+                    .rollouts
+                    .values()
+                    .any(|r| r.set.values().any(|v| v.secret));
+            if holds_secrets {
+                self.guard(caller, "config:ReadSecret", &env, "*").await?;
             }
+            Self::check_against_schema(Some(&compiled), &state, &format!("environment `{e}`"))?;
+            if let Some((name, key)) = state.rollouts.iter().find_map(|(n, r)| {
+                r.set
+                    .iter()
+                    .find(|(k, v)| !v.secret && compiled.secret_keys.contains(*k))
+                    .map(|(k, _)| (n.clone(), k.clone()))
+            }) {
+                return Err(ConfigError::Conflict(format!(
+                    "rollout `{name}` of environment `{e}` holds `{key}` in clear, which the \
+                     schema makes secret: re-put or abort the rollout first"
+                )));
+            }
+            keys.push(env);
         }
         self.store
             .put_schema(&tenant, ns, &body, self.clock.now())
             .await?;
-        self.schema_changed(&tenant, ns);
-        for (env, keys) in to_seal {
-            self.seal_keys(caller, &env, &keys).await?;
+        for env in keys {
+            self.seal_to_schema(caller, &env).await?;
         }
         Ok(())
     }
 
-    /// Rewrites `keys` of `env` as secrets (same values), in one revision.
-    async fn seal_keys(
-        &self,
-        caller: &Caller,
-        env: &EnvKey,
-        keys: &[String],
-    ) -> Result<i64, ConfigError> {
+    /// Rewrites the keys of `env` its schema makes secret, where stored clear, as secrets
+    /// (same values, one revision; nothing if none), and seals their history.
+    async fn seal_to_schema(&self, caller: &Caller, env: &EnvKey) -> Result<(), ConfigError> {
         let actor = caller.principal.to_string();
         let at = self.clock.now();
+        let sealed = std::sync::Mutex::new(BTreeSet::new());
         let plan = |cur: &StoredEnv| -> Result<Commit, ConfigError> {
+            let Some(schema) = self.compiled(cur.schema.as_deref())? else {
+                return Ok(Commit::noop());
+            };
             let state = self.codec.state(env, cur)?;
-            let deltas = keys
+            let deltas: Vec<KeyDelta> = schema
+                .secret_keys
                 .iter()
                 .filter_map(|k| {
-                    let b = state.values.get(k)?;
+                    let b = state.values.get(k).filter(|b| !b.secret)?;
                     Some(KeyDelta {
                         key: k.clone(),
                         before: Some(b.clone()),
@@ -824,6 +934,10 @@ impl ConfigService {
                     })
                 })
                 .collect();
+            if deltas.is_empty() {
+                return Ok(Commit::noop());
+            }
+            *sealed.lock().unwrap_or_else(PoisonError::into_inner) = newly_secret(&deltas);
             let r = Revision {
                 revision: cur.revision + 1,
                 actor: actor.clone(),
@@ -834,7 +948,9 @@ impl ConfigService {
             };
             self.commit(env, &r, None)
         };
-        self.store.write(env, &plan).await
+        self.store.write(env, &plan).await?;
+        let sealed = std::mem::take(&mut *sealed.lock().unwrap_or_else(PoisonError::into_inner));
+        self.reseal_history(env, sealed).await
     }
 
     /// `GET /v1/config/{ns}/schema`.
@@ -849,7 +965,7 @@ impl ConfigService {
             &[("config:Namespace", ns)],
         )
         .await?;
-        match self.schema(caller.tenant.as_str(), ns).await? {
+        match self.current_schema(caller.tenant.as_str(), ns).await? {
             Some(s) => Ok(s.source.clone()),
             None => Err(ConfigError::NotFound(format!(
                 "namespace `{ns}` has no schema"
@@ -879,7 +995,6 @@ impl ConfigService {
                 "namespace `{ns}` has no schema"
             )));
         }
-        self.schema_changed(&tenant, ns);
         Ok(())
     }
 
@@ -902,7 +1017,9 @@ impl ConfigService {
         }
     }
 
-    /// `PUT …/rollouts/{name}`: creates or replaces a rollout, as a new revision.
+    /// `PUT …/rollouts/{name}`: creates or replaces a rollout, as a new revision. What a
+    /// rollout sets, matching principals read: the caller must be allowed to write every key
+    /// it sets (`config:PutValue`), besides `config:ManageRollout`.
     pub async fn put_rollout(
         &self,
         caller: &Caller,
@@ -922,10 +1039,14 @@ impl ConfigService {
         }
         self.guard(caller, "config:ManageRollout", &env, "*")
             .await?;
-        let schema = self.schema(&env.tenant, &env.ns).await?;
+        for k in req.set.keys() {
+            self.guard(caller, "config:PutValue", &env, k).await?;
+        }
         let actor = caller.principal.to_string();
         let at = self.clock.now();
+        let made = std::sync::Mutex::new(None);
         let plan = |cur: &StoredEnv| -> Result<Commit, ConfigError> {
+            let schema = self.compiled(cur.schema.as_deref())?;
             let mut state = self.codec.state(&env, cur)?;
             if !state.rollouts.contains_key(name) && state.rollouts.len() >= 50 {
                 return Err(ConfigError::BadRequest(
@@ -968,21 +1089,24 @@ impl ConfigService {
             state.apply(&r);
             Self::check_against_schema(schema.as_deref(), &state, "the rollout")?;
             let body = self.codec.rollout_body(&env, &after)?;
+            *made.lock().unwrap_or_else(PoisonError::into_inner) = Some(after);
             self.commit(&env, &r, Some((name.to_owned(), Some(body))))
         };
-        let revision = self.store.write(&env, &plan).await?;
-        let read = self.may_read_secrets(caller, &env, "*").await?;
-        let state = self.load(&env).await?;
-        let r = state
-            .rollouts
-            .get(name)
-            .ok_or_else(|| ConfigError::Conflict("the rollout changed concurrently".into()))?;
-        let mut view = Self::rollout_view(name, r, read);
-        view.revision = revision.max(r.revision);
-        Ok(view)
+        self.store.write(&env, &plan).await?;
+        let after = made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| ConfigError::Internal("the rollout was not planned".into()))?;
+        let read = if after.set.values().any(|e| e.secret) {
+            self.may_read_secrets(caller, &env, "*").await?
+        } else {
+            false
+        };
+        Ok(Self::rollout_view(name, &after, read))
     }
 
-    /// `GET …/rollouts`.
+    /// `GET …/rollouts` (their values are values: `config:GetValue` on every key too).
     pub async fn list_rollouts(
         &self,
         caller: &Caller,
@@ -991,6 +1115,7 @@ impl ConfigService {
     ) -> Result<Vec<RolloutView>, ConfigError> {
         let env = self.target(caller, ns, env)?;
         self.guard(caller, "config:GetRollout", &env, "*").await?;
+        self.guard(caller, "config:GetValue", &env, "*").await?;
         let state = self.load(&env).await?;
         let read = if state
             .rollouts
@@ -1024,7 +1149,8 @@ impl ConfigService {
             .ok_or_else(|| ConfigError::NotFound(format!("no rollout `{name}`")))
     }
 
-    /// `POST …/rollouts/{name}/promote` (`promote`: merge into the base) or `…/abort` (drop).
+    /// `POST …/rollouts/{name}/promote` (`promote`: merge into the base; the caller must be
+    /// allowed to write each key it sets) or `…/abort` (drop).
     pub async fn end_rollout(
         &self,
         caller: &Caller,
@@ -1037,22 +1163,52 @@ impl ConfigService {
         check_rollout_name(name)?;
         self.guard(caller, "config:ManageRollout", &env, "*")
             .await?;
-        let schema = self.schema(&env.tenant, &env.ns).await?;
+        // The keys the caller was allowed to write: the plan refuses a rollout that changed
+        // since (it would set keys nobody checked).
+        let mut allowed: Option<BTreeSet<String>> = None;
+        if promote {
+            let state = self.load(&env).await?;
+            let r = state
+                .rollouts
+                .get(name)
+                .ok_or_else(|| ConfigError::NotFound(format!("no rollout `{name}`")))?;
+            for k in r.set.keys() {
+                self.guard(caller, "config:PutValue", &env, k).await?;
+            }
+            allowed = Some(r.set.keys().cloned().collect());
+        }
         let actor = caller.principal.to_string();
         let at = self.clock.now();
         let plan = |cur: &StoredEnv| -> Result<Commit, ConfigError> {
+            let schema = self.compiled(cur.schema.as_deref())?;
             let mut state = self.codec.state(&env, cur)?;
             let Some(before) = state.rollouts.get(name).cloned() else {
                 return Err(ConfigError::NotFound(format!("no rollout `{name}`")));
             };
+            if let Some(allowed) = &allowed {
+                if before.set.keys().any(|k| !allowed.contains(k)) {
+                    return Err(ConfigError::Conflict(format!(
+                        "rollout `{name}` changed while it was being promoted; retry"
+                    )));
+                }
+            }
             let keys = if promote {
                 before
                     .set
                     .iter()
-                    .map(|(k, e)| KeyDelta {
-                        key: k.clone(),
-                        before: state.values.get(k).cloned(),
-                        after: Some(e.clone()),
+                    .map(|(k, e)| {
+                        let base = state.values.get(k).cloned();
+                        let secret = e.secret
+                            || base.as_ref().is_some_and(|b| b.secret)
+                            || schema.as_ref().is_some_and(|s| s.secret_keys.contains(k));
+                        KeyDelta {
+                            key: k.clone(),
+                            before: base,
+                            after: Some(Entry {
+                                value: e.value.clone(),
+                                secret,
+                            }),
+                        }
                     })
                     .collect()
             } else {
@@ -1072,6 +1228,7 @@ impl ConfigService {
             };
             state.apply(&r);
             if promote {
+                self.check_size(&state)?;
                 Self::check_against_schema(schema.as_deref(), &state, "the promotion")?;
             }
             self.commit(&env, &r, Some((name.to_owned(), None)))

@@ -78,6 +78,9 @@ pub struct StoredEnv {
     pub values: Vec<StoredValue>,
     /// Its rollouts.
     pub rollouts: Vec<StoredRollout>,
+    /// Its namespace's schema, read in the write's transaction (writes only; on Postgres the
+    /// row is share-locked, so a schema change waits for writes in flight).
+    pub schema: Option<String>,
 }
 
 /// A change-log row.
@@ -112,7 +115,23 @@ pub struct Commit {
     pub kind: String,
     /// The change-log body.
     pub body: String,
+    /// Nothing to store: the transaction is rolled back (no revision is made) and the write
+    /// answers the current revision.
+    pub noop: bool,
 }
+
+impl Commit {
+    /// A write that changes nothing.
+    pub fn noop() -> Commit {
+        Commit {
+            noop: true,
+            ..Commit::default()
+        }
+    }
+}
+
+/// Rewrites one log row: its new body, or `None` to keep it.
+pub type LogRewriter<'a> = &'a (dyn Fn(&StoredLog) -> Result<Option<String>, ConfigError> + Sync);
 
 /// Plans a write from the state it applies to (called inside the write's transaction, with the
 /// counter row locked); an error rolls the transaction back.
@@ -140,6 +159,9 @@ pub trait ConfigStore: Send + Sync {
         before: i64,
         limit: i64,
     ) -> Result<Vec<StoredLog>, DbError>;
+    /// Rewrites the log rows of `env` that `rewrite` changes (in one transaction); how many.
+    async fn rewrite_log(&self, env: &EnvKey, rewrite: LogRewriter<'_>)
+        -> Result<u64, ConfigError>;
     /// The oldest revision still in the log.
     async fn oldest_log(&self, env: &EnvKey) -> Result<Option<i64>, DbError>;
     /// Drops log rows older than `before_at`, or more than `keep` revisions behind their
@@ -224,6 +246,7 @@ impl ConfigStore for SqlConfigStore {
                 revision: rev.map(|r| r.0).unwrap_or(0),
                 values,
                 rollouts,
+                schema: None,
             })
         })?;
         Ok(out)
@@ -231,6 +254,12 @@ impl ConfigStore for SqlConfigStore {
 
     async fn write(&self, env: &EnvKey, plan: Planner<'_>) -> Result<i64, ConfigError> {
         let feed_key = env.feed_key();
+        let schema_query = match &self.db {
+            Db::Postgres(_) => {
+                "SELECT body FROM config_schemas WHERE tenant = $1 AND ns = $2 FOR SHARE"
+            }
+            Db::Sqlite(_) => "SELECT body FROM config_schemas WHERE tenant = $1 AND ns = $2",
+        };
         let rev = on_pool!(&self.db, |p| {
             let mut tx = p.begin().await.map_err(DbError::from)?;
             let (rev,): (i64,) = sqlx::query_as(
@@ -264,13 +293,25 @@ impl ConfigStore for SqlConfigStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(DbError::from)?;
+            let schema: Option<(String,)> = sqlx::query_as(schema_query)
+                .bind(&env.tenant)
+                .bind(&env.ns)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
             let current = StoredEnv {
                 revision: rev - 1,
                 values,
                 rollouts,
+                schema: schema.map(|s| s.0),
             };
             // An error here drops the transaction: the counter bump rolls back with it.
             let c = plan(&current)?;
+            if c.noop {
+                tx.rollback().await.map_err(DbError::from)?;
+                return Ok(rev - 1);
+            }
+
             for v in &c.upserts {
                 sqlx::query(
                     "INSERT INTO config_values (tenant, ns, env, key, value, secret, revision) \
@@ -402,6 +443,47 @@ impl ConfigStore for SqlConfigStore {
             .fetch_all(p)
             .await
         })?)
+    }
+
+    async fn rewrite_log(
+        &self,
+        env: &EnvKey,
+        rewrite: LogRewriter<'_>,
+    ) -> Result<u64, ConfigError> {
+        let n = on_pool!(&self.db, |p| {
+            let mut tx = p.begin().await.map_err(DbError::from)?;
+            let rows: Vec<StoredLog> = sqlx::query_as(
+                "SELECT revision, actor, at, kind, body FROM config_log \
+                 WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY revision",
+            )
+            .bind(&env.tenant)
+            .bind(&env.ns)
+            .bind(&env.env)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+            let mut n = 0u64;
+            for r in &rows {
+                if let Some(body) = rewrite(r)? {
+                    sqlx::query(
+                        "UPDATE config_log SET body = $5 \
+                         WHERE tenant = $1 AND ns = $2 AND env = $3 AND revision = $4",
+                    )
+                    .bind(&env.tenant)
+                    .bind(&env.ns)
+                    .bind(&env.env)
+                    .bind(r.revision)
+                    .bind(body)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DbError::from)?;
+                    n += 1;
+                }
+            }
+            tx.commit().await.map_err(DbError::from)?;
+            Ok::<u64, ConfigError>(n)
+        })?;
+        Ok(n)
     }
 
     async fn oldest_log(&self, env: &EnvKey) -> Result<Option<i64>, DbError> {

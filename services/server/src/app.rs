@@ -88,6 +88,8 @@ pub struct App {
     feed_config: FeedConfig,
     body_limit: usize,
     request_timeout: Duration,
+    /// Routes of the running services that may be long polls.
+    long_poll_routes: Vec<&'static str>,
     clock: Arc<dyn Clock>,
     request_ids: AtomicU64,
 }
@@ -195,6 +197,11 @@ impl App {
             auth: auth.clone(),
             identity,
         });
+        let long_poll_routes = services
+            .iter()
+            .filter(|r| r.served)
+            .flat_map(|r| r.service.long_poll_routes().iter().copied())
+            .collect();
         Ok(App {
             verifier,
             platform: built_from,
@@ -210,6 +217,7 @@ impl App {
             },
             body_limit: settings.body_limit_bytes,
             request_timeout: settings.request_timeout,
+            long_poll_routes,
             clock,
             request_ids: AtomicU64::new(1),
         })
@@ -349,11 +357,9 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let method = req.method().as_str().to_owned();
     let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
     let start = Instant::now();
-    // A long poll (`?since=` / `?wait=`) may wait up to the kit's maximum before answering.
-    let long_poll = req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .any(|p| p.starts_with("wait=") || p.starts_with("since="))
-    });
+    // A long poll (a GET of a route a service declared) may wait up to the kit's maximum.
+    let long_poll =
+        req.method() == axum::http::Method::GET && app.long_poll_routes.iter().any(|r| *r == route);
     let limit = if long_poll {
         app.request_timeout + capstan_http::LONG_POLL_MAX
     } else {

@@ -597,7 +597,7 @@ mod tests {
     fn services_are_checked() {
         assert_eq!(
             parse_services(None).unwrap(),
-            ["auth", "policy", "identity"]
+            ["auth", "policy", "identity", "config"]
         );
         let v = vec!["auth".to_string(), "policy".to_string()];
         assert_eq!(parse_services(Some(&v)).unwrap(), ["auth", "policy"]);
