@@ -130,6 +130,16 @@ impl Commit {
     }
 }
 
+/// Value rows as one JSON array of `{key, value, secret}` (the stored text as a string).
+fn upserts_json(rows: &[StoredValue]) -> String {
+    serde_json::Value::Array(
+        rows.iter()
+            .map(|r| serde_json::json!({"key": r.key, "value": r.value, "secret": r.secret}))
+            .collect(),
+    )
+    .to_string()
+}
+
 /// Rewrites one log row: its new body, or `None` to keep it.
 pub type LogRewriter<'a> = &'a (dyn Fn(&StoredLog) -> Result<Option<String>, ConfigError> + Sync);
 
@@ -260,6 +270,27 @@ impl ConfigStore for SqlConfigStore {
             }
             Db::Sqlite(_) => "SELECT body FROM config_schemas WHERE tenant = $1 AND ns = $2",
         };
+        let (upsert_sql, delete_sql) = match &self.db {
+            Db::Postgres(_) => (
+                "INSERT INTO config_values (tenant, ns, env, key, value, secret, revision) \
+                 SELECT $1, $2, $3, x.key, x.value, x.secret, $5 \
+                 FROM jsonb_to_recordset($4::jsonb) AS x(key text, value text, secret boolean) \
+                 ON CONFLICT (tenant, ns, env, key) DO UPDATE SET value = excluded.value, \
+                 secret = excluded.secret, revision = excluded.revision",
+                "DELETE FROM config_values WHERE tenant = $1 AND ns = $2 AND env = $3 \
+                 AND key IN (SELECT jsonb_array_elements_text($4::jsonb))",
+            ),
+            Db::Sqlite(_) => (
+                "INSERT INTO config_values (tenant, ns, env, key, value, secret, revision) \
+                 SELECT $1, $2, $3, json_extract(j.value, '$.key'), \
+                 json_extract(j.value, '$.value'), json_extract(j.value, '$.secret'), $5 \
+                 FROM json_each($4) AS j WHERE true \
+                 ON CONFLICT (tenant, ns, env, key) DO UPDATE SET value = excluded.value, \
+                 secret = excluded.secret, revision = excluded.revision",
+                "DELETE FROM config_values WHERE tenant = $1 AND ns = $2 AND env = $3 \
+                 AND key IN (SELECT value FROM json_each($4))",
+            ),
+        };
         let rev = on_pool!(&self.db, |p| {
             let mut tx = p.begin().await.map_err(DbError::from)?;
             let (rev,): (i64,) = sqlx::query_as(
@@ -312,36 +343,27 @@ impl ConfigStore for SqlConfigStore {
                 return Ok(rev - 1);
             }
 
-            for v in &c.upserts {
-                sqlx::query(
-                    "INSERT INTO config_values (tenant, ns, env, key, value, secret, revision) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (tenant, ns, env, key) DO UPDATE SET value = excluded.value, \
-                     secret = excluded.secret, revision = excluded.revision",
-                )
-                .bind(&env.tenant)
-                .bind(&env.ns)
-                .bind(&env.env)
-                .bind(&v.key)
-                .bind(&v.value)
-                .bind(v.secret)
-                .bind(rev)
-                .execute(&mut *tx)
-                .await
-                .map_err(DbError::from)?;
+            // One statement each for the upserts and the deletes, whatever their number.
+            if !c.upserts.is_empty() {
+                sqlx::query(upsert_sql)
+                    .bind(&env.tenant)
+                    .bind(&env.ns)
+                    .bind(&env.env)
+                    .bind(upserts_json(&c.upserts))
+                    .bind(rev)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DbError::from)?;
             }
-            for k in &c.deletes {
-                sqlx::query(
-                    "DELETE FROM config_values \
-                     WHERE tenant = $1 AND ns = $2 AND env = $3 AND key = $4",
-                )
-                .bind(&env.tenant)
-                .bind(&env.ns)
-                .bind(&env.env)
-                .bind(k)
-                .execute(&mut *tx)
-                .await
-                .map_err(DbError::from)?;
+            if !c.deletes.is_empty() {
+                sqlx::query(delete_sql)
+                    .bind(&env.tenant)
+                    .bind(&env.ns)
+                    .bind(&env.env)
+                    .bind(serde_json::Value::from(c.deletes.clone()).to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DbError::from)?;
             }
             match &c.rollout {
                 Some((name, Some(body))) => {
