@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+mod config;
 mod feed;
 mod policy;
 mod svid;
@@ -46,6 +47,9 @@ enum Which {
     Worst,
     /// X.509-SVIDs/s over HTTP (distinct CSRs) and the raw in-process CSR-check-and-sign rate.
     Svid,
+    /// Config push delay to many SSE watchers (one server, across replicas, etcd if installed)
+    /// and memory per idle watcher.
+    ConfigWatch,
 }
 
 /// Capstan benchmarks.
@@ -77,6 +81,12 @@ struct Args {
     /// The `capstan` binary [next to this one].
     #[arg(long)]
     capstan_bin: Option<PathBuf>,
+    /// config-watch: concurrent watchers, one connection each.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    /// config-watch: sequential writes, each awaited by every watcher.
+    #[arg(long, default_value_t = 20)]
+    writes: usize,
 }
 
 struct Stats {
@@ -444,6 +454,9 @@ async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
     }
     if args.which == Which::Svid {
         return bench_svid(args, bin, url).await;
+    }
+    if args.which == Which::ConfigWatch {
+        return config::bench(args, bin, url).await;
     }
     let (key, admin) = bootstrap(bin, url).await?;
     let mut server = start_server(bin, url, &key).await?;
