@@ -1,7 +1,8 @@
 //! `capstan-bench config-watch`: how long a config change takes to reach many watchers, and what
 //! an idle watcher costs the server.
 //!
-//! Three runs, each with N watchers (one HTTP/1.1 connection each) and R sequential writes of
+//! Three runs (the first two twice: one HTTP/1.1 connection per watcher, then HTTP/2 with 200
+//! watches per connection), each with N watchers and R sequential writes of
 //! one key, each write measured from just before it is sent until every watcher has the new
 //! revision:
 //! 1. one `capstan serve`: watchers and writes on the same server;
@@ -36,6 +37,8 @@ pub enum Writer {
 }
 
 const KEY_PATH: &str = "/v1/config/bench/prod";
+/// Watch streams per HTTP/2 connection: the server's limit of concurrent streams.
+const H2_STREAMS: usize = 200;
 
 impl Writer {
     /// Writes `value`; the revision the write made.
@@ -60,8 +63,9 @@ impl Writer {
     }
 }
 
-/// The SSE watch request for one watcher on `addr`, resuming after `since`.
-fn capstan_target(addr: &str, since: i64, token: &str) -> Target {
+/// The SSE watch request for one watcher on `addr`, resuming after `since`; with `h2`, over
+/// HTTP/2 with that many watches per connection.
+fn capstan_target(addr: &str, since: i64, token: &str, h2: Option<usize>) -> Target {
     let request = format!(
         "GET {KEY_PATH}/watch?since={since} HTTP/1.1\r\nHost: {addr}\r\n\
          Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
@@ -70,6 +74,11 @@ fn capstan_target(addr: &str, since: i64, token: &str) -> Target {
         addr: addr.to_owned(),
         request: request.into_bytes(),
         proto: Proto::Sse,
+        h2: h2.map(|per_connection| watch::H2 {
+            per_connection,
+            path: format!("http://{addr}{KEY_PATH}/watch?since={since}"),
+            auth: format!("Bearer {token}"),
+        }),
     }
 }
 
@@ -143,61 +152,72 @@ pub async fn bench(args: &crate::Args, bin: &PathBuf, url: &str) -> Result<(), S
     let http = reqwest::Client::new();
     let mut rows = Vec::new();
 
-    // 1. One server.
-    let mut one = crate::start_server_with(bin, url, &key, &flags).await?;
+    // The token is the admin's, from any server (they share the issuer).
+    let mut first = crate::start_server_with(bin, url, &key, &flags).await?;
     let token = crate::token(
         &http,
-        &one.base,
+        &first.base,
         admin["client_id"].as_str().unwrap_or_default(),
         admin["client_secret"].as_str().unwrap_or_default(),
     )
     .await?;
-    let writer = Writer::Capstan {
-        http: http.clone(),
-        base: one.base.clone(),
-        token: token.clone(),
-    };
-    let since = writer.put(0).await?;
-    let addr = one.base.trim_start_matches("http://").to_owned();
-    let pid = one.child.id().unwrap_or(0);
-    eprintln!("one server: {n} watchers, {writes} writes");
-    let o = watch::measure(
-        capstan_target(&addr, since, &token),
-        n,
-        writes,
-        &writer,
-        pid,
-    )
-    .await?;
-    let _ = one.child.kill().await;
-    rows.push(("Capstan, one server".to_owned(), Some(o)));
+    let _ = first.child.kill().await;
+    // Each case twice: one HTTP/1.1 connection per watcher (what an SDK process with one
+    // watcher opens), then HTTP/2 with up to 200 watches per connection.
+    for h2 in [None, Some(H2_STREAMS)] {
+        let proto = match h2 {
+            None => "HTTP/1.1, one connection per watcher".to_owned(),
+            Some(k) => format!("HTTP/2, {k} watchers per connection"),
+        };
+        // 1. One server.
+        let mut one = crate::start_server_with(bin, url, &key, &flags).await?;
+        let writer = Writer::Capstan {
+            http: http.clone(),
+            base: one.base.clone(),
+            token: token.clone(),
+        };
+        let since = writer.put(0).await?;
+        let addr = one.base.trim_start_matches("http://").to_owned();
+        let pid = one.child.id().unwrap_or(0);
+        eprintln!("one server, {proto}: {n} watchers, {writes} writes");
+        let o = watch::measure(
+            capstan_target(&addr, since, &token, h2),
+            n,
+            writes,
+            &writer,
+            pid,
+        )
+        .await?;
+        let _ = one.child.kill().await;
+        rows.push((format!("Capstan, one server, {proto}"), Some(o)));
 
-    // 2. Two replicas: writes on A, watchers on B.
-    let mut a = crate::start_server_with(bin, url, &key, &flags).await?;
-    let mut b = crate::start_server_with(bin, url, &key, &flags).await?;
-    let writer = Writer::Capstan {
-        http: http.clone(),
-        base: a.base.clone(),
-        token: token.clone(),
-    };
-    let since = writer.put(0).await?;
-    let addr = b.base.trim_start_matches("http://").to_owned();
-    let pid = b.child.id().unwrap_or(0);
-    eprintln!("two replicas: {n} watchers on B, {writes} writes on A");
-    let o = watch::measure(
-        capstan_target(&addr, since, &token),
-        n,
-        writes,
-        &writer,
-        pid,
-    )
-    .await?;
-    let _ = a.child.kill().await;
-    let _ = b.child.kill().await;
-    rows.push((
-        "Capstan, two replicas (write on A, watch on B)".to_owned(),
-        Some(o),
-    ));
+        // 2. Two replicas: writes on A, watchers on B.
+        let mut a = crate::start_server_with(bin, url, &key, &flags).await?;
+        let mut b = crate::start_server_with(bin, url, &key, &flags).await?;
+        let writer = Writer::Capstan {
+            http: http.clone(),
+            base: a.base.clone(),
+            token: token.clone(),
+        };
+        let since = writer.put(0).await?;
+        let addr = b.base.trim_start_matches("http://").to_owned();
+        let pid = b.child.id().unwrap_or(0);
+        eprintln!("two replicas, {proto}: {n} watchers on B, {writes} writes on A");
+        let o = watch::measure(
+            capstan_target(&addr, since, &token, h2),
+            n,
+            writes,
+            &writer,
+            pid,
+        )
+        .await?;
+        let _ = a.child.kill().await;
+        let _ = b.child.kill().await;
+        rows.push((
+            format!("Capstan, two replicas (write on A, watch on B), {proto}"),
+            Some(o),
+        ));
+    }
 
     // 3. etcd, if installed.
     let with_etcd = match etcd::binary() {
@@ -236,6 +256,7 @@ async fn etcd_run(
         addr: e.addr.clone(),
         request: etcd::watch_request(&e.addr, "k"),
         proto: Proto::EtcdJson,
+        h2: None,
     };
     eprintln!("etcd: {n} watchers, {writes} writes");
     let o = watch::measure(target, n, writes, &writer, e.pid()).await;

@@ -109,6 +109,7 @@ pub struct Hub {
     max_per_principal: usize,
     watchers: AtomicUsize,
     per_principal: Mutex<HashMap<String, usize>>,
+    loading: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     /// Log reads made to fan out changes.
     pub reads: AtomicU64,
@@ -137,6 +138,7 @@ impl Hub {
             max_per_principal,
             watchers: AtomicUsize::new(0),
             per_principal: Mutex::default(),
+            loading: tokio::sync::Mutex::new(()),
             shutdown: watch::channel(false).0,
             reads: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -219,6 +221,12 @@ impl Hub {
             env,
             watcher: watcher.map(str::to_owned),
         };
+        if let Some(env) = self.lookup(key) {
+            return Ok(attached(env));
+        }
+        // One load at a time: a crowd of watchers arriving together for an environment not
+        // attached yet makes one database read, not one each.
+        let _loading = self.loading.lock().await;
         if let Some(env) = self.lookup(key) {
             return Ok(attached(env));
         }

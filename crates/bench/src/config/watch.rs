@@ -31,6 +31,19 @@ pub struct Target {
     pub request: Vec<u8>,
     /// The stream's framing.
     pub proto: Proto,
+    /// Instead of one HTTP/1.1 connection per watcher: HTTP/2 (prior knowledge), this many
+    /// watch streams per connection, each a `GET` of `path` with `Authorization: auth`.
+    pub h2: Option<H2>,
+}
+
+/// The HTTP/2 form of a watch request.
+pub struct H2 {
+    /// Streams per connection (the server allows 200 at once).
+    pub per_connection: usize,
+    /// The path and query.
+    pub path: String,
+    /// The `Authorization` header.
+    pub auth: String,
 }
 
 /// What one run measured. Delays are in µs, sorted.
@@ -98,9 +111,40 @@ pub async fn measure(
     let slots = Arc::new(Semaphore::new(256));
     let target = Arc::new(target);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(watcher(target.clone(), slots.clone(), tx.clone())))
-        .collect();
+    let tasks: Vec<_> = match &target.h2 {
+        None => (0..n)
+            .map(|_| tokio::spawn(watcher(target.clone(), slots.clone(), tx.clone())))
+            .collect(),
+        Some(h2) => {
+            let per = h2.per_connection.max(1);
+            let mut tasks = Vec::with_capacity(n + n / per + 1);
+            let mut left = n;
+            while left > 0 {
+                let streams = left.min(per);
+                left -= streams;
+                let sender = match h2_connect(&target.addr).await {
+                    Ok((sender, conn)) => {
+                        tasks.push(conn);
+                        sender
+                    }
+                    Err(e) => {
+                        for _ in 0..streams {
+                            let _ = tx.send(Msg::Refused(e.clone()));
+                        }
+                        continue;
+                    }
+                };
+                for _ in 0..streams {
+                    tasks.push(tokio::spawn(h2_watcher(
+                        target.clone(),
+                        sender.clone(),
+                        tx.clone(),
+                    )));
+                }
+            }
+            tasks
+        }
+    };
     drop(tx);
     let (mut connected, mut refused, mut closed) = (0usize, 0usize, 0u64);
     let mut first_refusal = None;
@@ -258,6 +302,88 @@ async fn watcher(target: Arc<Target>, slots: Arc<Semaphore>, tx: UnboundedSender
             }
         };
         let _ = tx.send(msg);
+    }
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>>;
+
+/// One HTTP/2 connection (prior knowledge, as `capstan serve` accepts on its plain port), and
+/// the task driving it.
+async fn h2_connect(addr: &str) -> Result<(H2Sender, tokio::task::JoinHandle<()>), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, task))
+}
+
+/// One watch stream on a shared HTTP/2 connection: the same events as [`watcher`].
+async fn h2_watcher(target: Arc<Target>, mut sender: H2Sender, tx: UnboundedSender<Msg>) {
+    use http_body_util::BodyExt;
+    let Some(h2) = &target.h2 else { return };
+    let req = http::Request::get(h2.path.as_str())
+        .header(http::header::AUTHORIZATION, h2.auth.as_str())
+        .header(http::header::ACCEPT, "text/event-stream")
+        .body(http_body_util::Empty::new());
+    let resp = match req {
+        Ok(req) => match sender.ready().await {
+            Ok(()) => sender.send_request(req).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let mut body = match resp {
+        Ok(r) if r.status() == http::StatusCode::OK => r.into_body(),
+        Ok(r) => {
+            let _ = tx.send(Msg::Refused(format!("HTTP {}", r.status())));
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(Msg::Refused(e));
+            return;
+        }
+    };
+    let _ = tx.send(Msg::Ready);
+    let mut sse = Sse::default();
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let data = match body.frame().await {
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            _ => {
+                let _ = tx.send(Msg::Closed);
+                return;
+            }
+        };
+        partial.extend_from_slice(&data);
+        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = partial.drain(..=i).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let msg = match sse.line(&line) {
+                Event::None | Event::Created => continue,
+                Event::Change(rev) => Msg::Change(rev, Instant::now()),
+                Event::Reset => Msg::Reset,
+                Event::Dropped => {
+                    let _ = tx.send(Msg::Dropped);
+                    return;
+                }
+            };
+            let _ = tx.send(msg);
+        }
     }
 }
 
