@@ -208,6 +208,24 @@ impl ConfigService {
         Ok(guard(self.authorizer.as_ref(), caller, action, &resource, &ctx).await?)
     }
 
+    /// The guard of an act on a namespace's schema (`…:namespace/<ns>/schema`).
+    async fn guard_schema(
+        &self,
+        caller: &Caller,
+        action: &str,
+        ns: &str,
+    ) -> Result<(), ConfigError> {
+        let resource = Crn::new("config", &caller.tenant, &format!("namespace/{ns}/schema"));
+        Ok(guard(
+            self.authorizer.as_ref(),
+            caller,
+            action,
+            &resource,
+            &[("config:Namespace", ns)],
+        )
+        .await?)
+    }
+
     /// Whether the caller may `config:ReadSecret` `key` (`*`: every key): a Deny is `false`,
     /// an outage an error (never a silent unmask or mask).
     async fn may_read_secrets(
@@ -850,15 +868,7 @@ impl ConfigService {
         schema: Value,
     ) -> Result<(), ConfigError> {
         check_namespace(ns)?;
-        let resource = Crn::new("config", &caller.tenant, &format!("namespace/{ns}/schema"));
-        guard(
-            self.authorizer.as_ref(),
-            caller,
-            "config:PutSchema",
-            &resource,
-            &[("config:Namespace", ns)],
-        )
-        .await?;
+        self.guard_schema(caller, "config:PutSchema", ns).await?;
         let body =
             serde_json::to_string(&schema).map_err(|e| ConfigError::BadRequest(e.to_string()))?;
         let compiled = Schema::compile(schema)?;
@@ -956,15 +966,7 @@ impl ConfigService {
     /// `GET /v1/config/{ns}/schema`.
     pub async fn get_schema(&self, caller: &Caller, ns: &str) -> Result<Value, ConfigError> {
         check_namespace(ns)?;
-        let resource = Crn::new("config", &caller.tenant, &format!("namespace/{ns}/schema"));
-        guard(
-            self.authorizer.as_ref(),
-            caller,
-            "config:GetSchema",
-            &resource,
-            &[("config:Namespace", ns)],
-        )
-        .await?;
+        self.guard_schema(caller, "config:GetSchema", ns).await?;
         match self.current_schema(caller.tenant.as_str(), ns).await? {
             Some(s) => Ok(s.source.clone()),
             None => Err(ConfigError::NotFound(format!(
@@ -976,15 +978,7 @@ impl ConfigService {
     /// `DELETE /v1/config/{ns}/schema`.
     pub async fn delete_schema(&self, caller: &Caller, ns: &str) -> Result<(), ConfigError> {
         check_namespace(ns)?;
-        let resource = Crn::new("config", &caller.tenant, &format!("namespace/{ns}/schema"));
-        guard(
-            self.authorizer.as_ref(),
-            caller,
-            "config:DeleteSchema",
-            &resource,
-            &[("config:Namespace", ns)],
-        )
-        .await?;
+        self.guard_schema(caller, "config:DeleteSchema", ns).await?;
         let tenant = caller.tenant.to_string();
         if !self
             .store

@@ -19,6 +19,13 @@ pub const TOPIC_VALUES: &str = "config";
 /// Feed topic of schema changes (key: the namespace).
 pub const TOPIC_SCHEMA: &str = "config.schema";
 
+/// An environment's value rows (snapshot reads and writes read the same way).
+const VALUES_OF_ENV: &str = "SELECT key, value, secret FROM config_values \
+     WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY key";
+/// An environment's rollout rows.
+const ROLLOUTS_OF_ENV: &str = "SELECT name, body, revision FROM config_rollouts \
+     WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY name";
+
 /// A namespace-environment of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EnvKey {
@@ -233,24 +240,18 @@ impl ConfigStore for SqlConfigStore {
             .bind(&env.env)
             .fetch_optional(&mut *tx)
             .await?;
-            let values: Vec<StoredValue> = sqlx::query_as(
-                "SELECT key, value, secret FROM config_values \
-                 WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY key",
-            )
-            .bind(&env.tenant)
-            .bind(&env.ns)
-            .bind(&env.env)
-            .fetch_all(&mut *tx)
-            .await?;
-            let rollouts: Vec<StoredRollout> = sqlx::query_as(
-                "SELECT name, body, revision FROM config_rollouts \
-                 WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY name",
-            )
-            .bind(&env.tenant)
-            .bind(&env.ns)
-            .bind(&env.env)
-            .fetch_all(&mut *tx)
-            .await?;
+            let values: Vec<StoredValue> = sqlx::query_as(VALUES_OF_ENV)
+                .bind(&env.tenant)
+                .bind(&env.ns)
+                .bind(&env.env)
+                .fetch_all(&mut *tx)
+                .await?;
+            let rollouts: Vec<StoredRollout> = sqlx::query_as(ROLLOUTS_OF_ENV)
+                .bind(&env.tenant)
+                .bind(&env.ns)
+                .bind(&env.env)
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok::<StoredEnv, sqlx::Error>(StoredEnv {
                 revision: rev.map(|r| r.0).unwrap_or(0),
@@ -304,26 +305,20 @@ impl ConfigStore for SqlConfigStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(DbError::from)?;
-            let values: Vec<StoredValue> = sqlx::query_as(
-                "SELECT key, value, secret FROM config_values \
-                 WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY key",
-            )
-            .bind(&env.tenant)
-            .bind(&env.ns)
-            .bind(&env.env)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(DbError::from)?;
-            let rollouts: Vec<StoredRollout> = sqlx::query_as(
-                "SELECT name, body, revision FROM config_rollouts \
-                 WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY name",
-            )
-            .bind(&env.tenant)
-            .bind(&env.ns)
-            .bind(&env.env)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(DbError::from)?;
+            let values: Vec<StoredValue> = sqlx::query_as(VALUES_OF_ENV)
+                .bind(&env.tenant)
+                .bind(&env.ns)
+                .bind(&env.env)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
+            let rollouts: Vec<StoredRollout> = sqlx::query_as(ROLLOUTS_OF_ENV)
+                .bind(&env.tenant)
+                .bind(&env.ns)
+                .bind(&env.env)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
             let schema: Option<(String,)> = sqlx::query_as(schema_query)
                 .bind(&env.tenant)
                 .bind(&env.ns)
