@@ -96,6 +96,12 @@ pub trait Service: Send + Sync + 'static {
         &[]
     }
 
+    /// Routes (`POST`/`PUT`) that take bodies larger than the server's body limit, with their
+    /// own limit in bytes (the OTLP receiver). The handler reads and bounds the body itself.
+    fn body_limits(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
+
     /// The server has begun to stop: end what never finishes on its own (watch streams, long
     /// polls), so in-flight requests can complete and connections close.
     fn draining(&self) {}

@@ -48,6 +48,7 @@ pub fn registry() -> Vec<Registration> {
     vec![
         Registration::new("identity", capstan_identity::build),
         Registration::new("config", capstan_config::build),
+        Registration::new("trace", capstan_trace::build),
     ]
 }
 
@@ -90,6 +91,8 @@ pub struct App {
     request_timeout: Duration,
     /// Routes of the running services that may be long polls.
     long_poll_routes: Vec<&'static str>,
+    /// Routes with their own body limit (the OTLP receiver's).
+    body_limits: Vec<(&'static str, usize)>,
     clock: Arc<dyn Clock>,
     request_ids: AtomicU64,
 }
@@ -202,6 +205,11 @@ impl App {
             .filter(|r| r.served)
             .flat_map(|r| r.service.long_poll_routes().iter().copied())
             .collect();
+        let body_limits = services
+            .iter()
+            .filter(|r| r.served)
+            .flat_map(|r| r.service.body_limits())
+            .collect();
         Ok(App {
             verifier,
             platform: built_from,
@@ -218,6 +226,7 @@ impl App {
             body_limit: settings.body_limit_bytes,
             request_timeout: settings.request_timeout,
             long_poll_routes,
+            body_limits,
             clock,
             request_ids: AtomicU64::new(1),
         })
@@ -365,9 +374,14 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     } else {
         app.request_timeout
     };
+    let body_limit = app
+        .body_limits
+        .iter()
+        .find(|(r, _)| *r == route)
+        .map_or(app.body_limit, |(_, l)| *l);
     let handled = async {
         let run = async {
-            match capstan_http::body::reject_oversized(req, app.body_limit).await {
+            match capstan_http::body::reject_oversized(req, body_limit).await {
                 Ok(req) => next.run(req).await,
                 Err(too_large) => too_large,
             }

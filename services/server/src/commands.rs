@@ -173,6 +173,11 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
 
 /// Settings of the production commands: a database URL and a master key are required.
 fn production_settings(o: &Options) -> Result<Settings, ServerError> {
+    if o.trace_anonymous == Some(true) {
+        return Err(ServerError::Config(
+            "--trace-anonymous is for capstan dev only".into(),
+        ));
+    }
     Settings::resolve(
         o,
         required_database_url(o)?,

@@ -180,6 +180,17 @@ pub struct Options {
     /// Serving private key (PEM), reloaded when it changes.
     #[arg(long, env = "CAPSTAN_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Also serve the OTLP/HTTP trace receiver (POST /v1/traces) on this address
+    /// (conventionally 0.0.0.0:4318); it is always on the main port too.
+    #[arg(long, env = "CAPSTAN_OTLP_HTTP_LISTEN")]
+    pub otlp_http_listen: Option<SocketAddr>,
+    /// Serve the OTLP/gRPC trace receiver on this address (conventionally 0.0.0.0:4317).
+    #[arg(long, env = "CAPSTAN_OTLP_GRPC_LISTEN")]
+    pub otlp_grpc_listen: Option<SocketAddr>,
+    /// `capstan dev` only: accept spans sent without credentials into the default tenant
+    /// (attributed to the principal `anonymous`).
+    #[arg(long, env = "CAPSTAN_TRACE_ANONYMOUS", num_args = 0..=1, default_missing_value = "true")]
+    pub trace_anonymous: Option<bool>,
     /// Each registered service's own section, `[service.<name>]` in the file (file only).
     #[arg(skip)]
     #[serde(default)]
@@ -230,7 +241,10 @@ impl Options {
                 tls,
                 tls_dns_names,
                 tls_cert,
-                tls_key
+                tls_key,
+                otlp_http_listen,
+                otlp_grpc_listen,
+                trace_anonymous
             ]
         ))
     }
@@ -410,6 +424,23 @@ impl Settings {
             let value = serde_json::to_value(table)
                 .map_err(|e| ServerError::Config(format!("[service.{name}]: {e}")))?;
             s.service_config.insert(name.clone(), value);
+        }
+        // The trace receiver's flags go into its section (a flag wins over the file).
+        let trace_flags = [
+            ("otlp_http_listen", o.otlp_http_listen.map(|a| serde_json::json!(a.to_string()))),
+            ("otlp_grpc_listen", o.otlp_grpc_listen.map(|a| serde_json::json!(a.to_string()))),
+            ("anonymous", o.trace_anonymous.map(serde_json::Value::Bool)),
+        ];
+        for (key, value) in trace_flags {
+            if let Some(v) = value {
+                let section = s
+                    .service_config
+                    .entry("trace".into())
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(obj) = section.as_object_mut() {
+                    obj.insert(key.into(), v);
+                }
+            }
         }
         if let Some(v) = o.sync_interval_ms {
             s.sync_interval = Duration::from_millis(v.clamp(10, 1000));
@@ -597,7 +628,7 @@ mod tests {
     fn services_are_checked() {
         assert_eq!(
             parse_services(None).unwrap(),
-            ["auth", "policy", "identity", "config"]
+            ["auth", "policy", "identity", "config", "trace"]
         );
         let v = vec!["auth".to_string(), "policy".to_string()];
         assert_eq!(parse_services(Some(&v)).unwrap(), ["auth", "policy"]);
