@@ -405,6 +405,7 @@ async fn policy_api_refuses_bad_input_clearly(ctx: &Ctx) {
         ),
         (Method::GET, "/v1/decisions?limit=0", None, 400),
         (Method::GET, "/v1/decisions?decision=Maybe", None, 400),
+        (Method::GET, "/v1/decisions?trace_id=not-a-trace", None, 400),
     ];
     for (m, path, body, want) in cases {
         let (status, v) = s.api(m.clone(), path, &admin, body).await;

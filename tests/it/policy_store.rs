@@ -236,8 +236,8 @@ fn filter<'a>(
         principal,
         decision,
         since,
-        after: None,
         limit,
+        ..Default::default()
     }
 }
 
@@ -257,6 +257,7 @@ fn record(tenant: &str, principal: &str, decision: &str, at: i64) -> DecisionRec
         policy_revision: 3,
         context: "{\"matched\":[]}".into(),
         at,
+        trace_id: None,
     }
 }
 
@@ -320,12 +321,65 @@ async fn decisions_are_batched_filtered_and_pruned(ctx: &Ctx) {
             .len(),
         5
     );
+
+    // A trace's decisions, and only this tenant's.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = |tenant: &str, at: i64| DecisionRecord {
+        trace_id: Some(trace.into()),
+        ..record(tenant, "svc_t", "Deny", at)
+    };
+    // One batch mixes traced and untraced rows, as the log writer's do.
+    s.insert_decisions(&[
+        traced("a", 600),
+        record("a", "svc_u", "Allow", 600),
+        traced("b", 600),
+        traced("a", 601),
+    ])
+    .await
+    .unwrap();
+    let by_trace = |trace_id| DecisionFilter {
+        trace_id: Some(trace_id),
+        limit: 1000,
+        ..Default::default()
+    };
+    let of_trace = s.list_decisions("a", &by_trace(trace)).await.unwrap();
+    assert_eq!(
+        of_trace.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(),
+        [traced("a", 601), traced("a", 600)],
+        "newest first, the trace id read back"
+    );
+    assert!(s
+        .list_decisions("a", &by_trace("0af7651916cd43dd8448eb211c80319c"))
+        .await
+        .unwrap()
+        .is_empty());
+    // Combined with the other filters.
+    assert!(s
+        .list_decisions(
+            "a",
+            &DecisionFilter {
+                principal: Some("svc_x"),
+                ..by_trace(trace)
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.list_decisions("a", &filter(None, None, None, 1000))
+            .await
+            .unwrap()
+            .len(),
+        603,
+        "without the filter, traced and untraced decisions are listed"
+    );
+
     assert_eq!(s.prune_decisions(300).await.unwrap(), 301);
     assert_eq!(
         s.list_decisions("a", &filter(None, None, None, 1000))
             .await
             .unwrap()
             .len(),
-        300
+        303
     );
 }

@@ -35,6 +35,10 @@ pub struct Caller {
     /// When the credential expires (a token's `exp`, Unix seconds): long-lived requests (watch
     /// streams) end then.
     pub expires_at: Option<i64>,
+    /// The W3C trace id (32 lowercase hex digits) of the request's valid `traceparent` header,
+    /// when it had one ([`crate::trace_context`]): the decision log records it, so the
+    /// decisions a trace made can be found.
+    pub trace_id: Option<String>,
 }
 
 /// Condition keys and values a guarded act adds to its decision (`policy:PolicyName`, …).

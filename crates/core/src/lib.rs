@@ -2,8 +2,9 @@
 //!
 //! Plain types and functions every service builds on: identifiers that cannot be constructed
 //! invalid ([`ids`]), injected time and randomness ([`clock`], [`rng`]), secret handling
-//! ([`crypto`]), access-token minting and verification ([`jwt`]) and the authorization seam
-//! ([`authz`]). Nothing here touches the network or a database.
+//! ([`crypto`]), access-token minting and verification ([`jwt`]), the authorization seam
+//! ([`authz`]) and the W3C `traceparent` header ([`trace_context`]). Nothing here touches the
+//! network or a database.
 
 pub mod authz;
 pub mod clock;
@@ -12,6 +13,7 @@ pub mod crypto;
 pub mod ids;
 pub mod jwt;
 pub mod rng;
+pub mod trace_context;
 
 mod error;
 pub use error::CoreError;

@@ -5,9 +5,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 use capstan_core::authz::{Caller, TokenVerifier};
+use capstan_core::trace_context::parse_traceparent;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::error::ApiError;
@@ -59,7 +60,8 @@ impl<T: ?Sized> FromRef<Api<T>> for Verifier {
 
 /// The caller of a `/v1` request: a bearer access token with the Capstan API audience,
 /// verified by the state's [`Verifier`]. An invalid token is 401; a verification that could not
-/// reach storage is 503.
+/// reach storage is 503. The caller carries the trace id of the request's `traceparent`, if
+/// valid ([`trace_id`]), so the decisions made for the request can be found by trace.
 pub struct Bearer(pub Caller);
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -104,9 +106,24 @@ where
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(a)| a.ip().to_string());
+        caller.trace_id = trace_id(&parts.headers);
         Ok(Bearer(caller))
     }
 }
+
+/// The trace id of the request's `traceparent` header (W3C Trace Context). A request with no
+/// valid one is in no known trace: an invalid value is ignored, and so are two or more headers,
+/// as the specification says.
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => Some(parse_traceparent(v.to_str().ok()?)?.trace_id),
+        _ => None,
+    }
+}
+
+/// The W3C Trace Context header.
+const TRACEPARENT: &str = "traceparent";
 
 /// The client certificate of the request's TLS connection, verified by the TLS layer against
 /// the trust bundle (chain, validity, clientAuth): what RFC 8705 binds tokens to and what

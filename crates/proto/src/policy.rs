@@ -157,6 +157,10 @@ pub struct DecisionView {
     pub matched: Value,
     /// When (Unix seconds).
     pub at: i64,
+    /// The W3C trace id of the request the decision was made for, when it carried a valid
+    /// `traceparent` (`?trace_id=` lists a trace's decisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `PUT /v1/principals/{p}/boundary` body.

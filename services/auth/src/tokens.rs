@@ -278,6 +278,7 @@ impl AuthService {
                 source_ip: None,
                 bound_to: None,
                 expires_at: None,
+                trace_id: None,
             };
             let resource = Crn::new("auth", tenant, &format!("clients/{}", claims.client_id));
             match guard(
@@ -347,6 +348,7 @@ impl AuthService {
             source_ip: None,
             bound_to: claims.cnf.map(|c| c.x5t_s256),
             expires_at: Some(claims.exp),
+            trace_id: None,
         })
     }
 }
@@ -415,6 +417,7 @@ impl TokenVerifier for AuthService {
             source_ip: None,
             bound_to: None,
             expires_at: None,
+            trace_id: None,
         })
     }
 }

@@ -80,7 +80,8 @@ async fn issue_svid(
         .as_ref()
         .and_then(|p| Some((p.spiffe_id.clone()?, p.serial.clone())));
     if let (None, Some((id, serial))) = (headers.get(header::AUTHORIZATION), svid) {
-        let caller = svc.verifier.0.authenticate_svid(&id, &serial).await?;
+        let mut caller = svc.verifier.0.authenticate_svid(&id, &serial).await?;
+        caller.trace_id = capstan_http::bearer::trace_id(&headers);
         let issued = svc.issue_svid(SvidAuth::Caller(caller), req).await?;
         return Ok(no_store(
             (StatusCode::CREATED, Json(issued)).into_response(),
@@ -101,8 +102,9 @@ async fn issue_svid(
             SvidAuth::JoinToken(t.trim().to_owned())
         }
         Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-            let caller = svc.verifier.0.authenticate_caller(t.trim()).await?;
+            let mut caller = svc.verifier.0.authenticate_caller(t.trim()).await?;
             capstan_http::bearer::check_binding(&caller, peer.as_ref())?;
+            caller.trace_id = capstan_http::bearer::trace_id(&headers);
             SvidAuth::Caller(caller)
         }
         _ => {

@@ -8,7 +8,7 @@ use capstan_core::ids::TenantId;
 use capstan_iam::{Decision, Outcome};
 
 use crate::error::PolicyError;
-use crate::service::PolicyService;
+use crate::service::{PolicyService, Subject};
 use crate::store::DecisionRecord;
 
 /// What the decision-log writer receives.
@@ -22,7 +22,7 @@ impl PolicyService {
     pub(crate) fn record(
         &self,
         tenant: &TenantId,
-        principal: &str,
+        subject: &Subject,
         action: &str,
         resource: &str,
         o: &Outcome,
@@ -35,7 +35,7 @@ impl PolicyService {
             .collect();
         let rec = DecisionRecord {
             tenant: tenant.to_string(),
-            principal: principal.to_owned(),
+            principal: subject.principal.clone(),
             action: action.to_owned(),
             resource: resource.to_owned(),
             decision: if o.decision == Decision::Allow {
@@ -48,6 +48,7 @@ impl PolicyService {
             policy_revision: revision,
             context: serde_json::json!({ "matched": matched }).to_string(),
             at: self.clock.now(),
+            trace_id: subject.trace_id.clone(),
         };
         if self.log.try_send(LogMsg::Record(rec)).is_err() {
             self.dropped_decisions.fetch_add(1, Ordering::Relaxed);

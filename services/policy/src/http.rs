@@ -19,8 +19,8 @@ use utoipa::OpenApi;
 
 use crate::api::{
     AuthorizeRequest, AuthorizeResponse, BatchRequest, BatchResponse, BoundaryRequest,
-    DecisionView, GroupView, GuardrailView, PolicySummary, PolicyVersionView, PolicyView,
-    PutPolicyResult, ResourcePolicyView, TagsRequest, Validation,
+    DecisionQuery, DecisionView, GroupView, GuardrailView, PolicySummary, PolicyVersionView,
+    PolicyView, PutPolicyResult, ResourcePolicyView, TagsRequest, Validation,
 };
 use crate::error::PolicyError;
 use crate::service::{TOPIC_POLICY, TOPIC_POLICY_DELETED};
@@ -429,35 +429,18 @@ async fn authorize_batch(
     Ok(Json(svc.authorize_batch(verifier(&svc), &c, req).await?))
 }
 
-#[derive(Deserialize)]
-struct DecisionQuery {
-    principal: Option<String>,
-    decision: Option<String>,
-    since: Option<i64>,
-    after: Option<i64>,
-    limit: Option<i64>,
-}
-
-/// Recent decisions: every `/v1/authorize` decision and every guarded API call.
+/// Recent decisions: every `/v1/authorize` decision and every guarded API call, with the trace id
+/// of the request that asked when it carried a valid `traceparent`.
 #[utoipa::path(get, path = "/v1/decisions", tag = "policy",
-    params(("principal" = Option<String>, Query), ("decision" = Option<String>, Query), ("since" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "only decisions after this `seq`, oldest first"), ("limit" = Option<i64>, Query)),
+    params(("principal" = Option<String>, Query), ("decision" = Option<String>, Query), ("since" = Option<i64>, Query), ("after" = Option<i64>, Query, description = "only decisions after this `seq`, oldest first"),
+        ("trace_id" = Option<String>, Query, description = "only decisions made for requests of this W3C trace (the trace id of their `traceparent`: 32 hex digits)"), ("limit" = Option<i64>, Query)),
     responses((status = 200, body = Vec<DecisionView>), (status = 400), (status = 403)), security(("bearer" = [])))]
 async fn decisions(
     State(svc): Svc,
     Bearer(c): Bearer,
     Query(q): Query<DecisionQuery>,
 ) -> ApiResult<Json<Vec<DecisionView>>> {
-    let d = svc
-        .list_decisions(
-            &c,
-            q.principal.as_deref(),
-            q.decision.as_deref(),
-            q.since,
-            q.after,
-            q.limit,
-        )
-        .await?;
-    Ok(Json(d))
+    Ok(Json(svc.list_decisions(&c, &q).await?))
 }
 
 /// Decide requests before and after proposed policy changes, without applying them.

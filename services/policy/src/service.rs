@@ -51,7 +51,7 @@ impl Default for PolicyConfig {
     }
 }
 
-/// The principal facts a decision's context is built from.
+/// The principal facts a decision's context is built from, and the trace it is logged under.
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
     /// Principal id.
@@ -62,6 +62,9 @@ pub struct Subject {
     pub scopes: Option<Vec<String>>,
     /// Peer address.
     pub source_ip: Option<String>,
+    /// The W3C trace id of the request that asked (its `traceparent`). Only the decision log
+    /// records it: no condition key reads it.
+    pub trace_id: Option<String>,
 }
 
 /// The policy service.
@@ -159,14 +162,7 @@ impl PolicyService {
     ) -> Result<(Outcome, i64), PolicyError> {
         let snap = self.snapshot(tenant).await?;
         let outcome = self.evaluate_in(&snap, tenant, subject, action, resource, extra);
-        self.record(
-            tenant,
-            &subject.principal,
-            action,
-            resource,
-            &outcome,
-            snap.revision,
-        );
+        self.record(tenant, subject, action, resource, &outcome, snap.revision);
         Ok((outcome, snap.revision))
     }
 
@@ -271,6 +267,7 @@ impl Authorizer for PolicyService {
             client_id: Some(caller.client_id.clone()),
             scopes: Some(caller.scopes.clone()),
             source_ip: caller.source_ip.clone(),
+            trace_id: caller.trace_id.clone(),
         };
         let extra = (!context.is_empty()).then(|| {
             let mut ctx = Context::new();

@@ -1,10 +1,30 @@
 //! The authorization API: `/v1/authorize`, its batch form, and the decision log.
 
+use capstan_core::trace_context;
+use serde::Deserialize;
+
 use super::*;
 
 /// The longest action or resource a request may name: longer ones cost matching time and log
 /// space and name nothing Capstan stores.
 const MAX_NAME_BYTES: usize = 2048;
+
+/// The query of `GET /v1/decisions`: which decisions to list.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DecisionQuery {
+    /// Only this principal's.
+    pub principal: Option<String>,
+    /// Only `Allow` or `Deny`.
+    pub decision: Option<String>,
+    /// Only those made at or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Only those after this `seq`, oldest first.
+    pub after: Option<i64>,
+    /// Only those made for requests of this trace (32 hex digits).
+    pub trace_id: Option<String>,
+    /// At most this many (1-1000, default 100).
+    pub limit: Option<i64>,
+}
 
 impl PolicyService {
     async fn subject_of(
@@ -43,7 +63,7 @@ impl PolicyService {
                     principal: v.principal.to_string(),
                     client_id: Some(v.client_id),
                     scopes: Some(v.scopes),
-                    source_ip: None,
+                    ..Default::default()
                 })
             }
             _ => Err(PolicyError::BadRequest(
@@ -94,7 +114,9 @@ impl PolicyService {
         caller: &Caller,
         req: &AuthorizeRequest,
     ) -> Result<AuthorizeResponse, PolicyError> {
-        let (subject, ctx) = self.prepare(verifier, caller, req).await?;
+        let (mut subject, ctx) = self.prepare(verifier, caller, req).await?;
+        // The decision is made for the subject, in the trace of the request that asked.
+        subject.trace_id = caller.trace_id.clone();
         let (o, rev) = self
             .decide(
                 &caller.tenant,
@@ -155,14 +177,11 @@ impl PolicyService {
     pub async fn list_decisions(
         &self,
         caller: &Caller,
-        principal: Option<&str>,
-        decision: Option<&str>,
-        since: Option<i64>,
-        after: Option<i64>,
-        limit: Option<i64>,
+        q: &DecisionQuery,
     ) -> Result<Vec<DecisionView>, PolicyError> {
         self.guard(caller, "policy:ListDecisions", "decision/*")
             .await?;
+        let decision = q.decision.as_deref();
         if let Some(d) = decision {
             if d != "Allow" && d != "Deny" {
                 return Err(PolicyError::BadRequest(
@@ -170,7 +189,17 @@ impl PolicyService {
                 ));
             }
         }
-        let limit = limit.unwrap_or(100);
+        // Trace ids are lowercase on the wire; one pasted from a viewer that shows them in
+        // uppercase means the same trace.
+        let trace_id = q.trace_id.as_deref().map(str::to_ascii_lowercase);
+        if let (Some(given), Some(t)) = (&q.trace_id, &trace_id) {
+            if !trace_context::is_trace_id(t) {
+                return Err(PolicyError::BadRequest(format!(
+                    "trace_id {given:?} is not a W3C trace id: 32 hex digits, not all zero"
+                )));
+            }
+        }
+        let limit = q.limit.unwrap_or(100);
         if !(1..=MAX_DECISIONS).contains(&limit) {
             return Err(PolicyError::BadRequest(format!(
                 "limit must be between 1 and {MAX_DECISIONS}"
@@ -182,10 +211,11 @@ impl PolicyService {
             .list_decisions(
                 caller.tenant.as_str(),
                 &crate::store::DecisionFilter {
-                    principal,
+                    principal: q.principal.as_deref(),
                     decision,
-                    since,
-                    after,
+                    since: q.since,
+                    after: q.after,
+                    trace_id: trace_id.as_deref(),
                     limit,
                 },
             )
@@ -204,6 +234,7 @@ impl PolicyService {
                     policy_revision: r.policy_revision,
                     matched: ctx.get("matched").cloned().unwrap_or(Value::Array(vec![])),
                     at: r.at,
+                    trace_id: r.trace_id,
                 }
             })
             .collect())

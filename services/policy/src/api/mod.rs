@@ -176,5 +176,6 @@ pub(crate) fn condition_key_warnings(doc: &Value) -> Vec<Issue> {
 }
 
 mod authorize;
+pub use authorize::DecisionQuery;
 mod grants;
 mod policies;

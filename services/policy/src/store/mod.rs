@@ -68,6 +68,8 @@ pub struct DecisionRecord {
     pub context: String,
     /// When.
     pub at: i64,
+    /// The W3C trace id of the request that asked, when it carried a valid `traceparent`.
+    pub trace_id: Option<String>,
 }
 
 /// Which decisions to list.
@@ -81,6 +83,8 @@ pub struct DecisionFilter<'a> {
     pub since: Option<i64>,
     /// Only those after this sequence number, oldest first.
     pub after: Option<i64>,
+    /// Only those made for requests of this trace (a W3C trace id).
+    pub trace_id: Option<&'a str>,
     /// At most this many.
     pub limit: i64,
 }

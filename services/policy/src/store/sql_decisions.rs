@@ -16,7 +16,7 @@ impl DecisionLog for SqlPolicyStore {
         }
         on_pool!(&self.db, |p| {
             let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO policy_decisions (tenant, principal, action, resource, decision, reason, policy_revision, context, at) ",
+                "INSERT INTO policy_decisions (tenant, principal, action, resource, decision, reason, policy_revision, context, at, trace_id) ",
             );
             qb.push_values(batch, |mut b, r| {
                 b.push_bind(&r.tenant)
@@ -27,7 +27,8 @@ impl DecisionLog for SqlPolicyStore {
                     .push_bind(&r.reason)
                     .push_bind(r.policy_revision)
                     .push_bind(&r.context)
-                    .push_bind(r.at);
+                    .push_bind(r.at)
+                    .push_bind(&r.trace_id);
             });
             qb.build().execute(p).await.map(|r| r.rows_affected())
         })?;
@@ -51,24 +52,34 @@ impl DecisionLog for SqlPolicyStore {
             i64,
             String,
             i64,
+            Option<String>,
         );
         let order = if f.after.is_some() { "ASC" } else { "DESC" };
+        // A trace lookup is a plain equality, so the (tenant, trace_id) index serves it; an
+        // `$7 IS NULL OR …` form would leave a generic plan without it.
+        let by_trace = if f.trace_id.is_some() {
+            "AND trace_id = $7"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT seq, tenant, principal, action, resource, decision, reason, policy_revision, context, at \
+            "SELECT seq, tenant, principal, action, resource, decision, reason, policy_revision, context, at, trace_id \
              FROM policy_decisions WHERE tenant = $1 AND ($2 IS NULL OR principal = $2) \
              AND ($3 IS NULL OR decision = $3) AND ($4 IS NULL OR at >= $4) \
-             AND ($5 IS NULL OR seq > $5) ORDER BY seq {order} LIMIT $6"
+             AND ($5 IS NULL OR seq > $5) {by_trace} ORDER BY seq {order} LIMIT $6"
         );
         let rows: Vec<Row> = on_pool!(&self.db, |p| {
-            sqlx::query_as(&sql)
+            let mut q = sqlx::query_as(&sql)
                 .bind(tenant)
                 .bind(f.principal)
                 .bind(f.decision)
                 .bind(f.since)
                 .bind(f.after)
-                .bind(f.limit)
-                .fetch_all(p)
-                .await
+                .bind(f.limit);
+            if let Some(t) = f.trace_id {
+                q = q.bind(t);
+            }
+            q.fetch_all(p).await
         })?;
         Ok(rows
             .into_iter()
@@ -84,6 +95,7 @@ impl DecisionLog for SqlPolicyStore {
                     policy_revision,
                     context,
                     at,
+                    trace_id,
                 )| {
                     (
                         seq,
@@ -97,6 +109,7 @@ impl DecisionLog for SqlPolicyStore {
                             policy_revision,
                             context,
                             at,
+                            trace_id,
                         },
                     )
                 },
