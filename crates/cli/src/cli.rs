@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod config;
+mod trace;
 pub use config::*;
+pub use trace::*;
 
 /// Operate Capstan from a terminal, over its HTTP API.
 ///
@@ -144,6 +146,9 @@ pub enum Command {
     /// schemas and rollouts, pushed to watchers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Traces the collector stored: services, operations, search, and one trace as a tree.
+    #[command(subcommand)]
+    Traces(TracesCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.

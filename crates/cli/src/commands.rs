@@ -17,6 +17,7 @@ use crate::session::{now, Session};
 use crate::{exit, Failure, Io};
 
 mod config;
+mod trace;
 
 type Res = Result<i32, Failure>;
 
@@ -396,6 +397,7 @@ impl Run<'_, '_> {
                 self.print(&v, &[])
             }
             Command::Config(c) => self.config(c).await,
+            Command::Traces(c) => self.traces(c).await,
             Command::Completions { .. } | Command::Docs => Ok(exit::OK),
         }
     }

@@ -75,7 +75,8 @@ pub fn cell(column: &str, v: &Value) -> String {
     }
 }
 
-fn align(grid: &[Vec<String>]) -> String {
+/// Rows of cells as left-aligned columns, two spaces apart (the first row is the header).
+pub fn align(grid: &[Vec<String>]) -> String {
     let n = grid.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..n)
         .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))

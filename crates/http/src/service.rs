@@ -109,6 +109,11 @@ pub trait Service: Send + Sync + 'static {
     /// Graceful stop: finish what was accepted (flush queues) before the tasks are aborted.
     async fn stop(&self) {}
 
+    /// Where the server's own spans go when it traces itself (the trace service).
+    fn span_sink(self: Arc<Self>) -> Option<Arc<dyn SpanSink>> {
+        None
+    }
+
     /// The workload identity it provides (the identity service): the server's TLS layer uses
     /// it for its serving certificate and to authenticate clients by their SVIDs.
     fn workload_identity(
@@ -116,6 +121,13 @@ pub trait Service: Send + Sync + 'static {
     ) -> Option<Arc<dyn capstan_core::authz::WorkloadIdentity>> {
         None
     }
+}
+
+/// Takes the server's own spans (`--trace-self`): an OTLP `ExportTraceServiceRequest`,
+/// protobuf. Never blocks and never fails the caller: spans that cannot be queued are dropped.
+pub trait SpanSink: Send + Sync {
+    /// Queues the spans of `export`.
+    fn ingest_own(&self, export: Vec<u8>);
 }
 
 /// Lets the change feed deliver a service's topics to it.

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod identity;
 pub mod policy;
+pub mod trace;
 
 use serde::{Deserialize, Serialize};
 

@@ -58,6 +58,16 @@ pub enum Error {
         /// What is wrong with its value.
         detail: String,
     },
+    /// The trace collector took an export but refused some of its spans (OTLP partial
+    /// success), typically because the principal may not `trace:Ingest` the service they
+    /// claim.
+    #[error("the trace collector refused {rejected} span(s): {message}")]
+    SpansRefused {
+        /// How many spans were refused.
+        rejected: i64,
+        /// Why, as the collector said.
+        message: String,
+    },
     /// A local file (a config snapshot file) could not be read or written.
     #[error("{path}: {detail}")]
     File {

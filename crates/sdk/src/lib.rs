@@ -12,6 +12,10 @@
 //!   resumed after disconnects and backed by a local snapshot file; [`config::ConfigClient`]
 //!   for the rest of the config API.
 //! - [`ApiClient`]: the `/v1` API with the wire types of `capstan-proto` (the CLI's client).
+//! - `telemetry` (cargo feature `telemetry`, off by default): the service's spans exported to
+//!   Capstan's trace collector over OTLP/HTTP with its own tokens; `telemetry::init` builds and
+//!   installs the OpenTelemetry tracer provider. Without the feature the OpenTelemetry crates
+//!   are not built.
 //!
 //! Every call has a timeout and retries on 429 and 503 honouring `Retry-After`
 //! ([`TransportConfig`]); every failure is an [`Error`].
@@ -39,6 +43,8 @@ mod error;
 mod jwks;
 mod layer;
 pub mod spiffe;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 mod token;
 mod transport;
 

@@ -177,8 +177,13 @@ pub async fn read_json(resp: Response) -> Result<Value, Error> {
     if status.is_success() {
         return Ok(body);
     }
+    Err(api_error(status, body))
+}
+
+/// A non-2xx answer with its body (JSON, or the text as a JSON string) as [`Error::Api`].
+pub(crate) fn api_error(status: StatusCode, body: Value) -> Error {
     let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
-    Err(Error::Api {
+    Error::Api {
         status: status.as_u16(),
         code: field("error").unwrap_or_else(|| {
             status
@@ -191,5 +196,5 @@ pub async fn read_json(resp: Response) -> Result<Value, Error> {
             .or_else(|| field("error_description"))
             .unwrap_or_else(|| format!("HTTP {status}")),
         body,
-    })
+    }
 }

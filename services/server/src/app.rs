@@ -364,7 +364,13 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
-    let span = tracing::info_span!("request", request.id = %id, http.route = %route, http.method = %method);
+    // The trace receiver is not traced: with --trace-self its spans would feed themselves.
+    let span = if route == capstan_trace::http::RECEIVER_ROUTE && method == "POST" {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("request", otel.name = %format!("{method} {route}"), otel.kind = "server",
+            request.id = %id, http.route = %route, http.method = %method)
+    };
     let start = Instant::now();
     // A long poll (a GET of a route a service declared) may wait up to the kit's maximum.
     let long_poll =
@@ -551,6 +557,16 @@ impl Server {
             }
             None => None,
         };
+        if settings.trace_self {
+            match app
+                .services
+                .iter()
+                .find_map(|r| r.service.clone().span_sink())
+            {
+                Some(sink) => crate::telemetry::trace_self_into(sink),
+                None => tracing::warn!("--trace-self: the trace service is not running here"),
+            }
+        }
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let router = app.router(settings);
         let limits = crate::serve::ConnLimits {

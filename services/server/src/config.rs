@@ -191,6 +191,10 @@ pub struct Options {
     /// (attributed to the principal `anonymous`).
     #[arg(long, env = "CAPSTAN_TRACE_ANONYMOUS", num_args = 0..=1, default_missing_value = "true")]
     pub trace_anonymous: Option<bool>,
+    /// Export Capstan's own spans to its trace service, in process (service `capstan`, tenant
+    /// `default`, principal `capstan`); the trace receiver itself is not traced.
+    #[arg(long, env = "CAPSTAN_TRACE_SELF", num_args = 0..=1, default_missing_value = "true")]
+    pub trace_self: Option<bool>,
     /// Each registered service's own section, `[service.<name>]` in the file (file only).
     #[arg(skip)]
     #[serde(default)]
@@ -244,7 +248,8 @@ impl Options {
                 tls_key,
                 otlp_http_listen,
                 otlp_grpc_listen,
-                trace_anonymous
+                trace_anonymous,
+                trace_self
             ]
         ))
     }
@@ -292,6 +297,8 @@ pub struct Settings {
     pub trust_domain: String,
     /// HTTPS, when set.
     pub tls: Option<crate::tls::TlsMode>,
+    /// Export the server's own spans to its trace service.
+    pub trace_self: bool,
     /// Registered services' own sections (`[service.<name>]`), as JSON for the kit.
     pub service_config: BTreeMap<String, serde_json::Value>,
 }
@@ -321,6 +328,7 @@ impl Settings {
             decision_retention_seconds: 7 * 86_400,
             trust_domain: "capstan.local".into(),
             tls: None,
+            trace_self: false,
             service_config: BTreeMap::new(),
         }
     }
@@ -343,6 +351,7 @@ impl Settings {
             }
         }
         s.services = parse_services(o.services.as_deref())?;
+        s.trace_self = o.trace_self == Some(true);
         if let Some(td) = &o.trust_domain {
             capstan_identity::spiffe::TrustDomain::parse(td)
                 .map_err(|e| ServerError::Config(format!("trust_domain: {e}")))?;
@@ -427,8 +436,14 @@ impl Settings {
         }
         // The trace receiver's flags go into its section (a flag wins over the file).
         let trace_flags = [
-            ("otlp_http_listen", o.otlp_http_listen.map(|a| serde_json::json!(a.to_string()))),
-            ("otlp_grpc_listen", o.otlp_grpc_listen.map(|a| serde_json::json!(a.to_string()))),
+            (
+                "otlp_http_listen",
+                o.otlp_http_listen.map(|a| serde_json::json!(a.to_string())),
+            ),
+            (
+                "otlp_grpc_listen",
+                o.otlp_grpc_listen.map(|a| serde_json::json!(a.to_string())),
+            ),
             ("anonymous", o.trace_anonymous.map(serde_json::Value::Bool)),
         ];
         for (key, value) in trace_flags {

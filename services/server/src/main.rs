@@ -29,6 +29,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         opts.log_format.unwrap_or(LogFormat::Pretty),
         opts.log.as_deref(),
         std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
+        opts.trace_self == Some(true),
     )?;
     for w in env_warnings {
         tracing::warn!("{w}");

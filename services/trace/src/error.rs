@@ -87,9 +87,9 @@ impl TraceError {
             TraceError::Guard(GuardError::Forbidden { .. }) => tonic::Code::PermissionDenied,
             TraceError::Guard(GuardError::Unavailable) => tonic::Code::Unavailable,
             TraceError::Db(d) if d.is_unavailable() => tonic::Code::Unavailable,
-            TraceError::Guard(GuardError::Internal) | TraceError::Db(_) | TraceError::Internal(_) => {
-                tonic::Code::Internal
-            }
+            TraceError::Guard(GuardError::Internal)
+            | TraceError::Db(_)
+            | TraceError::Internal(_) => tonic::Code::Internal,
         }
     }
 
@@ -97,9 +97,9 @@ impl TraceError {
     pub fn public_message(&self) -> String {
         match self {
             TraceError::Db(d) if d.is_unavailable() => "storage is unavailable".into(),
-            TraceError::Db(_) | TraceError::Internal(_) | TraceError::Guard(GuardError::Internal) => {
-                "internal error".into()
-            }
+            TraceError::Db(_)
+            | TraceError::Internal(_)
+            | TraceError::Guard(GuardError::Internal) => "internal error".into(),
             e => e.to_string(),
         }
     }

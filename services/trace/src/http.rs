@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use capstan_core::authz::{Caller, TokenVerifier};
-use capstan_http::{Api, ApiError, Bearer, BearerScheme, PeerCertificate, Path, RouteList, Routes};
+use capstan_http::{Api, ApiError, Bearer, BearerScheme, Path, PeerCertificate, RouteList, Routes};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -118,12 +118,18 @@ pub fn gunzip(body: &[u8], cap: usize) -> Result<Vec<u8>, TraceError> {
 }
 
 /// Decodes an export request body.
-pub fn decode_export(
-    bytes: &[u8],
-    json: bool,
-) -> Result<ExportTraceServiceRequest, TraceError> {
+pub fn decode_export(bytes: &[u8], json: bool) -> Result<ExportTraceServiceRequest, TraceError> {
     if json {
-        serde_json::from_slice(bytes)
+        // `resourceSpans` may be absent (an empty export); unknown fields are ignored.
+        #[derive(serde::Deserialize)]
+        struct Export {
+            #[serde(default, rename = "resourceSpans")]
+            resource_spans: Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>,
+        }
+        serde_json::from_slice::<Export>(bytes)
+            .map(|e| ExportTraceServiceRequest {
+                resource_spans: e.resource_spans,
+            })
             .map_err(|e| TraceError::BadRequest(format!("the body is not OTLP/JSON: {e}")))
     } else {
         ExportTraceServiceRequest::decode(bytes)
@@ -131,7 +137,11 @@ pub fn decode_export(
     }
 }
 
-async fn receive(api: &Api<TraceService>, req: Request, wire: Wire) -> Result<Response, TraceError> {
+async fn receive(
+    api: &Api<TraceService>,
+    req: Request,
+    wire: Wire,
+) -> Result<Response, TraceError> {
     let (mut parts, body) = req.into_parts();
     let encoding = parts
         .headers
@@ -303,9 +313,8 @@ impl Params {
 fn tags(p: &Params, json_name: &str, pair_name: &str) -> Result<Vec<(String, String)>, TraceError> {
     let mut out = Vec::new();
     if let Some(t) = p.get(json_name) {
-        let v: serde_json::Map<String, Value> = serde_json::from_str(t).map_err(|_| {
-            TraceError::BadRequest(format!("{json_name} must be a JSON object"))
-        })?;
+        let v: serde_json::Map<String, Value> = serde_json::from_str(t)
+            .map_err(|_| TraceError::BadRequest(format!("{json_name} must be a JSON object")))?;
         for (k, v) in v {
             let text = match v {
                 Value::String(s) => s,
@@ -315,15 +324,18 @@ fn tags(p: &Params, json_name: &str, pair_name: &str) -> Result<Vec<(String, Str
         }
     }
     for pair in p.all(pair_name) {
-        let (k, v) = pair.split_once(':').ok_or_else(|| {
-            TraceError::BadRequest(format!("{pair_name} must be key:value"))
-        })?;
+        let (k, v) = pair
+            .split_once(':')
+            .ok_or_else(|| TraceError::BadRequest(format!("{pair_name} must be key:value")))?;
         out.push((k.to_owned(), v.to_owned()));
     }
     if out.len() > 32 {
         return Err(TraceError::BadRequest("at most 32 tags".into()));
     }
-    if out.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+    if out
+        .iter()
+        .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
         return Err(TraceError::BadRequest("tags must not contain NUL".into()));
     }
     Ok(out)
@@ -331,7 +343,9 @@ fn tags(p: &Params, json_name: &str, pair_name: &str) -> Result<Vec<(String, Str
 
 fn trace_id(s: &str) -> Result<Vec<u8>, TraceError> {
     parse_trace_id(s).ok_or_else(|| {
-        TraceError::BadRequest(format!("{s:?} is not a trace id (up to 32 hex digits, not zero)"))
+        TraceError::BadRequest(format!(
+            "{s:?} is not a trace id (up to 32 hex digits, not zero)"
+        ))
     })
 }
 
@@ -392,18 +406,20 @@ async fn v1_service_operations(
     Bearer(c): Bearer,
     Path(service): Path<String>,
 ) -> Jaeger {
-    Jaeger(async {
-        model::check_service_name(&service).map_err(TraceError::BadRequest)?;
-        let mut names: Vec<String> = api
-            .operations(&c, &service)
-            .await?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
-        names.dedup();
-        Ok(json!(names))
-    }
-    .await)
+    Jaeger(
+        async {
+            model::check_service_name(&service).map_err(TraceError::BadRequest)?;
+            let mut names: Vec<String> = api
+                .operations(&c, &service)
+                .await?
+                .into_iter()
+                .map(|o| o.name)
+                .collect();
+            names.dedup();
+            Ok(json!(names))
+        }
+        .await,
+    )
 }
 
 /// A service's operations with their span kinds (Jaeger v1, `spanKind` filters).
@@ -424,7 +440,9 @@ async fn operations_json(
     let service = service_param(p, service_name)?;
     let kind = match p.get(kind_param) {
         Some(k) => Some(kind_from_name(&k.to_ascii_lowercase()).ok_or_else(|| {
-            TraceError::BadRequest(format!("{kind_param} must be server, client, producer, consumer, internal or unspecified"))
+            TraceError::BadRequest(format!(
+                "{kind_param} must be server, client, producer, consumer, internal or unspecified"
+            ))
         })?),
         None => None,
     };
@@ -511,7 +529,11 @@ async fn v1_dependencies(State(api): Svc, Bearer(c): Bearer, RawQuery(q): RawQue
         async {
             let p = Params::new(q);
             let ms = |v: Option<i64>| v.map(|v| v.saturating_mul(1_000_000));
-            let (start, end) = api.window(None, ms(p.int("endTs")?), ms(p.int("lookback")?.or(Some(3_600_000))))?;
+            let (start, end) = api.window(
+                None,
+                ms(p.int("endTs")?),
+                ms(p.int("lookback")?.or(Some(3_600_000))),
+            )?;
             let deps = api.dependencies(&c, start, end).await?;
             Ok(json!(deps
                 .into_iter()
@@ -565,9 +587,11 @@ async fn v3_services(State(api): Svc, Bearer(c): Bearer) -> V3 {
     params(("service" = String, Query), ("span_kind" = Option<String>, Query)),
     responses((status = 200, description = "{operations: [{name, spanKind}]}"), (status = 400), (status = 401)), security(("bearer" = [])))]
 async fn v3_operations(State(api): Svc, Bearer(c): Bearer, RawQuery(q): RawQuery) -> V3 {
-    V3(operations_json(&api, &c, &Params::new(q), "service", "span_kind")
-        .await
-        .map(|ops| json!({"operations": ops})))
+    V3(
+        operations_json(&api, &c, &Params::new(q), "service", "span_kind")
+            .await
+            .map(|ops| json!({"operations": ops})),
+    )
 }
 
 fn rfc3339_ns(name: &str, v: Option<&str>) -> Result<Option<i64>, TraceError> {
@@ -679,7 +703,10 @@ pub(crate) fn routes(svc: Arc<TraceService>, verifier: Arc<dyn TokenVerifier>) -
         .route("/v1/traces/{trace_id}", get(get_trace))
         .route("/v1/trace-metrics", get(trace_metrics))
         .route("/api/services", get(v1_services))
-        .route("/api/services/{service}/operations", get(v1_service_operations))
+        .route(
+            "/api/services/{service}/operations",
+            get(v1_service_operations),
+        )
         .route("/api/operations", get(v1_operations))
         .route("/api/traces", get(v1_search))
         .route("/api/traces/{trace_id}", get(v1_trace))

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_core::authz::TokenVerifier;
-use capstan_http::{BoxError, Metric, Platform, Routes, Service, ServiceConfig};
+use capstan_http::{BoxError, Metric, Platform, Routes, Service, ServiceConfig, SpanSink};
+use prost::Message;
 use utoipa::OpenApi;
 
 pub use error::TraceError;
@@ -41,6 +42,18 @@ pub fn build(p: &Platform, section: &ServiceConfig) -> Result<Arc<dyn Service>, 
         p.authorizer.clone(),
         p.verifier.clone(),
     )))
+}
+
+impl SpanSink for TraceService {
+    fn ingest_own(&self, export: Vec<u8>) {
+        if let Ok(req) =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                export.as_slice(),
+            )
+        {
+            TraceService::ingest_own(self, req);
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -141,6 +154,10 @@ impl Service for TraceService {
 
     fn draining(&self) {
         self.set_draining();
+    }
+
+    fn span_sink(self: Arc<Self>) -> Option<Arc<dyn SpanSink>> {
+        Some(self)
     }
 
     async fn stop(&self) {

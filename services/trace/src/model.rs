@@ -196,7 +196,9 @@ fn check_span(span: &Span, w: &Window) -> Result<(), String> {
         return Err("a span's endTimeUnixNano is out of range".into());
     }
     if span.name.chars().count() > MAX_NAME_LEN {
-        return Err(format!("a span's name is longer than {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "a span's name is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if span.name.contains('\0') {
         return Err("a span's name must not contain NUL".into());
@@ -269,7 +271,10 @@ fn no_nul(s: &str) -> String {
 fn tags_json(resource: &[KeyValue], span: &[KeyValue]) -> String {
     let mut m = Map::new();
     for kv in resource.iter().chain(span) {
-        m.insert(no_nul(&kv.key), Value::String(no_nul(&value_text(kv.value.as_ref()))));
+        m.insert(
+            no_nul(&kv.key),
+            Value::String(no_nul(&value_text(kv.value.as_ref()))),
+        );
     }
     Value::Object(m).to_string()
 }
@@ -394,7 +399,9 @@ pub fn to_otlp(rows: Vec<StoredSpan>) -> TracesData {
         let key = (d.resource_key, d.principal.clone());
         let i = *index.entry(key).or_insert_with(|| {
             let mut resource = d.resource.clone();
-            resource.attributes.retain(|kv| kv.key != PRINCIPAL_ATTRIBUTE);
+            resource
+                .attributes
+                .retain(|kv| kv.key != PRINCIPAL_ATTRIBUTE);
             resource
                 .attributes
                 .push(string_kv(PRINCIPAL_ATTRIBUTE, &d.principal));
@@ -492,12 +499,18 @@ fn micros(ns: u64) -> u64 {
     ns / 1000
 }
 
+/// A Jaeger trace being built: spans, processes by id, and process ids by (resource, principal).
+type JaegerTrace = (
+    Vec<Value>,
+    Vec<(String, Value)>,
+    HashMap<(Vec<u8>, String), String>,
+);
+
 /// Stored spans as Jaeger traces (the v1 query API's JSON: times in microseconds, typed tags,
 /// `references`, `processes`), one per trace id, in the order of `order` (trace ids); each
 /// process carries the ingesting principal as the tag `capstan.principal`.
 pub fn to_jaeger(rows: Vec<StoredSpan>, order: &[Vec<u8>]) -> Vec<Value> {
-    let mut traces: BTreeMap<Vec<u8>, (Vec<Value>, Vec<(String, Value)>, HashMap<(Vec<u8>, String), String>)> =
-        BTreeMap::new();
+    let mut traces: BTreeMap<Vec<u8>, JaegerTrace> = BTreeMap::new();
     for d in decode(rows) {
         let entry = traces.entry(d.span.trace_id.clone()).or_default();
         let (spans, processes, ids) = entry;
@@ -541,7 +554,9 @@ fn jaeger_span(d: &Decoded, pid: &str) -> Value {
     let trace = hex(&s.trace_id);
     let mut refs = Vec::new();
     if !s.parent_span_id.is_empty() {
-        refs.push(json!({"refType": "CHILD_OF", "traceID": trace, "spanID": hex(&s.parent_span_id)}));
+        refs.push(
+            json!({"refType": "CHILD_OF", "traceID": trace, "spanID": hex(&s.parent_span_id)}),
+        );
     }
     for l in &s.links {
         refs.push(json!({"refType": "FOLLOWS_FROM", "traceID": hex(&l.trace_id), "spanID": hex(&l.span_id)}));
@@ -662,7 +677,10 @@ mod tests {
     fn trace_ids_parse_and_print() {
         let id = parse_trace_id("0af7651916cd43dd8448eb211c80319c").unwrap();
         assert_eq!(hex(&id), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(hex(&parse_trace_id("1c").unwrap()), format!("{:0>32}", "1c"));
+        assert_eq!(
+            hex(&parse_trace_id("1c").unwrap()),
+            format!("{:0>32}", "1c")
+        );
         assert!(parse_trace_id("00000000000000000000000000000000").is_none());
         assert!(parse_trace_id("zz").is_none());
         assert!(parse_trace_id(&"a".repeat(33)).is_none());

@@ -103,7 +103,8 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
     ) -> Pipeline {
         let (tx, rx) = mpsc::unbounded_channel();
-        let capacity = u32::try_from(settings.queue_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let capacity =
+            u32::try_from(settings.queue_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         Pipeline {
             settings,
             store,
@@ -215,9 +216,9 @@ impl Pipeline {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "trace: storage unavailable");
                     for j in jobs {
-                        let _ = j
-                            .done
-                            .send(Err(SubmitError::Unavailable("storage is unavailable".into())));
+                        let _ = j.done.send(Err(SubmitError::Unavailable(
+                            "storage is unavailable".into(),
+                        )));
                     }
                 }
                 Err(e) => {

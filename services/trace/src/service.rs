@@ -104,8 +104,12 @@ impl From<&TraceSection> for Settings {
             max_body_bytes: s.max_body_bytes.unwrap_or(8 << 20).max(64 << 10),
             max_decompressed_bytes: s.max_decompressed_bytes.unwrap_or(32 << 20).max(64 << 10),
             max_search_traces: s.max_search_traces.unwrap_or(1500).clamp(1, 100_000),
-            max_metric_spans: s.max_metric_spans.unwrap_or(500_000).clamp(1000, 50_000_000),
-            max_query_ns: s.max_query_hours.unwrap_or(7 * 24).clamp(1, 24 * 3650) * 3600
+            max_metric_spans: s
+                .max_metric_spans
+                .unwrap_or(500_000)
+                .clamp(1000, 50_000_000),
+            max_query_ns: s.max_query_hours.unwrap_or(7 * 24).clamp(1, 24 * 3650)
+                * 3600
                 * 1_000_000_000,
         }
     }
@@ -118,13 +122,15 @@ pub enum Sender {
     Caller(Caller),
     /// Nobody (`--trace-anonymous`): the default tenant, principal `anonymous`.
     Anonymous,
+    /// The server itself (`--trace-self`): the default tenant, principal `capstan`.
+    Server,
 }
 
 impl Sender {
     fn tenant(&self) -> String {
         match self {
             Sender::Caller(c) => c.tenant.to_string(),
-            Sender::Anonymous => TenantId::default_tenant().to_string(),
+            Sender::Anonymous | Sender::Server => TenantId::default_tenant().to_string(),
         }
     }
 
@@ -132,6 +138,7 @@ impl Sender {
         match self {
             Sender::Caller(c) => c.principal.to_string(),
             Sender::Anonymous => "anonymous".into(),
+            Sender::Server => "capstan".into(),
         }
     }
 }
@@ -176,7 +183,11 @@ impl TraceService {
         verifier: Arc<dyn TokenVerifier>,
     ) -> TraceService {
         let settings = Settings::from(&section);
-        let pipeline = Arc::new(Pipeline::new(settings.pipeline, store.clone(), clock.clone()));
+        let pipeline = Arc::new(Pipeline::new(
+            settings.pipeline,
+            store.clone(),
+            clock.clone(),
+        ));
         TraceService {
             settings,
             store,
@@ -301,6 +312,26 @@ impl TraceService {
         })
     }
 
+    /// Queues the server's own spans without waiting for their commit (they are dropped when
+    /// the queue is full: tracing must never slow the server).
+    pub fn ingest_own(&self, req: ExportTraceServiceRequest) {
+        if self.draining.load(Ordering::Acquire) {
+            return;
+        }
+        let now = self.now_ns();
+        let window = Window {
+            now_ns: now,
+            oldest_ns: now - self.settings.retention_ns,
+            newest_ns: now + DAY_NS,
+        };
+        let who = Sender::Server;
+        let rows = model::check(req, &who.tenant(), &who.principal(), &window).into_rows();
+        if !rows.is_empty() {
+            // The receiver is dropped: nobody waits for the commit.
+            let _ = self.pipeline.submit(rows);
+        }
+    }
+
     async fn visible(
         &self,
         caller: &Caller,
@@ -380,7 +411,12 @@ impl TraceService {
     }
 
     /// Checks a query's time window: `[start, end]`, at most the configured maximum.
-    pub fn window(&self, start_ns: Option<i64>, end_ns: Option<i64>, lookback_ns: Option<i64>) -> Result<(i64, i64), TraceError> {
+    pub fn window(
+        &self,
+        start_ns: Option<i64>,
+        end_ns: Option<i64>,
+        lookback_ns: Option<i64>,
+    ) -> Result<(i64, i64), TraceError> {
         let end = end_ns.unwrap_or_else(|| self.now_ns());
         let start = match (start_ns, lookback_ns) {
             (Some(s), _) => s,
@@ -388,7 +424,9 @@ impl TraceService {
             (None, None) => end.saturating_sub(3600 * 1_000_000_000),
         };
         if start > end {
-            return Err(TraceError::BadRequest("the window's start is after its end".into()));
+            return Err(TraceError::BadRequest(
+                "the window's start is after its end".into(),
+            ));
         }
         if end.saturating_sub(start) > self.settings.max_query_ns {
             return Err(TraceError::BadRequest(format!(
@@ -422,7 +460,9 @@ impl TraceService {
             .store
             .spans_of(caller.tenant.as_str(), &[id.to_vec()])
             .await?;
-        let spans = self.only_visible(caller, spans, &mut Visible::new()).await?;
+        let spans = self
+            .only_visible(caller, spans, &mut Visible::new())
+            .await?;
         if spans.is_empty() {
             return Err(TraceError::NotFound("trace not found".into()));
         }

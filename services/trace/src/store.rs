@@ -388,16 +388,14 @@ impl SqlTraceStore {
         }
         type Row = (String, String, Vec<u8>, Vec<u8>, Vec<u8>);
         let rows: Vec<Row> = match &self.db {
-            Db::Postgres(p) => {
-                sqlx::query_as(&format!(
-                    "SELECT {SPAN_COLUMNS} FROM trace_spans WHERE tenant = $1 AND trace_id = ANY($2) \
+            Db::Postgres(p) => sqlx::query_as(&format!(
+                "SELECT {SPAN_COLUMNS} FROM trace_spans WHERE tenant = $1 AND trace_id = ANY($2) \
                      ORDER BY start_ns, span_id"
-                ))
-                .bind(tenant)
-                .bind(trace_ids)
-                .fetch_all(p)
-                .await?
-            }
+            ))
+            .bind(tenant)
+            .bind(trace_ids)
+            .fetch_all(p)
+            .await?,
             Db::Sqlite(p) => {
                 let mut all = Vec::new();
                 for id in trace_ids {
@@ -534,10 +532,7 @@ impl SqlTraceStore {
         )
         .fetch_all(p)
         .await?;
-        let mut days: Vec<i64> = parts
-            .iter()
-            .filter_map(|(n,)| partition_day(n))
-            .collect();
+        let mut days: Vec<i64> = parts.iter().filter_map(|(n,)| partition_day(n)).collect();
         days.sort_unstable();
         Ok(days)
     }

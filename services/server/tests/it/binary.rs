@@ -595,3 +595,103 @@ async fn ca_import_chains_svids_to_the_organisation_root() {
     terminate(child).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--trace-self`: the server's own request spans reach its trace service in process, named by
+/// route; the trace receiver itself makes no spans. `--trace-anonymous` is for `dev` only.
+#[tokio::test]
+async fn dev_traces_itself_when_asked() {
+    let dir = std::env::temp_dir().join(unique_name("capstan_self_trace"));
+    let data = dir.to_str().unwrap();
+    let (child, addr, _) = start(capstan(&[
+        "dev",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--trace-self",
+    ]))
+    .await;
+    let base = format!("http://{addr}");
+    let admin: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("admin.json")).unwrap()).unwrap();
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{base}/t/default/oauth2/token"))
+        .basic_auth(
+            admin["client_id"].as_str().unwrap(),
+            admin["client_secret"].as_str(),
+        )
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("audience", "capstan"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let get = |path: String| {
+        let http = http.clone();
+        let token = token.clone();
+        async move {
+            http.get(path)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // An (empty) export: the receiver route must not appear among the spans.
+    let r = http
+        .post(format!("{base}/v1/traces"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = get(format!("{base}/v1/clients")).await;
+    let mut ops = Value::Null;
+    for _ in 0..40 {
+        ops = get(format!("{base}/api/services/capstan/operations")).await;
+        if ops["data"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("GET /v1/clients")))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let names = ops["data"].as_array().expect("operations");
+    assert!(names.contains(&json!("GET /v1/clients")), "{ops}");
+    assert!(!names.contains(&json!("POST /v1/traces")), "{ops}");
+    let traces = get(format!(
+        "{base}/api/traces?service=capstan&operation=GET%20/v1/clients"
+    ))
+    .await;
+    let process = &traces["data"][0]["processes"]["p1"];
+    assert!(process["tags"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"key": "capstan.principal", "type": "string", "value": "capstan"})));
+    terminate(child).await;
+    let out = capstan(&[
+        "serve",
+        "--trace-anonymous",
+        "--database-url",
+        "sqlite://x.db",
+    ])
+    .env("CAPSTAN_MASTER_KEY", "00".repeat(32))
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trace-anonymous"));
+    let _ = std::fs::remove_dir_all(dir);
+}
