@@ -448,6 +448,28 @@ async fn every_command_runs_against_a_real_server(ctx: &Ctx) {
         .await
         .out;
     assert_eq!(table.lines().count(), 3, "{table}");
+    // The decisions of one trace: a call carrying its traceparent.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let token = ctl
+        .ok(&["token", "--audience", "capstan"])
+        .await
+        .out
+        .trim()
+        .to_owned();
+    let r = s
+        .http
+        .get(s.url("/v1/clients"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ds = ctl.ok(&["decisions", "--trace-id", trace]).await.json();
+    let ds = ds.as_array().unwrap();
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_eq!(ds[0]["trace_id"], trace);
+    assert_eq!(ds[0]["action"], "auth:ListClients");
 
     // Completions.
     for shell in ["bash", "zsh", "fish"] {

@@ -580,6 +580,10 @@ pub struct DecisionsArgs {
     /// At most this many [default: 100].
     #[arg(long)]
     pub limit: Option<i64>,
+    /// Only the decisions of this trace (W3C trace id, 32 hex digits): the calls made with its
+    /// `traceparent`.
+    #[arg(long)]
+    pub trace_id: Option<String>,
     /// Keep printing new decisions as they are made.
     #[arg(short, long)]
     pub follow: bool,

@@ -938,6 +938,9 @@ impl Run<'_, '_> {
         if let Some(s) = &a.since {
             q.push(("since", parse_since(s)?.to_string()));
         }
+        if let Some(t) = &a.trace_id {
+            q.push(("trace_id", t.clone()));
+        }
         q.push(("limit", a.limit.unwrap_or(100).to_string()));
         let v = self.call(Method::GET, "/v1/decisions", &q, None).await?;
         let mut rows = v.as_array().cloned().unwrap_or_default();
