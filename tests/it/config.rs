@@ -494,17 +494,6 @@ async fn watcher_resumes_without_gaps_under_concurrent_writers(ctx: &Ctx) {
     s.shutdown().await;
 }
 
-fn config_service(s: &TestServer) -> std::sync::Arc<dyn capstan_http::Service> {
-    s.server
-        .app
-        .services
-        .iter()
-        .find(|r| r.service.name() == "config")
-        .unwrap()
-        .service
-        .clone()
-}
-
 async fn compacted_since_gets_a_reset(ctx: &Ctx) {
     let mut settings = ctx.settings();
     settings
@@ -515,7 +504,7 @@ async fn compacted_since_gets_a_reset(ctx: &Ctx) {
     for i in 0..10 {
         put(&s, &t, "orders/prod/k", json!(i)).await;
     }
-    config_service(&s).housekeeping().await.unwrap();
+    s.service("config").housekeeping().await.unwrap();
     let (_, h) = get(&s, &t, "orders/prod/history").await;
     assert_eq!(h["oldest"], 8, "{h}");
     // Resuming from 2: the log no longer reaches back, so a reset with everything.

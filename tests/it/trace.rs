@@ -434,6 +434,25 @@ async fn post_raw(
     r.send().await.unwrap()
 }
 
+/// Posts `req` as protobuf with `token`.
+async fn send(s: &TestServer, token: &str, req: ExportTraceServiceRequest) -> reqwest::Response {
+    post_raw(
+        s,
+        Some(token),
+        "application/x-protobuf",
+        None,
+        req.encode_to_vec(),
+    )
+    .await
+}
+
+/// The `partial_success` of an answer (none when every span was taken).
+async fn refused(r: reqwest::Response) -> i64 {
+    assert_eq!(r.status(), 200);
+    let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
+    resp.partial_success.map_or(0, |p| p.rejected_spans)
+}
+
 fn gzip(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(b).unwrap();
@@ -564,14 +583,7 @@ async fn a_principal_reports_only_the_services_it_may(ctx: &Ctx) {
     let mut req = export("orders", 7, 2, now);
     req.resource_spans
         .extend(export("payments", 8, 3, now).resource_spans);
-    let r = post_raw(
-        &s,
-        Some(&t),
-        "application/x-protobuf",
-        None,
-        req.encode_to_vec(),
-    )
-    .await;
+    let r = send(&s, &t, req).await;
     assert_eq!(r.status(), 200);
     let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
     let partial = resp.partial_success.unwrap();
@@ -684,14 +696,7 @@ async fn overload_answers_429_with_retry_after_and_memory_stays_bounded(ctx: &Ct
         let r = h.await.unwrap();
         assert!(r.status() == 200 || r.status() == 503, "{}", r.status());
     }
-    let r = post_raw(
-        &s,
-        Some(&t),
-        "application/x-protobuf",
-        None,
-        export("busy", 99, 10, now).encode_to_vec(),
-    )
-    .await;
+    let r = send(&s, &t, export("busy", 99, 10, now)).await;
     assert_eq!(r.status(), 200);
     s.server.shutdown().await.unwrap();
 }
@@ -700,19 +705,12 @@ async fn retention_removes_old_spans(ctx: &Ctx) {
     let s = ctx.server().await;
     let t = admin_token(&s).await;
     let now = now_ns(&s);
-    let r = post_raw(
-        &s,
-        Some(&t),
-        "application/x-protobuf",
-        None,
-        export("old", 5, 2, now).encode_to_vec(),
-    )
-    .await;
+    let r = send(&s, &t, export("old", 5, 2, now)).await;
     assert_eq!(r.status(), 200);
     let trace = "05".repeat(16);
     let (status, _) = get(&s, &t, &format!("/api/traces/{trace}")).await;
     assert_eq!(status, 200);
-    let svc = trace_service(&s);
+    let svc = s.service("trace");
     let day = (now / 86_400_000_000_000) as i64;
     let partitions = || async {
         match ctx.db() {
@@ -745,28 +743,9 @@ async fn retention_removes_old_spans(ctx: &Ctx) {
     let (_, services) = get(&s, &t, "/api/services").await;
     assert_eq!(services["data"], json!([]));
     // Spans older than retention are refused, not stored.
-    let r = post_raw(
-        &s,
-        Some(&t),
-        "application/x-protobuf",
-        None,
-        export("old", 6, 1, now).encode_to_vec(),
-    )
-    .await;
-    let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
-    assert_eq!(resp.partial_success.unwrap().rejected_spans, 1);
+    let r = send(&s, &t, export("old", 6, 1, now)).await;
+    assert_eq!(refused(r).await, 1);
     s.server.shutdown().await.unwrap();
-}
-
-fn trace_service(s: &TestServer) -> std::sync::Arc<dyn capstan_http::Service> {
-    s.server
-        .app
-        .services
-        .iter()
-        .find(|r| r.service.name() == "trace")
-        .unwrap()
-        .service
-        .clone()
 }
 
 async fn tenants_do_not_see_each_others_spans(ctx: &Ctx) {
@@ -779,23 +758,9 @@ async fn tenants_do_not_see_each_others_spans(ctx: &Ctx) {
     let acme = Creds::from_json(&created["admin_client"]);
     let acme_t = s.token("acme", &acme, &[]).await;
     let now = now_ns(&s);
-    let r = post_raw(
-        &s,
-        Some(&t),
-        "application/x-protobuf",
-        None,
-        export("shared-name", 3, 2, now).encode_to_vec(),
-    )
-    .await;
+    let r = send(&s, &t, export("shared-name", 3, 2, now)).await;
     assert_eq!(r.status(), 200);
-    let r = post_raw(
-        &s,
-        Some(&acme_t),
-        "application/x-protobuf",
-        None,
-        export("acme-only", 4, 1, now).encode_to_vec(),
-    )
-    .await;
+    let r = send(&s, &acme_t, export("acme-only", 4, 1, now)).await;
     assert_eq!(r.status(), 200);
     let (_, v) = get(&s, &acme_t, "/api/services").await;
     assert_eq!(v["data"], json!(["acme-only"]));
@@ -818,14 +783,7 @@ async fn queries_show_only_services_the_caller_may_query(ctx: &Ctx) {
     child.resource_spans[0].scope_spans[0].spans[0].span_id = vec![0, 0, 0, 0, 0, 0, 0, 9];
     child.resource_spans[0].scope_spans[0].spans[0].parent_span_id = 1u64.to_be_bytes().to_vec();
     req.resource_spans.extend(child.resource_spans);
-    let r = post_raw(
-        &s,
-        Some(&admin),
-        "application/x-protobuf",
-        None,
-        req.encode_to_vec(),
-    )
-    .await;
+    let r = send(&s, &admin, req).await;
     assert_eq!(r.status(), 200);
     let (_, deps) = get(&s, &admin, "/api/dependencies?lookback=3600000").await;
     assert_eq!(
@@ -852,16 +810,8 @@ async fn queries_show_only_services_the_caller_may_query(ctx: &Ctx) {
     let (_, deps) = get(&s, &t, "/api/dependencies?lookback=3600000").await;
     assert_eq!(deps["data"], json!([]));
     // Without trace:Ingest, nothing is stored.
-    let r = post_raw(
-        &s,
-        Some(&t),
-        "application/x-protobuf",
-        None,
-        export("frontend", 10, 1, now).encode_to_vec(),
-    )
-    .await;
-    let resp = ExportTraceServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
-    assert_eq!(resp.partial_success.unwrap().rejected_spans, 1);
+    let r = send(&s, &t, export("frontend", 10, 1, now)).await;
+    assert_eq!(refused(r).await, 1);
     s.server.shutdown().await.unwrap();
 }
 

@@ -125,6 +125,18 @@ impl TestServer {
         &self.server.app.auth
     }
 
+    /// The running service named `name` (to call its housekeeping, say).
+    pub fn service(&self, name: &str) -> Arc<dyn capstan_http::Service> {
+        self.server
+            .app
+            .services
+            .iter()
+            .find(|r| r.service.name() == name)
+            .expect("the service runs")
+            .service
+            .clone()
+    }
+
     /// The URL of `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)

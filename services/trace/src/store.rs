@@ -388,14 +388,16 @@ impl SqlTraceStore {
         }
         type Row = (String, String, Vec<u8>, Vec<u8>, Vec<u8>);
         let rows: Vec<Row> = match &self.db {
-            Db::Postgres(p) => sqlx::query_as(&format!(
+            Db::Postgres(p) => {
+                sqlx::query_as(&format!(
                 "SELECT {SPAN_COLUMNS} FROM trace_spans WHERE tenant = $1 AND trace_id = ANY($2) \
                      ORDER BY start_ns, span_id"
             ))
-            .bind(tenant)
-            .bind(trace_ids)
-            .fetch_all(p)
-            .await?,
+                .bind(tenant)
+                .bind(trace_ids)
+                .fetch_all(p)
+                .await?
+            }
             Db::Sqlite(p) => {
                 let mut all = Vec::new();
                 for id in trace_ids {
