@@ -205,7 +205,7 @@ impl Pipeline {
 
     async fn write_loop(self: Arc<Self>) {
         while let Some(jobs) = self.next_batch().await {
-            let rows: Vec<SpanRow> = jobs.iter().flat_map(|j| j.rows.iter().cloned()).collect();
+            let rows: Vec<&SpanRow> = jobs.iter().flat_map(|j| j.rows.iter()).collect();
             match self.write(&rows).await {
                 Ok(()) => {
                     for j in jobs {
@@ -225,7 +225,8 @@ impl Pipeline {
                     // One request's rows must not fail the others': write each alone.
                     tracing::warn!(error = %e, "trace: batch write failed; writing requests one by one");
                     for j in jobs {
-                        let r = self.write(&j.rows).await.map_err(|e| {
+                        let rows: Vec<&SpanRow> = j.rows.iter().collect();
+                        let r = self.write(&rows).await.map_err(|e| {
                             self.stats.failed.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "trace: write failed");
                             if e.is_unavailable() {
@@ -241,7 +242,7 @@ impl Pipeline {
         }
     }
 
-    async fn write(&self, rows: &[SpanRow]) -> Result<(), DbError> {
+    async fn write(&self, rows: &[&SpanRow]) -> Result<(), DbError> {
         self.store.write(rows).await?;
         self.stats
             .written

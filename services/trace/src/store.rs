@@ -187,7 +187,7 @@ impl SqlTraceStore {
 
     /// Stores `rows` in one statement (Postgres) or one transaction (SQLite); spans already
     /// stored are skipped.
-    pub async fn write(&self, rows: &[SpanRow]) -> Result<(), DbError> {
+    pub async fn write(&self, rows: &[&SpanRow]) -> Result<(), DbError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -199,10 +199,7 @@ impl SqlTraceStore {
         }
         match &self.db {
             Db::Postgres(p) => {
-                let mut c = Columns::with_capacity(rows.len());
-                for r in rows {
-                    c.push(r);
-                }
+                let c = Columns::new(rows);
                 sqlx::query(INSERT_PG)
                     .bind(c.tenant)
                     .bind(c.trace_id)
@@ -540,62 +537,44 @@ impl SqlTraceStore {
     }
 }
 
-/// Rows as columns, for `UNNEST`.
-struct Columns {
-    tenant: Vec<String>,
-    trace_id: Vec<Vec<u8>>,
-    span_id: Vec<Vec<u8>>,
-    parent: Vec<Option<Vec<u8>>>,
-    service: Vec<String>,
-    principal: Vec<String>,
-    name: Vec<String>,
+/// Rows as columns, for `UNNEST` (borrowed: nothing is copied).
+struct Columns<'a> {
+    tenant: Vec<&'a str>,
+    trace_id: Vec<&'a [u8]>,
+    span_id: Vec<&'a [u8]>,
+    parent: Vec<Option<&'a [u8]>>,
+    service: Vec<&'a str>,
+    principal: Vec<&'a str>,
+    name: Vec<&'a str>,
     kind: Vec<i16>,
     start: Vec<i64>,
     duration: Vec<i64>,
     status: Vec<i16>,
-    tags: Vec<String>,
-    span: Vec<Vec<u8>>,
-    resource: Vec<Vec<u8>>,
-    scope: Vec<Vec<u8>>,
+    tags: Vec<&'a str>,
+    span: Vec<&'a [u8]>,
+    resource: Vec<&'a [u8]>,
+    scope: Vec<&'a [u8]>,
 }
 
-impl Columns {
-    fn with_capacity(n: usize) -> Columns {
+impl<'a> Columns<'a> {
+    fn new(rows: &[&'a SpanRow]) -> Columns<'a> {
         Columns {
-            tenant: Vec::with_capacity(n),
-            trace_id: Vec::with_capacity(n),
-            span_id: Vec::with_capacity(n),
-            parent: Vec::with_capacity(n),
-            service: Vec::with_capacity(n),
-            principal: Vec::with_capacity(n),
-            name: Vec::with_capacity(n),
-            kind: Vec::with_capacity(n),
-            start: Vec::with_capacity(n),
-            duration: Vec::with_capacity(n),
-            status: Vec::with_capacity(n),
-            tags: Vec::with_capacity(n),
-            span: Vec::with_capacity(n),
-            resource: Vec::with_capacity(n),
-            scope: Vec::with_capacity(n),
+            tenant: rows.iter().map(|r| r.tenant.as_str()).collect(),
+            trace_id: rows.iter().map(|r| r.trace_id.as_slice()).collect(),
+            span_id: rows.iter().map(|r| r.span_id.as_slice()).collect(),
+            parent: rows.iter().map(|r| r.parent_span_id.as_deref()).collect(),
+            service: rows.iter().map(|r| r.service.as_str()).collect(),
+            principal: rows.iter().map(|r| r.principal.as_str()).collect(),
+            name: rows.iter().map(|r| r.name.as_str()).collect(),
+            kind: rows.iter().map(|r| r.kind).collect(),
+            start: rows.iter().map(|r| r.start_ns).collect(),
+            duration: rows.iter().map(|r| r.duration_ns).collect(),
+            status: rows.iter().map(|r| r.status_code).collect(),
+            tags: rows.iter().map(|r| r.tags.as_str()).collect(),
+            span: rows.iter().map(|r| r.span.as_slice()).collect(),
+            resource: rows.iter().map(|r| r.resource.as_slice()).collect(),
+            scope: rows.iter().map(|r| r.scope.as_slice()).collect(),
         }
-    }
-
-    fn push(&mut self, r: &SpanRow) {
-        self.tenant.push(r.tenant.clone());
-        self.trace_id.push(r.trace_id.clone());
-        self.span_id.push(r.span_id.clone());
-        self.parent.push(r.parent_span_id.clone());
-        self.service.push(r.service.clone());
-        self.principal.push(r.principal.clone());
-        self.name.push(r.name.clone());
-        self.kind.push(r.kind);
-        self.start.push(r.start_ns);
-        self.duration.push(r.duration_ns);
-        self.status.push(r.status_code);
-        self.tags.push(r.tags.clone());
-        self.span.push(r.span.clone());
-        self.resource.push(r.resource.clone());
-        self.scope.push(r.scope.clone());
     }
 }
 
