@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use capstan_http::SpanSink;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
@@ -93,8 +94,15 @@ pub fn init(
             .build();
         let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
         if otlp.is_some() {
+            // The batch processor exports from its own thread: a blocking client, named here so
+            // the choice does not depend on which reqwest features the build unified.
+            let client = std::thread::spawn(reqwest::blocking::Client::new)
+                .join()
+                .map_err(|_| ServerError::Telemetry("cannot build the OTLP HTTP client".into()))?;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(client)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .build()
                 .map_err(|e| ServerError::Telemetry(e.to_string()))?;
             builder = builder.with_batch_exporter(exporter);
