@@ -36,6 +36,7 @@ capstan_tests::on_both_backends!(
     tenants_do_not_see_each_others_spans,
     queries_show_only_services_the_caller_may_query,
     retried_exports_store_each_span_once,
+    hostile_exports_are_contained,
 );
 
 async fn admin_token(s: &TestServer) -> String {
@@ -807,8 +808,9 @@ async fn queries_show_only_services_the_caller_may_query(ctx: &Ctx) {
     assert_eq!(status, 403);
     let (status, _) = get(&s, &t, "/v1/trace-metrics?service=payments").await;
     assert_eq!(status, 403);
-    let (_, deps) = get(&s, &t, "/api/dependencies?lookback=3600000").await;
-    assert_eq!(deps["data"], json!([]));
+    // The graph reads every service: it needs trace:Query on all of them.
+    let (status, _) = get(&s, &t, "/api/dependencies?lookback=3600000").await;
+    assert_eq!(status, 403);
     // Without trace:Ingest, nothing is stored.
     let r = send(&s, &t, export("frontend", 10, 1, now)).await;
     assert_eq!(refused(r).await, 1);
@@ -837,5 +839,56 @@ async fn retried_exports_store_each_span_once(ctx: &Ctx) {
             .unwrap(),
     };
     assert_eq!(n, 5);
+    s.server.shutdown().await.unwrap();
+}
+
+/// What an attacker with one token tries: a gzip bomb over gRPC (and no token at all), span
+/// names past the index's byte limit, too many services in one export, a forged principal.
+async fn hostile_exports_are_contained(ctx: &Ctx) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let (s, grpc_port) = server_with_grpc(ctx).await;
+    let t = admin_token(&s).await;
+    let now = now_ns(&s);
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    // No token: refused before the body is read.
+    let mut client = TraceServiceClient::connect(endpoint.clone()).await.unwrap();
+    let err = client.export(export("g", 1, 1, now)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // A gzip bomb: tiny on the wire, 40 MiB inflated, over the 16 MiB cap.
+    let mut bomb = export("g", 1, 1, now);
+    bomb.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(kv("pad", &"x".repeat(40 << 20)));
+    let mut client = TraceServiceClient::connect(endpoint)
+        .await
+        .unwrap()
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let mut req = tonic::Request::new(bomb);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    let err = client.export(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // A name longer than an index entry may be: stored (the operation column truncated), and
+    // the rest of the batch with it.
+    let mut req = export("names", 12, 2, now);
+    req.resource_spans[0].scope_spans[0].spans[0].name = "\u{8a9e}".repeat(1024);
+    assert_eq!(refused(send(&s, &t, req).await).await, 0);
+    let (_, v) = get(&s, &t, &format!("/api/traces/{}", "0c".repeat(16))).await;
+    assert_eq!(v["data"][0]["spans"].as_array().unwrap().len(), 2, "{v}");
+    // At most 64 services per export; a client cannot claim capstan.principal.
+    let mut req = export("svc-0", 13, 1, now);
+    for i in 1..70 {
+        let mut more = export(&format!("svc-{i}"), 13, 1, now);
+        more.resource_spans[0].scope_spans[0].spans[0].span_id = vec![1, 0, 0, 0, 0, 0, 0, i as u8];
+        req.resource_spans.extend(more.resource_spans);
+    }
+    req.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(kv("capstan.principal", "svc_forged"));
+    assert_eq!(refused(send(&s, &t, req).await).await, 6);
+    let (_, v) = get(&s, &t, &format!("/api/traces/{}", "0d".repeat(16))).await;
+    let trace = &v["data"][0];
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 64);
+    assert!(!trace.to_string().contains("svc_forged"), "{trace}");
     s.server.shutdown().await.unwrap();
 }

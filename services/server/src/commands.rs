@@ -173,7 +173,12 @@ pub async fn dev(o: Options) -> Result<(), ServerError> {
 
 /// Settings of the production commands: a database URL and a master key are required.
 fn production_settings(o: &Options) -> Result<Settings, ServerError> {
-    if o.trace_anonymous == Some(true) {
+    let anonymous_in_file = o
+        .service
+        .get("trace")
+        .and_then(|t| t.get("anonymous"))
+        .is_some_and(|v| v.as_bool() == Some(true));
+    if o.trace_anonymous == Some(true) || anonymous_in_file {
         return Err(ServerError::Config(
             "--trace-anonymous is for capstan dev only".into(),
         ));

@@ -170,7 +170,7 @@ async fn receive(
                 return Err(match e {
                     ApiError::Unavailable(m) => TraceError::Unavailable(m),
                     ApiError::Unauthenticated(m) => TraceError::Unauthenticated(m),
-                    _ => TraceError::Unauthenticated("the credentials were not accepted".into()),
+                    _ => TraceError::Internal("authentication failed".into()),
                 });
             }
         }
@@ -189,6 +189,8 @@ async fn receive(
             }
         })?
         .to_bytes();
+    // Held while the body is inflated, decoded and ingested.
+    let _budget = api.decode_budget(gzip, raw.len()).await?;
     let bytes: Bytes = if gzip {
         gunzip(&raw, api.settings().max_decompressed_bytes)?.into()
     } else {
@@ -349,6 +351,19 @@ fn trace_id(s: &str) -> Result<Vec<u8>, TraceError> {
     })
 }
 
+/// An operation filter: at most the stored length, no NUL.
+fn operation_param(p: &Params, name: &str) -> Result<Option<String>, TraceError> {
+    match p.get(name) {
+        Some(o) if o.contains('\0') || o.len() > model::MAX_NAME_BYTES => {
+            Err(TraceError::BadRequest(format!(
+                "{name} must be at most {} bytes, without NUL",
+                model::MAX_NAME_BYTES
+            )))
+        }
+        o => Ok(o.map(str::to_owned)),
+    }
+}
+
 fn service_param(p: &Params, name: &str) -> Result<String, TraceError> {
     let s = p
         .get(name)
@@ -490,7 +505,7 @@ async fn v1_search(State(api): Svc, Bearer(c): Bearer, RawQuery(q): RawQuery) ->
             let (start, end) = api.window(us(p.int("start")?), us(p.int("end")?), lookback)?;
             let query = SearchQuery {
                 service: service_param(&p, "service")?,
-                operation: p.get("operation").map(str::to_owned),
+                operation: operation_param(&p, "operation")?,
                 tags: tags(&p, "tags", "tag")?,
                 start_ns: start,
                 end_ns: end,
@@ -627,7 +642,7 @@ async fn v3_search(State(api): Svc, Bearer(c): Bearer, RawQuery(q): RawQuery) ->
         };
         let query = SearchQuery {
             service: service_param(&p, "query.service_name")?,
-            operation: p.get("query.operation_name").map(str::to_owned),
+            operation: operation_param(&p, "query.operation_name")?,
             tags: tags(&p, "query.attributes", "query.attribute")?,
             start_ns: start,
             end_ns: end,

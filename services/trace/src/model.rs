@@ -24,8 +24,10 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 pub const PRINCIPAL_ATTRIBUTE: &str = "capstan.principal";
 /// Longest service name (it is part of a CRN).
 pub const MAX_SERVICE_LEN: usize = 256;
-/// Longest span name kept as the operation.
+/// Longest span name (characters).
 pub const MAX_NAME_LEN: usize = 1024;
+/// Longest operation kept in the searched column (bytes; the span keeps its whole name).
+pub const MAX_NAME_BYTES: usize = 1024;
 /// Nanoseconds in a day.
 pub const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
@@ -150,10 +152,8 @@ pub fn service_name(resource: Option<&Resource>) -> String {
 
 /// A service name Capstan can name in a CRN: 1 to 256 characters, no control characters.
 pub fn check_service_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.chars().count() > MAX_SERVICE_LEN {
-        return Err(format!(
-            "service.name must be 1 to {MAX_SERVICE_LEN} characters"
-        ));
+    if s.is_empty() || s.len() > MAX_SERVICE_LEN {
+        return Err(format!("service.name must be 1 to {MAX_SERVICE_LEN} bytes"));
     }
     if s.chars().any(char::is_control) {
         return Err("service.name must not contain control characters".into());
@@ -271,6 +271,10 @@ fn no_nul(s: &str) -> String {
 fn tags_json(resource: &[KeyValue], span: &[KeyValue]) -> String {
     let mut m = Map::new();
     for kv in resource.iter().chain(span) {
+        // `capstan.*` is Capstan's to say (the principal): a client cannot forge it.
+        if kv.key.starts_with("capstan.") {
+            continue;
+        }
         m.insert(
             no_nul(&kv.key),
             Value::String(no_nul(&value_text(kv.value.as_ref()))),
@@ -279,10 +283,77 @@ fn tags_json(resource: &[KeyValue], span: &[KeyValue]) -> String {
     Value::Object(m).to_string()
 }
 
+/// Bounds on what one export may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Distinct services (resources' `service.name`) per export; spans of more are refused.
+    pub max_services: usize,
+    /// Attributes, events and links per span, and attributes per resource (OpenTelemetry's
+    /// default limit is 128).
+    pub max_items: usize,
+    /// A resource's encoded size.
+    pub max_resource_bytes: usize,
+    /// The rows one export may become, in bytes (more is 413).
+    pub max_row_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_services: 64,
+            max_items: 128,
+            max_resource_bytes: 64 << 10,
+            max_row_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The bytes a row holds in memory (what the ingest queue counts).
+pub fn row_bytes(r: &SpanRow) -> usize {
+    r.span.len() + r.resource.len() + r.scope.len() + r.tags.len() + r.name.len() + 128
+}
+
+/// The services an export claims, each once, in order, at most `max` (more are left out: their
+/// spans are refused by [`check`]).
+pub fn claimed_services(req: &ExportTraceServiceRequest, max: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for rs in &req.resource_spans {
+        let s = service_name(rs.resource.as_ref());
+        if out.len() < max && check_service_name(&s).is_ok() && seen.insert(s.clone()) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// Longest prefix of `s` of at most `max` bytes, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Checks every span of `req` and makes rows of the valid ones, attributed to `principal` in
-/// `tenant`. Invalid spans are counted and described, never stored.
-pub fn check(req: ExportTraceServiceRequest, tenant: &str, principal: &str, w: &Window) -> Checked {
+/// `tenant`. Spans of services in `allowed`'s complement are refused with `refusal(service)`;
+/// invalid spans are counted and described, never stored. Errs (413) when the rows would pass
+/// `limits.max_row_bytes`.
+pub fn check(
+    req: ExportTraceServiceRequest,
+    tenant: &str,
+    principal: &str,
+    w: &Window,
+    limits: &Limits,
+    allowed: &dyn Fn(&str) -> Option<String>,
+) -> Result<Checked, String> {
     let mut out = Checked::default();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut budget = limits.max_row_bytes;
     for rs in req.resource_spans {
         let ResourceSpans {
             resource,
@@ -295,20 +366,62 @@ pub fn check(req: ExportTraceServiceRequest, tenant: &str, principal: &str, w: &
             out.reject(count, e);
             continue;
         }
+        if let Some(why) = allowed(&service) {
+            out.reject(count, why);
+            continue;
+        }
         let resource = resource.unwrap_or_default();
+        let names = resource
+            .attributes
+            .iter()
+            .filter(|kv| kv.key == "service.name")
+            .count();
+        if names > 1 {
+            out.reject(count, "a resource must name one service.name".into());
+            continue;
+        }
         let resource_bytes = resource.encode_to_vec();
-        let mut rows = Vec::with_capacity(count);
+        if resource.attributes.len() > limits.max_items
+            || resource_bytes.len() > limits.max_resource_bytes
+        {
+            out.reject(
+                count,
+                format!(
+                    "a resource may have at most {} attributes and {} bytes",
+                    limits.max_items, limits.max_resource_bytes
+                ),
+            );
+            continue;
+        }
+        let mut rows = Vec::with_capacity(count.min(4096));
         for ss in scope_spans {
             let ScopeSpans { scope, spans, .. } = ss;
             let scope_bytes = scope.unwrap_or_default().encode_to_vec();
+            if scope_bytes.len() > limits.max_resource_bytes {
+                out.reject(spans.len(), "an instrumentation scope is too large".into());
+                continue;
+            }
             for span in spans {
                 if let Err(e) = check_span(&span, w) {
                     out.reject(1, e);
                     continue;
                 }
+                if span.attributes.len() > limits.max_items
+                    || span.events.len() > limits.max_items
+                    || span.links.len() > limits.max_items
+                {
+                    out.reject(
+                        1,
+                        format!(
+                            "a span may have at most {} attributes, events and links each",
+                            limits.max_items
+                        ),
+                    );
+                    continue;
+                }
                 let start = span.start_time_unix_nano as i64;
                 let end = span.end_time_unix_nano as i64;
-                rows.push(SpanRow {
+                let row = SpanRow {
                     tenant: tenant.to_owned(),
                     trace_id: span.trace_id.clone(),
                     span_id: span.span_id.clone(),
@@ -316,7 +429,8 @@ pub fn check(req: ExportTraceServiceRequest, tenant: &str, principal: &str, w: &
                         .then(|| span.parent_span_id.clone()),
                     service: service.clone(),
                     principal: principal.to_owned(),
-                    name: span.name.clone(),
+                    // Index entries have a byte limit: the column keeps at most 1 KiB.
+                    name: truncate(&span.name, MAX_NAME_BYTES).to_owned(),
                     kind: span.kind as i16,
                     start_ns: start,
                     duration_ns: end - start,
@@ -325,15 +439,25 @@ pub fn check(req: ExportTraceServiceRequest, tenant: &str, principal: &str, w: &
                     span: span.encode_to_vec(),
                     resource: resource_bytes.clone(),
                     scope: scope_bytes.clone(),
-                });
+                };
+                budget = budget.checked_sub(row_bytes(&row)).ok_or_else(|| {
+                    format!(
+                        "the export would take more than {} bytes in memory; send smaller batches",
+                        limits.max_row_bytes
+                    )
+                })?;
+                rows.push(row);
             }
         }
-        match out.services.iter_mut().find(|s| s.service == service) {
-            Some(s) => s.rows.extend(rows),
-            None => out.services.push(ServiceSpans { service, rows }),
+        match index.get(&service) {
+            Some(&i) => out.services[i].rows.extend(rows),
+            None => {
+                index.insert(service.clone(), out.services.len());
+                out.services.push(ServiceSpans { service, rows });
+            }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A stored span as read back.
@@ -395,6 +519,7 @@ fn string_kv(key: &str, value: &str) -> KeyValue {
 pub fn to_otlp(rows: Vec<StoredSpan>) -> TracesData {
     let mut out: Vec<ResourceSpans> = Vec::new();
     let mut index: HashMap<(Vec<u8>, String), usize> = HashMap::new();
+    let mut scopes: HashMap<(usize, Vec<u8>), usize> = HashMap::new();
     for d in decode(rows) {
         let key = (d.resource_key, d.principal.clone());
         let i = *index.entry(key).or_insert_with(|| {
@@ -413,19 +538,16 @@ pub fn to_otlp(rows: Vec<StoredSpan>) -> TracesData {
             out.len() - 1
         });
         let rs = &mut out[i];
-        let pos = rs
-            .scope_spans
-            .iter()
-            .position(|s| s.scope.as_ref().map(|s| s.encode_to_vec()) == Some(d.scope_key.clone()));
-        match pos {
-            Some(p) => rs.scope_spans[p].spans.push(d.span),
-            None => rs.scope_spans.push(ScopeSpans {
+        let n = rs.scope_spans.len();
+        let p = *scopes.entry((i, d.scope_key)).or_insert(n);
+        if p == n {
+            rs.scope_spans.push(ScopeSpans {
                 scope: Some(d.scope),
-                spans: vec![d.span],
+                spans: Vec::new(),
                 schema_url: String::new(),
-            }),
+            });
         }
-        let _ = d.service;
+        rs.scope_spans[p].spans.push(d.span);
     }
     TracesData {
         resource_spans: out,
@@ -564,6 +686,7 @@ fn jaeger_span(d: &Decoded, pid: &str) -> Value {
     let mut tags: Vec<Value> = s
         .attributes
         .iter()
+        .filter(|kv| kv.key != PRINCIPAL_ATTRIBUTE)
         .map(|kv| jaeger_tag(&kv.key, kv.value.as_ref()))
         .collect();
     if let Some(k) = kind_name(s.kind) {

@@ -17,7 +17,7 @@ use capstan_db::DbError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::model::SpanRow;
+use crate::model::{row_bytes, SpanRow};
 use crate::store::SqlTraceStore;
 
 /// How the pipeline is sized.
@@ -44,6 +44,9 @@ pub enum SubmitError {
     /// The server is stopping, or storage is unreachable: retry later (elsewhere).
     #[error("{0}")]
     Unavailable(String),
+    /// The spans are more than the whole queue holds: send smaller batches.
+    #[error("the export is larger than the trace queue")]
+    TooLarge,
     /// Storage refused the write.
     #[error("storing spans failed: {0}")]
     Failed(String),
@@ -91,10 +94,6 @@ const SEEN_MAX: usize = 100_000;
 /// How often an operation's `last_seen` is refreshed.
 const SEEN_REFRESH_NS: i64 = 3600 * 1_000_000_000;
 
-fn row_bytes(r: &SpanRow) -> usize {
-    r.span.len() + r.resource.len() + r.scope.len() + r.tags.len() + r.name.len() + 128
-}
-
 impl Pipeline {
     /// A pipeline writing to `store`.
     pub fn new(
@@ -135,7 +134,10 @@ impl Pipeline {
         let bytes: usize = rows.iter().map(row_bytes).sum();
         let need = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .clamp(1, self.capacity);
+            .max(1);
+        if need > self.capacity {
+            return Err(SubmitError::TooLarge);
+        }
         let permit = match self.permits.clone().try_acquire_many_owned(need) {
             Ok(p) => p,
             Err(_) => {

@@ -49,13 +49,18 @@ pub struct TraceSection {
     pub max_batch: Option<usize>,
     /// Longest wait for `min_batch`, ms. Default 20.
     pub linger_ms: Option<u64>,
-    /// Largest request body as sent (compressed or not), bytes. Default 8 MiB.
+    /// Largest request body as sent (compressed or not), bytes. Default 4 MiB.
     pub max_body_bytes: Option<usize>,
-    /// Largest request body after decompression, bytes. Default 32 MiB.
+    /// Largest request body after decompression, bytes. Default 16 MiB.
     pub max_decompressed_bytes: Option<usize>,
+    /// Bytes of export bodies being decompressed and decoded at once (a gzip body counts as
+    /// `max_decompressed_bytes`); more wait up to 2 s, then get 429. Default 64 MiB.
+    pub decode_budget_bytes: Option<usize>,
+    /// Most spans one trace returns. Default 10,000.
+    pub max_trace_spans: Option<i64>,
     /// Most traces one search returns. Default 1,500.
     pub max_search_traces: Option<i64>,
-    /// Spans RED metrics read at most per query. Default 500,000.
+    /// Spans RED metrics read at most per query. Default 200,000.
     pub max_metric_spans: Option<i64>,
     /// Longest window of a search, dependency or metrics query, hours. Default 7 days.
     pub max_query_hours: Option<i64>,
@@ -78,6 +83,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// See [`TraceSection::max_decompressed_bytes`].
     pub max_decompressed_bytes: usize,
+    /// See [`TraceSection::decode_budget_bytes`].
+    pub decode_budget_bytes: usize,
+    /// See [`TraceSection::max_trace_spans`].
+    pub max_trace_spans: i64,
     /// See [`TraceSection::max_search_traces`].
     pub max_search_traces: i64,
     /// See [`TraceSection::max_metric_spans`].
@@ -101,12 +110,14 @@ impl From<&TraceSection> for Settings {
                 max_batch: s.max_batch.unwrap_or(8192).max(min_batch),
                 linger: Duration::from_millis(s.linger_ms.unwrap_or(20).min(1000)),
             },
-            max_body_bytes: s.max_body_bytes.unwrap_or(8 << 20).max(64 << 10),
-            max_decompressed_bytes: s.max_decompressed_bytes.unwrap_or(32 << 20).max(64 << 10),
+            max_body_bytes: s.max_body_bytes.unwrap_or(4 << 20).max(64 << 10),
+            max_decompressed_bytes: s.max_decompressed_bytes.unwrap_or(16 << 20).max(64 << 10),
+            decode_budget_bytes: s.decode_budget_bytes.unwrap_or(64 << 20).max(1 << 20),
+            max_trace_spans: s.max_trace_spans.unwrap_or(10_000).clamp(10, 1_000_000),
             max_search_traces: s.max_search_traces.unwrap_or(1500).clamp(1, 100_000),
             max_metric_spans: s
                 .max_metric_spans
-                .unwrap_or(500_000)
+                .unwrap_or(200_000)
                 .clamp(1000, 50_000_000),
             max_query_ns: s.max_query_hours.unwrap_or(7 * 24).clamp(1, 24 * 3650)
                 * 3600
@@ -164,6 +175,8 @@ pub struct TraceService {
     pub(crate) verifier: Arc<dyn TokenVerifier>,
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     draining: AtomicBool,
+    /// KiB of export bodies being decompressed and decoded.
+    decoding: Arc<tokio::sync::Semaphore>,
 }
 
 fn crn(tenant: &TenantId, service: &str) -> Crn {
@@ -189,7 +202,6 @@ impl TraceService {
             clock.clone(),
         ));
         TraceService {
-            settings,
             store,
             pipeline,
             clock,
@@ -197,6 +209,10 @@ impl TraceService {
             verifier,
             stopping: tokio::sync::watch::channel(false).0,
             draining: AtomicBool::new(false),
+            decoding: Arc::new(tokio::sync::Semaphore::new(
+                settings.decode_budget_bytes.div_ceil(1024),
+            )),
+            settings,
         }
     }
 
@@ -224,6 +240,33 @@ impl TraceService {
         let _ = self.stopping.send(true);
     }
 
+    /// Takes the decoding budget for a body of `len` bytes (a compressed one counts as the
+    /// decompression cap); waits up to 2 s, then the receiver answers 429.
+    pub async fn decode_budget(
+        &self,
+        compressed: bool,
+        len: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, TraceError> {
+        let bytes = if compressed {
+            self.settings.max_decompressed_bytes
+        } else {
+            len
+        };
+        let cap = self.settings.decode_budget_bytes.div_ceil(1024);
+        let kib = u32::try_from(bytes.div_ceil(1024).clamp(1, cap)).unwrap_or(u32::MAX);
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            self.decoding.clone().acquire_many_owned(kib),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(TraceError::Overloaded(
+                "too many exports are being decoded: retry after a second".into(),
+            )),
+        }
+    }
+
     /// Who sends an export: the bearer token of `authorization`, else anonymous if allowed.
     pub async fn sender(&self, authorization: Option<&str>) -> Result<Sender, TraceError> {
         let Some(value) = authorization else {
@@ -245,9 +288,15 @@ impl TraceService {
                 ))
             }
         };
-        Ok(Sender::Caller(
-            self.verifier.authenticate_caller(token).await?,
-        ))
+        let caller = self.verifier.authenticate_caller(token).await?;
+        // No client certificate on this listener: a certificate-bound token is refused.
+        if caller.bound_to.is_some() {
+            return Err(TraceError::Unauthenticated(
+                "this token is bound to a client certificate that this connection does not present"
+                    .into(),
+            ));
+        }
+        Ok(Sender::Caller(caller))
     }
 
     /// Checks, attributes and stores an export. Spans of services the sender may not report
@@ -268,33 +317,42 @@ impl TraceService {
         };
         let tenant = who.tenant();
         let principal = who.principal();
-        let mut checked = model::check(req, &tenant, &principal, &window);
+        let limits = self.limits();
+        // Authorize the claimed services first: nothing is built for a service the sender may
+        // not report.
+        let claimed = model::claimed_services(&req, limits.max_services);
+        let mut refused: HashMap<String, String> = HashMap::new();
         if let Sender::Caller(caller) = who {
-            let services: Vec<String> = checked
-                .services
-                .iter()
-                .filter(|s| !s.rows.is_empty())
-                .map(|s| s.service.clone())
-                .collect();
-            for service in services {
+            for service in &claimed {
                 let r = guard(
                     self.authorizer.as_ref(),
                     caller,
                     "trace:Ingest",
-                    &crn(&caller.tenant, &service),
+                    &crn(&caller.tenant, service),
                     &[("trace:Service", service.as_str())],
                 )
                 .await;
                 match r {
                     Ok(()) => {}
-                    Err(GuardError::Forbidden { .. }) => checked.refuse_service(
-                        &service,
-                        format!("{principal} may not report spans of service {service:?} (trace:Ingest)"),
-                    ),
+                    Err(GuardError::Forbidden { .. }) => {
+                        refused.insert(
+                            service.clone(),
+                            format!("{principal} may not report spans of service {service:?} (trace:Ingest)"),
+                        );
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
         }
+        let max = limits.max_services;
+        let allowed = |service: &str| -> Option<String> {
+            if !claimed.iter().any(|c| c == service) {
+                return Some(format!("an export may name at most {max} services"));
+            }
+            refused.get(service).cloned()
+        };
+        let checked = model::check(req, &tenant, &principal, &window, &limits, &allowed)
+            .map_err(TraceError::TooLarge)?;
         let rejected = checked.rejected;
         let message = checked.error_message();
         let rows = checked.into_rows();
@@ -325,10 +383,35 @@ impl TraceService {
             newest_ns: now + DAY_NS,
         };
         let who = Sender::Server;
-        let rows = model::check(req, &who.tenant(), &who.principal(), &window).into_rows();
+        let Ok(checked) = model::check(
+            req,
+            &who.tenant(),
+            &who.principal(),
+            &window,
+            &self.limits(),
+            &|_| None,
+        ) else {
+            return;
+        };
+        let rows = checked.into_rows();
         if !rows.is_empty() {
             // The receiver is dropped: nobody waits for the commit.
             let _ = self.pipeline.submit(rows);
+        }
+    }
+
+    /// Most spans read for `traces` traces (bounded whatever their size).
+    fn span_cap(&self, traces: usize) -> i64 {
+        self.settings
+            .max_trace_spans
+            .saturating_mul(traces.max(1) as i64)
+            .min(200_000)
+    }
+
+    fn limits(&self) -> model::Limits {
+        model::Limits {
+            max_row_bytes: self.settings.pipeline.queue_bytes,
+            ..model::Limits::default()
         }
     }
 
@@ -447,7 +530,10 @@ impl TraceService {
         q.limit = q.limit.clamp(1, self.settings.max_search_traces);
         let tenant = caller.tenant.as_str();
         let ids = self.store.find_trace_ids(tenant, &q).await?;
-        let spans = self.store.spans_of(tenant, &ids).await?;
+        let spans = self
+            .store
+            .spans_of(tenant, &ids, self.span_cap(ids.len()))
+            .await?;
         let mut memo = Visible::new();
         memo.insert(q.service.clone(), true);
         let spans = self.only_visible(caller, spans, &mut memo).await?;
@@ -458,7 +544,7 @@ impl TraceService {
     pub async fn trace(&self, caller: &Caller, id: &[u8]) -> Result<Vec<StoredSpan>, TraceError> {
         let spans = self
             .store
-            .spans_of(caller.tenant.as_str(), &[id.to_vec()])
+            .spans_of(caller.tenant.as_str(), &[id.to_vec()], self.span_cap(1))
             .await?;
         let spans = self
             .only_visible(caller, spans, &mut Visible::new())
@@ -476,6 +562,8 @@ impl TraceService {
         from_ns: i64,
         to_ns: i64,
     ) -> Result<Vec<Dependency>, TraceError> {
+        // The graph reads every service's spans: it needs trace:Query on all of them.
+        self.require(caller, "*").await?;
         let mut memo = Visible::new();
         let mut out = Vec::new();
         for d in self
@@ -571,6 +659,9 @@ fn submit_error(e: SubmitError) -> TraceError {
             TraceError::Overloaded("the trace queue is full: retry after a second".into())
         }
         SubmitError::Unavailable(m) => TraceError::Unavailable(m),
+        SubmitError::TooLarge => {
+            TraceError::TooLarge("the export is larger than the trace queue".into())
+        }
         SubmitError::Failed(m) => TraceError::Internal(m),
     }
 }

@@ -68,6 +68,16 @@ pub struct Sample {
     pub status_code: i16,
 }
 
+/// A read-only transaction whose statements may run 15 s at most: a search or graph over a
+/// week of spans must not hold the pool every service shares (cancelled is 503).
+async fn bounded(p: &sqlx::PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, DbError> {
+    let mut tx = p.begin().await?;
+    sqlx::query("SET LOCAL statement_timeout = 15000")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 enum Bind {
     Text(String),
     Int(i64),
@@ -168,6 +178,10 @@ impl SqlTraceStore {
         // Replicas and writers create partitions under one advisory lock; the name and range
         // are computed, never taken from input.
         let mut tx = p.begin().await?;
+        // DDL waits for ACCESS EXCLUSIVE: never queue behind a long read for long.
+        sqlx::query("SET LOCAL lock_timeout = 5000")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock(7261001)")
             .execute(&mut *tx)
             .await?;
@@ -278,7 +292,8 @@ impl SqlTraceStore {
     pub async fn services(&self, tenant: &str) -> Result<Vec<String>, DbError> {
         let rows: Vec<(String,)> = on_pool!(&self.db, |p| {
             sqlx::query_as(
-                "SELECT DISTINCT service FROM trace_operations WHERE tenant = $1 ORDER BY service",
+                "SELECT DISTINCT service FROM trace_operations WHERE tenant = $1 ORDER BY service \
+                 LIMIT 10000",
             )
             .bind(tenant)
             .fetch_all(p)
@@ -292,7 +307,7 @@ impl SqlTraceStore {
         Ok(on_pool!(&self.db, |p| {
             sqlx::query_as(
                 "SELECT name, kind FROM trace_operations WHERE tenant = $1 AND service = $2 \
-                 ORDER BY name, kind",
+                 ORDER BY name, kind LIMIT 10000",
             )
             .bind(tenant)
             .bind(service)
@@ -361,16 +376,27 @@ impl SqlTraceStore {
         sql.push_str(&format!(
             " GROUP BY trace_id ORDER BY max(start_ns) DESC LIMIT {a}"
         ));
-        let rows: Vec<(Vec<u8>,)> = on_pool!(&self.db, |p| {
-            let mut query = sqlx::query_as(&sql);
-            for b in &binds {
-                query = match b {
-                    Bind::Text(s) => query.bind(s.clone()),
-                    Bind::Int(i) => query.bind(*i),
-                };
+        macro_rules! bound {
+            () => {{
+                let mut query = sqlx::query_as(&sql);
+                for b in &binds {
+                    query = match b {
+                        Bind::Text(s) => query.bind(s.clone()),
+                        Bind::Int(i) => query.bind(*i),
+                    };
+                }
+                query
+            }};
+        }
+        let rows: Vec<(Vec<u8>,)> = match &self.db {
+            Db::Postgres(p) => {
+                let mut tx = bounded(p).await?;
+                let rows = bound!().fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
             }
-            query.fetch_all(p).await
-        })?;
+            Db::Sqlite(p) => bound!().fetch_all(p).await?,
+        };
         Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
@@ -379,6 +405,7 @@ impl SqlTraceStore {
         &self,
         tenant: &str,
         trace_ids: &[Vec<u8>],
+        limit: i64,
     ) -> Result<Vec<StoredSpan>, DbError> {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
@@ -388,10 +415,11 @@ impl SqlTraceStore {
             Db::Postgres(p) => {
                 sqlx::query_as(&format!(
                 "SELECT {SPAN_COLUMNS} FROM trace_spans WHERE tenant = $1 AND trace_id = ANY($2) \
-                     ORDER BY start_ns, span_id"
+                     ORDER BY start_ns, span_id LIMIT $3"
             ))
                 .bind(tenant)
                 .bind(trace_ids)
+                .bind(limit)
                 .fetch_all(p)
                 .await?
             }
@@ -400,10 +428,11 @@ impl SqlTraceStore {
                 for id in trace_ids {
                     let mut rows: Vec<Row> = sqlx::query_as(&format!(
                         "SELECT {SPAN_COLUMNS} FROM trace_spans WHERE tenant = $1 AND trace_id = $2 \
-                         ORDER BY start_ns, span_id"
+                         ORDER BY start_ns, span_id LIMIT $3"
                     ))
                     .bind(tenant)
                     .bind(id)
+                    .bind(limit - all.len() as i64)
                     .fetch_all(p)
                     .await?;
                     all.append(&mut rows);
@@ -431,8 +460,26 @@ impl SqlTraceStore {
         from_ns: i64,
         to_ns: i64,
     ) -> Result<Vec<Dependency>, DbError> {
-        Ok(on_pool!(&self.db, |p| {
-            sqlx::query_as(
+        match &self.db {
+            Db::Postgres(p) => {
+                let mut tx = bounded(p).await?;
+                let rows = sqlx::query_as(
+                    "SELECT pa.service AS parent, c.service AS child, COUNT(*) AS calls \
+                 FROM trace_spans c JOIN trace_spans pa ON pa.tenant = c.tenant \
+                 AND pa.trace_id = c.trace_id AND pa.span_id = c.parent_span_id \
+                 WHERE c.tenant = $1 AND c.start_ns >= $2 AND c.start_ns <= $3 \
+                 AND c.parent_span_id IS NOT NULL AND pa.service <> c.service \
+                 GROUP BY pa.service, c.service ORDER BY pa.service, c.service",
+                )
+                .bind(tenant)
+                .bind(from_ns)
+                .bind(to_ns)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            Db::Sqlite(p) => Ok(sqlx::query_as(
                 "SELECT pa.service AS parent, c.service AS child, COUNT(*) AS calls \
                  FROM trace_spans c JOIN trace_spans pa ON pa.tenant = c.tenant \
                  AND pa.trace_id = c.trace_id AND pa.span_id = c.parent_span_id \
@@ -444,8 +491,8 @@ impl SqlTraceStore {
             .bind(from_ns)
             .bind(to_ns)
             .fetch_all(p)
-            .await
-        })?)
+            .await?),
+        }
     }
 
     /// Up to `cap` spans of a service in a window, for RED metrics.
@@ -457,8 +504,24 @@ impl SqlTraceStore {
         to_ns: i64,
         cap: i64,
     ) -> Result<Vec<Sample>, DbError> {
-        Ok(on_pool!(&self.db, |p| {
-            sqlx::query_as(
+        match &self.db {
+            Db::Postgres(p) => {
+                let mut tx = bounded(p).await?;
+                let rows = sqlx::query_as(
+                    "SELECT name, duration_ns, status_code FROM trace_spans WHERE tenant = $1 \
+                 AND service = $2 AND start_ns >= $3 AND start_ns <= $4 LIMIT $5",
+                )
+                .bind(tenant)
+                .bind(service)
+                .bind(from_ns)
+                .bind(to_ns)
+                .bind(cap)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            Db::Sqlite(p) => Ok(sqlx::query_as(
                 "SELECT name, duration_ns, status_code FROM trace_spans WHERE tenant = $1 \
                  AND service = $2 AND start_ns >= $3 AND start_ns <= $4 LIMIT $5",
             )
@@ -468,8 +531,8 @@ impl SqlTraceStore {
             .bind(to_ns)
             .bind(cap)
             .fetch_all(p)
-            .await
-        })?)
+            .await?),
+        }
     }
 
     /// Drops what started before `before_ns`: whole day partitions on Postgres (a partition
@@ -492,9 +555,14 @@ impl SqlTraceStore {
                     };
                     if (day + 1) * DAY_NS <= before_ns {
                         // The name is ours (checked digits), never input.
-                        sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
-                            .execute(p)
+                        let mut tx = p.begin().await?;
+                        sqlx::query("SET LOCAL lock_timeout = 5000")
+                            .execute(&mut *tx)
                             .await?;
+                        sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
                         self.partitions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
