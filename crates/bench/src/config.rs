@@ -15,7 +15,7 @@
 //! reported too: on one machine the two compete for the same cores.
 
 mod etcd;
-mod watch;
+pub(crate) mod watch;
 
 use std::path::PathBuf;
 

@@ -23,6 +23,7 @@ use tokio::process::{Child, Command};
 
 mod config;
 mod feed;
+mod otlp;
 mod policy;
 mod svid;
 mod worst;
@@ -50,6 +51,9 @@ enum Which {
     /// Config push delay to many SSE watchers (one server, across replicas, etcd if installed)
     /// and memory per idle watcher.
     ConfigWatch,
+    /// Trace ingest over OTLP/HTTP (spans/s committed) against the raw Postgres COPY rate of the
+    /// same rows, the server's peak RSS, and Jaeger search latency over 10 million spans.
+    Otlp,
 }
 
 /// Capstan benchmarks.
@@ -87,6 +91,15 @@ struct Args {
     /// config-watch: sequential writes, each awaited by every watcher.
     #[arg(long, default_value_t = 20)]
     writes: usize,
+    /// `otlp`: spans sent over OTLP/HTTP (in exports of 512).
+    #[arg(long, default_value_t = 2_000_000)]
+    spans: usize,
+    /// `otlp`: spans stored before the search latency is measured (0: skip).
+    #[arg(long, default_value_t = 10_000_000)]
+    search_spans: u64,
+    /// `otlp`: searches by service and operation to time (and a fifth as many by service only).
+    #[arg(long, default_value_t = 1_000)]
+    searches: usize,
 }
 
 struct Stats {
@@ -457,6 +470,9 @@ async fn bench(args: &Args, bin: &PathBuf, url: &str) -> Result<(), String> {
     }
     if args.which == Which::ConfigWatch {
         return config::bench(args, bin, url).await;
+    }
+    if args.which == Which::Otlp {
+        return otlp::bench(args, bin, url).await;
     }
     let (key, admin) = bootstrap(bin, url).await?;
     let mut server = start_server(bin, url, &key).await?;

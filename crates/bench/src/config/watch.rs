@@ -245,7 +245,7 @@ pub async fn measure(
 
 /// User plus system CPU time of process `pid` so far, in ms (`/proc/<pid>/stat` counts in
 /// USER_HZ ticks, 100 per second on Linux).
-fn cpu_ms(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ms(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after it start with the state.
     let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
