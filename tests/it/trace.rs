@@ -37,6 +37,7 @@ capstan_tests::on_both_backends!(
     queries_show_only_services_the_caller_may_query,
     retried_exports_store_each_span_once,
     hostile_exports_are_contained,
+    the_otlp_ports_have_the_main_listeners_limits,
 );
 
 async fn admin_token(s: &TestServer) -> String {
@@ -552,6 +553,47 @@ async fn receiver_errors_and_partial_success(ctx: &Ctx) {
         .map(|s| s["operationName"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["ok"]);
+    // 64-bit times sent as JSON numbers (the protobuf JSON mapping allows them) are taken.
+    let json_body = json!({"resourceSpans": [{"resource": {"attributes": [
+      {"key": "service.name", "value": {"stringValue": "shop"}},
+      {"key": "startTimeUnixNano", "value": {"intValue": 7}}]},
+    "scopeSpans": [{"spans": [
+      {"traceId": "0af7651916cd43dd8448eb211c80319e", "spanId": "b7ad6b7169203335", "name": "numeric",
+       "startTimeUnixNano": now, "endTimeUnixNano": now + 9,
+       "events": [{"timeUnixNano": now + 1, "name": "tick"}]}
+    ]}]}]});
+    let r = post_raw(
+        &s,
+        Some(&t),
+        "application/json",
+        None,
+        json_body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v.get("partialSuccess")
+            .is_none_or(|p| p["rejectedSpans"].as_i64().unwrap_or(0) == 0),
+        "{v}"
+    );
+    let (status, v) = get(&s, &t, "/api/traces/0af7651916cd43dd8448eb211c80319e").await;
+    assert_eq!(status, 200);
+    let span = &v["data"][0]["spans"][0];
+    assert_eq!(span["operationName"], "numeric");
+    assert_eq!(span["startTime"], now / 1000, "{span}");
+    assert_eq!(span["logs"][0]["timestamp"], (now + 1) / 1000, "{span}");
+    // A negative or fractional time is still malformed.
+    let r = post_raw(
+        &s,
+        Some(&t),
+        "application/json",
+        None,
+        br#"{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": -5}]}]}]}"#
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
     // Query errors say what is wrong.
     let (status, v) = get(&s, &t, "/api/traces?lookback=1h").await;
     assert_eq!(status, 400);
@@ -890,5 +932,60 @@ async fn hostile_exports_are_contained(ctx: &Ctx) {
     let trace = &v["data"][0];
     assert_eq!(trace["spans"].as_array().unwrap().len(), 64);
     assert!(!trace.to_string().contains("svc_forged"), "{trace}");
+    s.server.shutdown().await.unwrap();
+}
+
+/// The OTLP ports are served like the main listener: exports work there, and a client
+/// trickling its headers is cut off after the header read timeout instead of holding a
+/// connection for ever.
+async fn the_otlp_ports_have_the_main_listeners_limits(ctx: &Ctx) {
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let mut settings = ctx.settings();
+    settings.header_read_timeout = Duration::from_secs(1);
+    settings.service_config.insert(
+        "trace".into(),
+        json!({
+            "otlp_http_listen": format!("127.0.0.1:{http_port}"),
+            "otlp_grpc_listen": format!("127.0.0.1:{grpc_port}"),
+        }),
+    );
+    let s = ctx.server_with(settings).await;
+    let t = admin_token(&s).await;
+    let now = now_ns(&s);
+    let r = s
+        .http
+        .post(format!("http://127.0.0.1:{http_port}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .bearer_auth(&t)
+        .body(export("side-door", 9, 2, now).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused(r).await, 0);
+    let (status, v) = get(&s, &t, "/api/services").await;
+    assert_eq!(status, 200);
+    assert!(
+        v["data"].as_array().unwrap().contains(&json!("side-door")),
+        "{v}"
+    );
+    for port in [http_port, grpc_port] {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        conn.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "port {port}: the connection is still open after 10 s"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(500));
+    }
     s.server.shutdown().await.unwrap();
 }

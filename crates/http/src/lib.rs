@@ -22,7 +22,8 @@ pub use body::{JsonBody, JsonOrDefault, JsonText, Path, Query};
 pub use capstan_core::authz::guard;
 pub use error::{no_store, ApiError, ApiResult, RETRY_AFTER_SECONDS};
 pub use service::{
-    BoxError, Metric, Platform, Registration, RouteList, Routes, Service, ServiceConfig, SpanSink,
+    BoxError, ExtraListener, Metric, Platform, Registration, RouteList, Routes, Service,
+    ServiceConfig, SpanSink,
 };
 
 /// The longest a long poll may hold a request: the server's request timeout is extended by

@@ -50,6 +50,18 @@ impl Metric {
     }
 }
 
+/// A listener a service asks the server to open beside its main one (the OTLP ports). The
+/// server binds it and serves it like the main listener: the same connection limit and header
+/// read timeout, TLS when the server serves TLS, graceful shutdown.
+pub struct ExtraListener {
+    /// The setting that asked for it (`--otlp-grpc-listen`), for errors and logs.
+    pub flag: &'static str,
+    /// Where to listen.
+    pub addr: std::net::SocketAddr,
+    /// What it serves.
+    pub router: Router,
+}
+
 /// One platform service (auth, policy, identity, config, trace, …) as the server sees it. A
 /// service also brings its configuration: its [`Registration`] builds it from its own
 /// `[service.<name>]` section ([`ServiceConfig`]).
@@ -72,6 +84,11 @@ pub trait Service: Send + Sync + 'static {
 
     /// A change on one of its topics, from any server. Quick: drop a cache entry, wake a waiter.
     fn on_change(&self, _change: &Change) {}
+
+    /// Listeners besides the main one it needs (none by default).
+    fn listeners(self: Arc<Self>, _verifier: Arc<dyn TokenVerifier>) -> Vec<ExtraListener> {
+        Vec::new()
+    }
 
     /// Starts its background tasks; they are aborted when the server stops, after
     /// [`Service::stop`].

@@ -27,7 +27,7 @@ use capstan_policy::store::SqlPolicyStore;
 use capstan_policy::{PolicyConfig, PolicyService};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use utoipa::OpenApi;
@@ -497,7 +497,7 @@ pub struct Server {
     pub app: Arc<App>,
     /// The TLS layer, when serving HTTPS (tests call its `refresh`).
     pub tls: Option<Arc<crate::tls::Tls>>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -573,12 +573,35 @@ impl Server {
             header_read_timeout: settings.header_read_timeout,
             max_connections: settings.max_connections,
         };
-        let (tx, rx) = oneshot::channel::<()>();
+        // Listeners the services ask for (the OTLP ports) are served like the main one.
+        let mut extra = Vec::new();
+        for r in &app.services {
+            for l in r.service.clone().listeners(app.verifier.clone()) {
+                let bound = TcpListener::bind(l.addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{} {}: {e}", l.flag, l.addr))
+                })?;
+                tracing::info!(flag = l.flag, addr = %bound.local_addr()?, "listening");
+                extra.push((bound, l.router));
+            }
+        }
+        let (tx, rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
         let task = tokio::spawn(async move {
-            crate::serve::serve(listener, router, limits, acceptor, async move {
-                let _ = rx.await;
-            })
-            .await
+            let others: Vec<_> = extra
+                .into_iter()
+                .map(|(l, r)| {
+                    let serve =
+                        crate::serve::serve(l, r, limits, acceptor.clone(), stopped(rx.clone()));
+                    tokio::spawn(serve)
+                })
+                .collect();
+            let main = crate::serve::serve(listener, router, limits, acceptor, stopped(rx)).await;
+            for o in others {
+                o.await.map_err(std::io::Error::other)??;
+            }
+            main
         });
         Ok(Server {
             addr,
@@ -594,7 +617,7 @@ impl Server {
     /// Stops accepting connections, finishes in-flight requests and returns.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         for r in &self.app.services {
             r.service.draining();

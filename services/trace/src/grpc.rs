@@ -1,5 +1,6 @@
 //! The OTLP/gRPC receiver (`opentelemetry.proto.collector.trace.v1.TraceService/Export`), on its
-//! own listener (`--otlp-grpc-listen`, conventionally port 4317).
+//! own listener (`--otlp-grpc-listen`, conventionally port 4317), which the server opens and
+//! serves with its main listener's connection limits.
 //!
 //! [`Guarded`] stands in front of the generated server: it authenticates the `authorization`
 //! metadata **before** reading the body, reads at most `max_body_bytes`, and inflates a gzip
@@ -29,6 +30,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::error::TraceError;
 use crate::http::{export_response, gunzip};
 use crate::service::{Sender, TraceService};
+
+/// The longest one gRPC export may take, from its headers to its answer.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The gRPC face of the service.
 pub struct Grpc(pub Arc<TraceService>);
@@ -154,34 +158,32 @@ impl tower::Service<http::Request<Body>> for Guarded {
         let svc = self.svc.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            match prepare(&svc, req).await {
-                Ok(req) => tower::Service::call(&mut inner, req).await,
-                Err(e) => Ok(status(e).into_http()),
+            // A sender that trickles its message holds a stream (and a connection slot) for
+            // at most this long.
+            let answer = tokio::time::timeout(EXPORT_TIMEOUT, async {
+                match prepare(&svc, req).await {
+                    Ok(req) => tower::Service::call(&mut inner, req).await,
+                    Err(e) => Ok(status(e).into_http()),
+                }
+            });
+            match answer.await {
+                Ok(r) => r,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "the export took longer than {} s",
+                    EXPORT_TIMEOUT.as_secs()
+                ))
+                .into_http()),
             }
         })
     }
 }
 
-/// Serves the gRPC receiver on `listener` until `stop` turns true.
-pub async fn serve(
-    svc: Arc<TraceService>,
-    listener: tokio::net::TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// The gRPC receiver as a router, for the listener the server opens at `--otlp-grpc-listen`
+/// (HTTP/2 with prior knowledge, or ALPN `h2` when the server serves TLS).
+pub fn router(svc: Arc<TraceService>) -> axum::Router {
     let max = svc.settings().max_decompressed_bytes;
     let inner = TraceServiceServer::new(Grpc(svc.clone())).max_decoding_message_size(max);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Err(e) = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
-        .concurrency_limit_per_connection(64)
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .add_service(Guarded { svc, inner })
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "trace: the OTLP/gRPC listener failed");
-    }
+    tonic::service::Routes::new(Guarded { svc, inner })
+        .prepare()
+        .into_axum_router()
 }

@@ -126,15 +126,69 @@ pub fn decode_export(bytes: &[u8], json: bool) -> Result<ExportTraceServiceReque
             #[serde(default, rename = "resourceSpans")]
             resource_spans: Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>,
         }
-        serde_json::from_slice::<Export>(bytes)
-            .map(|e| ExportTraceServiceRequest {
-                resource_spans: e.resource_spans,
-            })
-            .map_err(|e| TraceError::BadRequest(format!("the body is not OTLP/JSON: {e}")))
+        let to_request = |e: Export| ExportTraceServiceRequest {
+            resource_spans: e.resource_spans,
+        };
+        match serde_json::from_slice::<Export>(bytes) {
+            Ok(e) => Ok(to_request(e)),
+            Err(first) => {
+                // The protobuf JSON mapping sends 64-bit times as decimal strings, and receivers
+                // accept numbers too; opentelemetry-proto takes only strings. Only a body that
+                // fails is parsed again with its numeric times turned into strings.
+                let bad = |e: &dyn std::fmt::Display| {
+                    TraceError::BadRequest(format!("the body is not OTLP/JSON: {e}"))
+                };
+                let mut v: Value = serde_json::from_slice(bytes).map_err(|_| bad(&first))?;
+                if !times_as_strings(&mut v) {
+                    return Err(bad(&first));
+                }
+                serde_json::from_value::<Export>(v)
+                    .map(to_request)
+                    .map_err(|e| bad(&e))
+            }
+        }
     } else {
         ExportTraceServiceRequest::decode(bytes)
             .map_err(|e| TraceError::BadRequest(format!("the body is not OTLP protobuf: {e}")))
     }
+}
+
+/// The OTLP/JSON fields holding 64-bit Unix-nanosecond times (fixed64).
+const TIME_FIELDS: [&str; 3] = ["startTimeUnixNano", "endTimeUnixNano", "timeUnixNano"];
+
+/// Rewrites every numeric time field of an OTLP/JSON body as the decimal string the protobuf
+/// JSON mapping prefers; `true` when one was changed. Only object keys are matched: attribute
+/// names are values of `key`, so user data is never rewritten. A number that is not a whole
+/// non-negative value below 2^64 is left for the decoder to refuse.
+fn times_as_strings(v: &mut Value) -> bool {
+    let mut changed = false;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    if let Value::Number(n) = v {
+                        if TIME_FIELDS.contains(&k.as_str()) {
+                            let whole = n.as_u64().or_else(|| {
+                                n.as_f64()
+                                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19)
+                                    .map(|f| f as u64)
+                            });
+                            if let Some(t) = whole {
+                                *v = Value::String(t.to_string());
+                                changed = true;
+                            }
+                        }
+                    } else {
+                        stack.push(v);
+                    }
+                }
+            }
+            Value::Array(a) => stack.extend(a.iter_mut()),
+            _ => {}
+        }
+    }
+    changed
 }
 
 async fn receive(

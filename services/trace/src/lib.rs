@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_core::authz::TokenVerifier;
-use capstan_http::{BoxError, Metric, Platform, Routes, Service, ServiceConfig, SpanSink};
+use capstan_http::{
+    BoxError, ExtraListener, Metric, Platform, Routes, Service, ServiceConfig, SpanSink,
+};
 use prost::Message;
 use utoipa::OpenApi;
 
@@ -78,38 +80,26 @@ impl Service for TraceService {
         if let Err(e) = self.prepare_partitions().await {
             tracing::warn!(error = %e, "trace: could not create today's partitions yet");
         }
-        let mut tasks = self.pipeline().spawn_writers();
+        Ok(self.pipeline().spawn_writers())
+    }
+
+    fn listeners(self: Arc<Self>, verifier: Arc<dyn TokenVerifier>) -> Vec<ExtraListener> {
+        let mut out = Vec::new();
         if let Some(addr) = self.settings().otlp_grpc_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("--otlp-grpc-listen {addr}: {e}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "trace: OTLP/gRPC receiver listening");
-            tasks.push(tokio::spawn(grpc::serve(
-                self.clone(),
-                listener,
-                self.stopping.subscribe(),
-            )));
+            out.push(ExtraListener {
+                flag: "--otlp-grpc-listen",
+                addr,
+                router: grpc::router(self.clone()),
+            });
         }
         if let Some(addr) = self.settings().otlp_http_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("--otlp-http-listen {addr}: {e}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "trace: OTLP/HTTP receiver listening");
-            let router = http::receiver_router(self.clone(), self.verifier.clone());
-            let mut stop = self.stopping.subscribe();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "trace: the OTLP/HTTP listener failed");
-                }
-            }));
+            out.push(ExtraListener {
+                flag: "--otlp-http-listen",
+                addr,
+                router: http::receiver_router(self.clone(), verifier),
+            });
         }
-        Ok(tasks)
+        out
     }
 
     async fn housekeeping(&self) -> Result<(), BoxError> {

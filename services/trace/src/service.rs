@@ -173,7 +173,6 @@ pub struct TraceService {
     clock: Arc<dyn Clock>,
     authorizer: Arc<dyn Authorizer>,
     pub(crate) verifier: Arc<dyn TokenVerifier>,
-    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     draining: AtomicBool,
     /// KiB of export bodies being decompressed and decoded.
     decoding: Arc<tokio::sync::Semaphore>,
@@ -207,7 +206,6 @@ impl TraceService {
             clock,
             authorizer,
             verifier,
-            stopping: tokio::sync::watch::channel(false).0,
             draining: AtomicBool::new(false),
             decoding: Arc::new(tokio::sync::Semaphore::new(
                 settings.decode_budget_bytes.div_ceil(1024),
@@ -237,7 +235,6 @@ impl TraceService {
 
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
-        let _ = self.stopping.send(true);
     }
 
     /// Takes the decoding budget for a body of `len` bytes (a compressed one counts as the
