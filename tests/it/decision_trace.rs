@@ -211,6 +211,28 @@ async fn decisions_are_found_by_the_trace_that_made_them(ctx: &Ctx) {
         "{untraced:?}"
     );
 
+    // OAuth revocation of another client's token is a guarded act too, logged in its trace.
+    const REVOKE: &str = "a3ce929d0e0e47364bf92f3577b34da6";
+    let r = s
+        .http
+        .post(s.url("/t/default/oauth2/revoke"))
+        .basic_auth(&ci.id, Some(&ci.secret))
+        .header("traceparent", tp(REVOKE))
+        .form(&[("token", admin.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "{}", r.text().await.unwrap());
+    assert_eq!(
+        decisions(&s, &admin, &format!("trace_id={REVOKE}")).await,
+        [(
+            ci.id.clone(),
+            "auth:RevokeToken".to_owned(),
+            "Deny".to_owned(),
+            Value::from(REVOKE)
+        )]
+    );
+
     // A trace id that is not one is refused, saying why.
     for bad in [
         "4bf92f3577b34da6a3ce929d0e0e473",

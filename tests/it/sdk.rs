@@ -442,6 +442,47 @@ async fn the_orders_example_is_allowed_and_denied_by_policies_put_with_capstanct
         .await;
     let (status, _, _) = call(Method::GET, "/orders/43", Some(token.clone())).await;
     assert_eq!(status, 403);
+    // The layer forwards the request's traceparent: the decision is found by its trace.
+    const TRACE: &str = "5b8efff798038103d269b633813fc60c";
+    let r = http
+        .get(format!("{orders}/orders/44"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{TRACE}-eee19b7ec3c1b174-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let admin_token = s.token("default", &admin, &[]).await;
+    let (status, log) = s
+        .api(
+            Method::GET,
+            &format!("/v1/decisions?trace_id={TRACE}"),
+            &admin_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    // The decision for the caller, and the orders service's own `policy:Authorize` to ask it.
+    let seen: Vec<(&str, &str, &str)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["principal"].as_str().unwrap(),
+                d["action"].as_str().unwrap(),
+                d["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (shop_id.as_str(), "orders:GetOrder", "Deny"),
+            (svc_id.as_str(), "policy:Authorize", "Allow"),
+        ],
+        "{log}"
+    );
 
     // 401s: no token, a forged one, one meant for another audience.
     let (status, body, challenge) = call(Method::GET, "/orders/42", None).await;

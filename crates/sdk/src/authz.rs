@@ -10,6 +10,7 @@ use capstan_proto::policy::{BatchRequest, BatchResponse};
 use reqwest::Method;
 
 use crate::api::{to_body, ApiClient};
+use crate::transport::read_json;
 use crate::Error;
 
 struct Cache {
@@ -56,6 +57,21 @@ impl Authorizer {
 
     /// One decision.
     pub async fn authorize(&self, req: AuthorizeRequest) -> Result<AuthorizeResponse, Error> {
+        self.authorize_traced(req, None).await
+    }
+
+    /// One decision made for a request that carries a W3C `traceparent`: Capstan records the
+    /// trace id with the decision, so `GET /v1/decisions?trace_id=` (and `capstanctl decisions
+    /// --trace-id`) finds it. A header that is not a valid `traceparent` is not sent. A decision
+    /// served from the cache is not asked for again, so it is not recorded again either.
+    pub async fn authorize_traced(
+        &self,
+        req: AuthorizeRequest,
+        traceparent: Option<&str>,
+    ) -> Result<AuthorizeResponse, Error> {
+        let traceparent = traceparent
+            .map(str::trim)
+            .filter(|t| capstan_core::trace_context::parse_traceparent(t).is_some());
         let body = to_body(&req)?;
         let key = self.cache.as_ref().map(|_| body.to_string());
         if let (Some(cache), Some(k)) = (&self.cache, &key) {
@@ -71,10 +87,17 @@ impl Authorizer {
                 return Ok(d);
             }
         }
-        let d: AuthorizeResponse = self
+        let resp = self
             .api
-            .send(Method::POST, "/v1/authorize", Some(body))
+            .request(Method::POST, "/v1/authorize", |mut b| {
+                if let Some(t) = traceparent {
+                    b = b.header("traceparent", t);
+                }
+                b.json(&body)
+            })
             .await?;
+        let d: AuthorizeResponse = serde_json::from_value(read_json(resp).await?)
+            .map_err(|e| Error::Protocol(format!("/v1/authorize: {e}")))?;
         if let (Some(cache), Some(k)) = (&self.cache, key) {
             let now = self.clock.now();
             let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());

@@ -152,7 +152,12 @@ impl CapstanLayer {
             resource: need.resource.clone(),
             context: None,
         };
-        match self.authorizer.authorize(req).await {
+        // The request's trace (if it has one) goes with the decision into Capstan's log.
+        let traceparent = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        match self.authorizer.authorize_traced(req, traceparent).await {
             Ok(d) if d.decision == "Allow" => Ok(claims),
             Ok(d) => Err((
                 StatusCode::FORBIDDEN,

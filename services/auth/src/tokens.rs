@@ -258,12 +258,14 @@ impl AuthService {
     /// says). A client may revoke its own tokens; revoking another client's token is a
     /// privileged act like any other: the policy engine decides `auth:RevokeToken` on
     /// `crn:capstan:auth:<tenant>:clients/<that client>` (administrators have it through
-    /// `AdministratorAccess`; no admin flag is consulted).
+    /// `AdministratorAccess`; no admin flag is consulted). The decision is logged in the trace
+    /// of the request's `traceparent`, if it had one.
     pub async fn revoke(
         &self,
         tenant: &TenantId,
         caller: &Client,
         token: &str,
+        trace_id: Option<String>,
     ) -> Result<(), AuthError> {
         let Ok(claims) = self.verify_token(tenant, token, None).await? else {
             return Ok(());
@@ -278,7 +280,7 @@ impl AuthService {
                 source_ip: None,
                 bound_to: None,
                 expires_at: None,
-                trace_id: None,
+                trace_id,
             };
             let resource = Crn::new("auth", tenant, &format!("clients/{}", claims.client_id));
             match guard(

@@ -385,7 +385,13 @@ pub(crate) async fn revoke(
     let token = form
         .get("token")
         .ok_or_else(|| oauth_err("invalid_request", "token is required"))?;
-    svc.revoke(&id, &client, token).await?;
+    svc.revoke(
+        &id,
+        &client,
+        token,
+        capstan_http::bearer::trace_id(&headers),
+    )
+    .await?;
     Ok(no_store(StatusCode::OK.into_response()))
 }
 
