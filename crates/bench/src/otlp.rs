@@ -203,6 +203,7 @@ pub async fn bench(args: &crate::Args, bin: &PathBuf, url: &str) -> Result<(), S
     let now_ns = clock.now().saturating_mul(1_000_000_000);
     let ingest_shape = Shape {
         seed: 0x0171_6e57,
+        spans: total as u64,
         newest_ns: now_ns,
         spread_ns: 600 * 1_000_000_000,
     };

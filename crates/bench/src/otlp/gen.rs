@@ -84,11 +84,18 @@ pub fn operation_name(op: usize) -> String {
 pub struct Shape {
     /// Distinguishes data sets (their ids never collide).
     pub seed: u64,
+    /// Spans in the data set.
+    pub spans: u64,
     /// Every trace starts at or before this (Unix ns).
     pub newest_ns: i64,
-    /// Traces start uniformly over `[newest_ns - spread_ns, newest_ns]`.
+    /// Traces start over `[newest_ns - spread_ns, newest_ns]` in the order of their spans'
+    /// indexes, as spans of live services arrive, each up to [`JITTER_NS`] early.
     pub spread_ns: i64,
 }
+
+/// How much earlier than its place in the order a trace may start: exporters batch for a few
+/// seconds, and traces last a while, so arrivals are only roughly in time order.
+pub const JITTER_NS: i64 = 5_000_000_000;
 
 /// SplitMix64: a cheap, well-mixed hash of one word.
 fn mix(mut z: u64) -> u64 {
@@ -118,9 +125,12 @@ impl Shape {
     }
 
     fn trace_start(&self, trace: u64) -> i64 {
-        let frac = (self.hash(4, trace) % 1_000_000) as i64;
+        let traces = (self.spans / SPANS_PER_TRACE).max(1);
+        let place = trace.min(traces) as f64 / traces as f64;
+        let jitter = (self.hash(4, trace) % JITTER_NS as u64) as i64;
         // Leave room for the trace's own spans after its start.
-        self.newest_ns - 50_000_000 - (self.spread_ns / 1_000_000) * frac
+        self.newest_ns - 50_000_000 - self.spread_ns + (place * self.spread_ns as f64) as i64
+            - jitter
     }
 
     /// The service and operation of span `g` (uniform over all 400 pairs).
@@ -267,6 +277,7 @@ mod tests {
     fn shape() -> Shape {
         Shape {
             seed: 7,
+            spans: 1024,
             newest_ns: 1_900_000_000_000_000_000,
             spread_ns: 3_600_000_000_000,
         }

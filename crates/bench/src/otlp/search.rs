@@ -76,6 +76,7 @@ pub async fn fill(db: &Db, f: &Fill<'_>) -> Result<Filled, String> {
     };
     let shape = Shape {
         seed: 0x5ea7c4,
+        spans: f.spans,
         newest_ns: f.now_ns,
         spread_ns: DAY_NS - 60 * 1_000_000_000,
     };
@@ -141,6 +142,7 @@ pub async fn run(
     let mut out = Searches::default();
     let pick = Shape {
         seed: 0x5ea2c4,
+        spans: 1,
         newest_ns: 0,
         spread_ns: DAY_NS,
     };
