@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 
 use capstan_tests::{Ctx, TestServer};
 
-capstan_tests::on_both_backends!(changes_on_one_server_reach_another_within_a_second);
+capstan_tests::on_both_backends!(
+    changes_on_one_server_reach_another_within_a_second,
+    a_crowd_on_a_cold_replica_loads_each_cache_once,
+);
 
 /// Polls `check` until it holds; returns how long that took (fails after 3 s).
 async fn within<F, Fut>(what: &str, mut check: F) -> Duration
@@ -129,4 +132,53 @@ async fn changes_on_one_server_reach_another_within_a_second(ctx: &Ctx) {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A counter's value in a `/metrics` text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+}
+
+/// Every client reconnecting at once to a replica that has nothing cached yet (it just started)
+/// costs one storage read per cache entry and one signature check per token, not one per request.
+async fn a_crowd_on_a_cold_replica_loads_each_cache_once(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings.public_url = Some("http://capstan.test".into());
+    let a = ctx.server_with(settings.clone()).await;
+    let admin = a.admin().await;
+    let token = a.token("default", &admin, &[]).await;
+    let b = ctx.server_with(settings).await;
+    let scrape = || async {
+        let r = b.http.get(b.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    };
+    let names = [
+        "capstan_token_signature_checks_total",
+        "capstan_auth_key_loads_total",
+        "capstan_auth_client_loads_total",
+        "capstan_policy_snapshot_loads_total",
+    ];
+    let text = scrape().await;
+    let before: Vec<u64> = names.iter().map(|n| counter(&text, n)).collect();
+
+    let mut crowd = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let req = b.http.get(b.url("/v1/clients")).bearer_auth(&token);
+        crowd.spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+    }
+    while let Some(r) = crowd.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), 200);
+    }
+
+    let text = scrape().await;
+    for (name, before) in names.iter().zip(before) {
+        let n = counter(&text, name) - before;
+        assert!(
+            n <= 1,
+            "{name}: {n} for 200 concurrent requests with one token"
+        );
+    }
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use capstan_core::authz::Authorizer;
 use capstan_core::clock::{Clock, UnixTime};
 use capstan_core::crypto::{MasterKey, Sealer, SecretHasher};
+use capstan_core::flight::Flights;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{SigningKey, VerifyingKey};
 use capstan_core::rng::Rng;
@@ -94,6 +95,12 @@ pub struct AuthMetrics {
     pub introspections: AtomicU64,
     /// Tokens revoked.
     pub revocations: AtomicU64,
+    /// Access-token signatures checked (a verified token is served from memory afterwards).
+    pub signature_checks: AtomicU64,
+    /// Tenants' key sets read from storage on a cache miss.
+    pub key_loads: AtomicU64,
+    /// Clients read from storage on a cache miss.
+    pub client_loads: AtomicU64,
 }
 
 /// At most this many unknown client ids are remembered as misses.
@@ -121,6 +128,11 @@ pub struct AuthService {
     /// Tokens whose signature, type and key were verified, by the whole token text (a forged
     /// payload is another key). Time, issuer and audience are re-checked on every use.
     pub(crate) verified: RwLock<HashMap<String, Arc<(capstan_core::jwt::AccessClaims, String)>>>,
+    /// Single-flight fills of the caches above: a crowd of requests missing the same entry
+    /// (a replica that just started, every client reconnecting) loads or verifies it once.
+    pub(crate) tenant_flights: Flights<TenantId>,
+    pub(crate) client_flights: Flights<(TenantId, PrincipalId)>,
+    pub(crate) verify_flights: Flights<String>,
     /// Counters for `/metrics`.
     pub metrics: AuthMetrics,
 }
@@ -157,6 +169,9 @@ impl AuthService {
             client_misses: AtomicU64::new(0),
             revoked: RwLock::default(),
             verified: RwLock::default(),
+            tenant_flights: Flights::new(),
+            client_flights: Flights::new(),
+            verify_flights: Flights::new(),
             metrics: AuthMetrics::default(),
         })
     }
@@ -181,7 +196,12 @@ impl AuthService {
         if let Some(t) = read(&self.tenants).get(id) {
             return Ok(t.clone());
         }
+        let _flight = self.tenant_flights.enter(id).await;
+        if let Some(t) = read(&self.tenants).get(id) {
+            return Ok(t.clone());
+        }
         let generation = self.generation.load(Ordering::SeqCst);
+        self.metrics.key_loads.fetch_add(1, Ordering::Relaxed);
         let tenant = self
             .store
             .get_tenant(id)
@@ -232,7 +252,12 @@ impl AuthService {
         if let Some(c) = read(&self.clients).get(&key) {
             return Ok(c.clone());
         }
+        let _flight = self.client_flights.enter(&key).await;
+        if let Some(c) = read(&self.clients).get(&key) {
+            return Ok(c.clone());
+        }
         let generation = self.generation.load(Ordering::SeqCst);
+        self.metrics.client_loads.fetch_add(1, Ordering::Relaxed);
         let found = self.store.get_client(tenant, id).await?.map(Arc::new);
         // Misses are cached too (tokens of deleted clients must not cost a query each); creating
         // a client publishes a change that clears them.

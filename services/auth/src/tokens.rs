@@ -169,7 +169,14 @@ impl AuthService {
             now,
             leeway: self.cfg.leeway,
         };
-        let cached = read(&self.verified).get(token).cloned();
+        let mut cached = read(&self.verified).get(token).cloned();
+        // A crowd presenting the same new token (every watcher reconnecting to a fresh replica)
+        // verifies its signature once.
+        let mut flight = None;
+        if cached.is_none() {
+            flight = Some(self.verify_flights.enter(&token.to_owned()).await);
+            cached = read(&self.verified).get(token).cloned();
+        }
         let claims = match cached {
             Some(c) if c.0.tenant == tenant.as_str() => {
                 // The key must still be published: a withdrawn key's tokens stop verifying at
@@ -192,6 +199,9 @@ impl AuthService {
                 };
                 let max_ttl = self.cfg.max_token_ttl;
                 let mut signed_by = String::new();
+                self.metrics
+                    .signature_checks
+                    .fetch_add(1, Ordering::Relaxed);
                 let verified = jwt::verify(
                     token,
                     |kid| {
@@ -212,6 +222,7 @@ impl AuthService {
                 claims
             }
         };
+        drop(flight);
         if self.is_revoked(&claims.jti) {
             return Ok(Err(Inactive::Revoked));
         }

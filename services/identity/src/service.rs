@@ -15,6 +15,7 @@ use capstan_core::authz::{guard, Authorizer, Caller};
 use capstan_core::clock::{Clock, UnixTime};
 use capstan_core::crn::Crn;
 use capstan_core::crypto::{Sealer, SecretHasher};
+use capstan_core::flight::Flights;
 use capstan_core::ids::{PrincipalId, TenantId};
 use capstan_core::jwt::{generate_key, Alg, SigningKey};
 use capstan_core::rng::{random_b64, Rng};
@@ -217,6 +218,10 @@ pub struct IdentityService {
     /// server; bounded.
     entries: RwLock<EntryCache>,
     entries_generation: AtomicU64,
+    /// Single-flight fills of the two caches above (a crowd renewing at once after a restart or
+    /// a CA change loads once).
+    ca_flight: Flights<()>,
+    entry_flights: Flights<(TenantId, PrincipalId)>,
     /// Issuance records by serial (immutable once written; misses too), for certificate
     /// authentication; bounded.
     records: RwLock<HashMap<String, Option<SvidRecord>>>,
@@ -292,6 +297,8 @@ impl IdentityService {
             generation: AtomicU64::new(0),
             entries: RwLock::new(HashMap::new()),
             entries_generation: AtomicU64::new(0),
+            ca_flight: Flights::new(),
+            entry_flights: Flights::new(),
             records: RwLock::new(HashMap::new()),
             issued: std::sync::Mutex::new((0, HashMap::new())),
             recorder: std::sync::OnceLock::new(),
@@ -320,13 +327,18 @@ impl IdentityService {
 
     /// The CAs, from memory or storage.
     pub(crate) async fn loaded(&self) -> Result<Arc<Loaded>, IdentityError> {
-        if let Some(l) = self
-            .loaded
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            return Ok(l.clone());
+        let cached = || {
+            self.loaded
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+        if let Some(l) = cached() {
+            return Ok(l);
+        }
+        let _flight = self.ca_flight.enter(&()).await;
+        if let Some(l) = cached() {
+            return Ok(l);
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let cas = self.store.list_cas().await?;
@@ -394,13 +406,19 @@ impl IdentityService {
         principal: &PrincipalId,
     ) -> Result<Option<Arc<Entry>>, IdentityError> {
         let key = (tenant.clone(), principal.clone());
-        if let Some(e) = self
-            .entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(e.clone());
+        let cached = || {
+            self.entries
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned()
+        };
+        if let Some(e) = cached() {
+            return Ok(e);
+        }
+        let _flight = self.entry_flights.enter(&key).await;
+        if let Some(e) = cached() {
+            return Ok(e);
         }
         let generation = self.entries_generation.load(Ordering::SeqCst);
         let found = self.store.get_entry(tenant, principal).await?.map(Arc::new);

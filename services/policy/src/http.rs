@@ -556,6 +556,11 @@ impl Service for PolicyService {
                 "Stored policies that did not compile (each denies everything until fixed).",
                 n(&self.compile_failures),
             ),
+            Metric::counter(
+                "capstan_policy_snapshot_loads_total",
+                "Tenant policy snapshots read from storage and built (at first use and after each change).",
+                n(&self.snapshot_loads),
+            ),
         ]
     }
 

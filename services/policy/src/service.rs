@@ -76,12 +76,17 @@ pub struct PolicyService {
     /// Compiled managed policies by (tenant, name, version), kept across snapshot rebuilds.
     pub(crate) compiled: RwLock<HashMap<(TenantId, String, i64), Arc<Policy>>>,
     pub(crate) generation: AtomicU64,
+    /// Single-flight snapshot builds: a crowd of requests finding no snapshot (a replica that
+    /// just started, the first burst after a policy change) reads and compiles the tenant once.
+    pub(crate) snapshot_flights: capstan_core::flight::Flights<TenantId>,
     pub(crate) log: mpsc::Sender<LogMsg>,
     pub(crate) log_rx: std::sync::Mutex<Option<mpsc::Receiver<LogMsg>>>,
     /// Decisions dropped because the log queue was full.
     pub dropped_decisions: AtomicU64,
     /// Stored documents that did not compile (each replaced by a deny-everything policy).
     pub compile_failures: AtomicU64,
+    /// Tenant snapshots read from storage and built (first use, and after every change).
+    pub snapshot_loads: AtomicU64,
 }
 
 impl PolicyService {
@@ -99,10 +104,12 @@ impl PolicyService {
             cache: RwLock::default(),
             compiled: RwLock::default(),
             generation: AtomicU64::new(0),
+            snapshot_flights: capstan_core::flight::Flights::new(),
             log: tx,
             log_rx: std::sync::Mutex::new(Some(rx)),
             dropped_decisions: AtomicU64::new(0),
             compile_failures: AtomicU64::new(0),
+            snapshot_loads: AtomicU64::new(0),
         }
     }
 

@@ -198,15 +198,22 @@ impl PolicyService {
     }
 
     pub(crate) async fn snapshot(&self, tenant: &TenantId) -> Result<Arc<Snapshot>, PolicyError> {
-        if let Some(s) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tenant)
-        {
-            return Ok(s.clone());
+        let cached = || {
+            self.cache
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(tenant)
+                .cloned()
+        };
+        if let Some(s) = cached() {
+            return Ok(s);
+        }
+        let _flight = self.snapshot_flights.enter(tenant).await;
+        if let Some(s) = cached() {
+            return Ok(s);
         }
         let generation = self.generation.load(Ordering::SeqCst);
+        self.snapshot_loads.fetch_add(1, Ordering::Relaxed);
         let rows = self.store.load(tenant.as_str()).await?;
         let mut snap = Snapshot {
             revision: rows.revision,

@@ -108,6 +108,21 @@ impl Service for AuthService {
                 "Access tokens revoked.",
                 n(&m.revocations),
             ),
+            Metric::counter(
+                "capstan_token_signature_checks_total",
+                "Access-token signatures checked (a verified token is served from memory afterwards).",
+                n(&m.signature_checks),
+            ),
+            Metric::counter(
+                "capstan_auth_key_loads_total",
+                "Tenant signing-key sets read from storage on a cache miss.",
+                n(&m.key_loads),
+            ),
+            Metric::counter(
+                "capstan_auth_client_loads_total",
+                "Clients read from storage on a cache miss.",
+                n(&m.client_loads),
+            ),
         ]
     }
 }

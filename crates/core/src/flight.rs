@@ -1,0 +1,173 @@
+//! Single-flight cache fills.
+//!
+//! When many requests miss a cache for the same key at once — a replica that just started while
+//! every client reconnects to it, or the first burst of traffic after a change dropped an entry —
+//! one of them loads and the others wait for it and then read the cache, instead of each making
+//! the same database query (and holding its memory) at the same time.
+//!
+//! ```ignore
+//! if let Some(v) = cache.get(&key) { return v; }
+//! let _flight = self.flights.enter(&key).await;
+//! if let Some(v) = cache.get(&key) { return v; }   // filled by the flight before ours
+//! let v = load(&key).await?;                      // then insert, as without single flight
+//! ```
+//!
+//! A flight is only a lock: what the holder loads is put in the cache by the caller, with the
+//! cache's own rules (a load that raced an invalidation is not cached, and the next waiter loads
+//! again). Entries exist only while someone holds or waits for a key, so the map is bounded by
+//! the requests in flight; a waiter whose request is dropped leaves nothing behind.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+/// A key's lock and how many flights hold or wait for it.
+struct Slot {
+    lock: Arc<AsyncMutex<()>>,
+    users: usize,
+}
+
+/// Single-flight locks by key.
+pub struct Flights<K> {
+    slots: Mutex<HashMap<K, Slot>>,
+}
+
+impl<K> Default for Flights<K> {
+    fn default() -> Self {
+        Flights {
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Flights<K> {
+    /// No flights yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits until no other flight of `key` is under way, then holds it until the returned
+    /// [`Flight`] is dropped. Read the cache again after this returns: the flight before this one
+    /// has most likely filled it.
+    pub async fn enter(&self, key: &K) -> Flight<'_, K> {
+        let lock = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
+                lock: Arc::default(),
+                users: 0,
+            });
+            slot.users += 1;
+            slot.lock.clone()
+        };
+        // Counted before waiting, so a request dropped while it waits still releases its count.
+        let mut flight = Flight {
+            flights: self,
+            key: key.clone(),
+            guard: None,
+        };
+        flight.guard = Some(lock.lock_owned().await);
+        flight
+    }
+
+    /// Keys with a flight under way or waited for (for tests).
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no flight is under way.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A held (or awaited) flight of one key; dropping it lets the next waiter in.
+pub struct Flight<'a, K: Eq + Hash> {
+    flights: &'a Flights<K>,
+    key: K,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl<K: Eq + Hash> Drop for Flight<'_, K> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut slots = self
+            .flights
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get_mut(&self.key) {
+            slot.users -= 1;
+            if slot.users == 0 {
+                slots.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flights;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_load_for_a_crowd_of_misses() {
+        let flights = Arc::new(Flights::<String>::new());
+        let cache: Arc<Mutex<Option<u32>>> = Arc::default();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (flights, cache, loads) = (flights.clone(), cache.clone(), loads.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Some(v) = *cache.lock().unwrap() {
+                    return v;
+                }
+                let _f = flights.enter(&"k".to_string()).await;
+                if let Some(v) = *cache.lock().unwrap() {
+                    return v;
+                }
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                *cache.lock().unwrap() = Some(7);
+                7
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 7);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(flights.is_empty(), "no slot outlives its flights");
+    }
+
+    #[tokio::test]
+    async fn different_keys_do_not_wait_for_each_other() {
+        let flights = Flights::<u8>::new();
+        let a = flights.enter(&1).await;
+        let b = tokio::time::timeout(Duration::from_secs(1), flights.enter(&2)).await;
+        assert!(b.is_ok(), "another key's flight must not wait");
+        assert_eq!(flights.len(), 2);
+        drop(a);
+        drop(b);
+        assert!(flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_leaves_nothing_behind() {
+        let flights = Flights::<u8>::new();
+        let held = flights.enter(&1).await;
+        // Waits behind `held` and is given up.
+        let waited = tokio::time::timeout(Duration::from_millis(20), flights.enter(&1)).await;
+        assert!(waited.is_err());
+        drop(held);
+        assert!(flights.is_empty());
+        // And the key can be flown again at once.
+        let again = tokio::time::timeout(Duration::from_secs(1), flights.enter(&1)).await;
+        assert!(again.is_ok());
+    }
+}
