@@ -14,7 +14,9 @@
 //!
 //! A flight is only a lock: what the holder loads is put in the cache by the caller, with the
 //! cache's own rules (a load that raced an invalidation is not cached, and the next waiter loads
-//! again). Entries exist only while someone holds or waits for a key, so the map is bounded by
+//! again). The holder calls [`Flight::landed`] once it has its answer; a flight dropped without
+//! it (the database is down, the load failed) stops serializing that key until every flight of
+//! it is over, so an outage costs the crowd one timeout, not one timeout per waiter in turn. Entries exist only while someone holds or waits for a key, so the map is bounded by
 //! the requests in flight; a waiter whose request is dropped leaves nothing behind.
 
 use std::collections::HashMap;
@@ -27,6 +29,8 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 struct Slot {
     lock: Arc<AsyncMutex<()>>,
     users: usize,
+    /// A flight failed: the others go ahead without waiting for each other.
+    open: bool,
 }
 
 /// Single-flight locks by key.
@@ -57,6 +61,7 @@ impl<K: Eq + Hash + Clone> Flights<K> {
             let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
                 lock: Arc::default(),
                 users: 0,
+                open: false,
             });
             slot.users += 1;
             slot.lock.clone()
@@ -66,9 +71,18 @@ impl<K: Eq + Hash + Clone> Flights<K> {
             flights: self,
             key: key.clone(),
             guard: None,
+            landed: false,
         };
-        flight.guard = Some(lock.lock_owned().await);
+        let guard = lock.lock_owned().await;
+        if !self.is_open(key) {
+            flight.guard = Some(guard);
+        }
         flight
+    }
+
+    fn is_open(&self, key: &K) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(key).is_some_and(|s| s.open)
     }
 
     /// Keys with a flight under way or waited for (for tests).
@@ -90,6 +104,14 @@ pub struct Flight<'a, K: Eq + Hash> {
     flights: &'a Flights<K>,
     key: K,
     guard: Option<OwnedMutexGuard<()>>,
+    landed: bool,
+}
+
+impl<K: Eq + Hash> Flight<'_, K> {
+    /// The holder has its answer (cached, or a verdict): the next waiter may go on.
+    pub fn landed(mut self) {
+        self.landed = true;
+    }
 }
 
 impl<K: Eq + Hash> Drop for Flight<'_, K> {
@@ -101,6 +123,7 @@ impl<K: Eq + Hash> Drop for Flight<'_, K> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = slots.get_mut(&self.key) {
+            slot.open |= !self.landed;
             slot.users -= 1;
             if slot.users == 0 {
                 slots.remove(&self.key);
@@ -128,13 +151,14 @@ mod tests {
                 if let Some(v) = *cache.lock().unwrap() {
                     return v;
                 }
-                let _f = flights.enter(&"k".to_string()).await;
+                let f = flights.enter(&"k".to_string()).await;
                 if let Some(v) = *cache.lock().unwrap() {
                     return v;
                 }
                 loads.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 *cache.lock().unwrap() = Some(7);
+                f.landed();
                 7
             }));
         }
@@ -143,6 +167,36 @@ mod tests {
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         assert!(flights.is_empty(), "no slot outlives its flights");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_load_the_waiters_do_not_queue() {
+        // Storage is down: each load takes 50 ms and fails. Ten waiters must not take 10 × 50 ms.
+        let flights = Arc::new(Flights::<u8>::new());
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let flights = flights.clone();
+            tasks.push(tokio::spawn(async move {
+                let _f = flights.enter(&1).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropped without landing: the load failed.
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(250),
+            "waiters queued behind failures: {:?}",
+            start.elapsed()
+        );
+        assert!(flights.is_empty());
+        // A new crowd is serialized again.
+        let held = flights.enter(&1).await;
+        let next = tokio::time::timeout(Duration::from_millis(20), flights.enter(&1)).await;
+        assert!(next.is_err(), "a fresh flight waits again");
+        held.landed();
     }
 
     #[tokio::test]

@@ -196,9 +196,10 @@ impl AuthService {
         if let Some(t) = read(&self.tenants).get(id) {
             return Ok(t.clone());
         }
-        let _flight = self.tenant_flights.enter(id).await;
-        if let Some(t) = read(&self.tenants).get(id) {
-            return Ok(t.clone());
+        let flight = self.tenant_flights.enter(id).await;
+        if let Some(t) = read(&self.tenants).get(id).cloned() {
+            flight.landed();
+            return Ok(t);
         }
         let generation = self.generation.load(Ordering::SeqCst);
         self.metrics.key_loads.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +229,7 @@ impl AuthService {
         if self.generation.load(Ordering::SeqCst) == generation {
             write(&self.tenants).insert(id.clone(), keys.clone());
         }
+        flight.landed();
         Ok(keys)
     }
 
@@ -252,9 +254,10 @@ impl AuthService {
         if let Some(c) = read(&self.clients).get(&key) {
             return Ok(c.clone());
         }
-        let _flight = self.client_flights.enter(&key).await;
-        if let Some(c) = read(&self.clients).get(&key) {
-            return Ok(c.clone());
+        let flight = self.client_flights.enter(&key).await;
+        if let Some(c) = read(&self.clients).get(&key).cloned() {
+            flight.landed();
+            return Ok(c);
         }
         let generation = self.generation.load(Ordering::SeqCst);
         self.metrics.client_loads.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +277,7 @@ impl AuthService {
             }
             cache.insert(key, found.clone());
         }
+        flight.landed();
         Ok(found)
     }
 

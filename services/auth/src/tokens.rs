@@ -222,7 +222,9 @@ impl AuthService {
                 claims
             }
         };
-        drop(flight);
+        if let Some(f) = flight {
+            f.landed();
+        }
         if self.is_revoked(&claims.jti) {
             return Ok(Err(Inactive::Revoked));
         }

@@ -336,8 +336,9 @@ impl IdentityService {
         if let Some(l) = cached() {
             return Ok(l);
         }
-        let _flight = self.ca_flight.enter(&()).await;
+        let flight = self.ca_flight.enter(&()).await;
         if let Some(l) = cached() {
+            flight.landed();
             return Ok(l);
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -374,6 +375,7 @@ impl IdentityService {
         if self.generation.load(Ordering::SeqCst) == generation {
             *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Some(l.clone());
         }
+        flight.landed();
         Ok(l)
     }
 
@@ -416,8 +418,9 @@ impl IdentityService {
         if let Some(e) = cached() {
             return Ok(e);
         }
-        let _flight = self.entry_flights.enter(&key).await;
+        let flight = self.entry_flights.enter(&key).await;
         if let Some(e) = cached() {
+            flight.landed();
             return Ok(e);
         }
         let generation = self.entries_generation.load(Ordering::SeqCst);
@@ -430,6 +433,7 @@ impl IdentityService {
             }
             cache.insert(key, found.clone());
         }
+        flight.landed();
         Ok(found)
     }
 

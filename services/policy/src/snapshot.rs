@@ -208,8 +208,9 @@ impl PolicyService {
         if let Some(s) = cached() {
             return Ok(s);
         }
-        let _flight = self.snapshot_flights.enter(tenant).await;
+        let flight = self.snapshot_flights.enter(tenant).await;
         if let Some(s) = cached() {
+            flight.landed();
             return Ok(s);
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -282,6 +283,7 @@ impl PolicyService {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(tenant.clone(), snap.clone());
         }
+        flight.landed();
         Ok(snap)
     }
 
