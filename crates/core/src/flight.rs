@@ -6,20 +6,20 @@
 //! the same database query (and holding its memory) at the same time.
 //!
 //! ```ignore
-//! if let Some(v) = cache.get(&key) { return v; }
-//! let _flight = self.flights.enter(&key).await;
-//! if let Some(v) = cache.get(&key) { return v; }   // filled by the flight before ours
-//! let v = load(&key).await?;                      // then insert, as without single flight
+//! self.flights.get_or_load(&key, || cache.get(&key), || self.load(&key)).await
 //! ```
 //!
-//! A flight is only a lock: what the holder loads is put in the cache by the caller, with the
+//! A flight is only a lock: what the holder loads is put in the cache by its `load`, with the
 //! cache's own rules (a load that raced an invalidation is not cached, and the next waiter loads
-//! again). The holder calls [`Flight::landed`] once it has its answer; a flight dropped without
-//! it (the database is down, the load failed) stops serializing that key until every flight of
-//! it is over, so an outage costs the crowd one timeout, not one timeout per waiter in turn. Entries exist only while someone holds or waits for a key, so the map is bounded by
-//! the requests in flight; a waiter whose request is dropped leaves nothing behind.
+//! again). A load that fails (the database is down) stops serializing that key until every
+//! flight of it is over, so an outage costs the crowd one timeout, not one timeout per waiter in
+//! turn. Callers that need more than a cached value use [`Flights::enter`] and
+//! [`Flight::landed`] themselves. Entries exist only while someone holds or waits for a key, so
+//! the map is bounded by the requests in flight; a waiter whose request is dropped leaves
+//! nothing behind.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -78,6 +78,31 @@ impl<K: Eq + Hash + Clone> Flights<K> {
             flight.guard = Some(guard);
         }
         flight
+    }
+
+    /// What `cached` has for `key`; on a miss, what `load` returns (and puts in the cache),
+    /// one load of `key` at a time: those that waited read the cache again first.
+    pub async fn get_or_load<V, E, Fut>(
+        &self,
+        key: &K,
+        cached: impl Fn() -> Option<V>,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>>,
+    {
+        if let Some(v) = cached() {
+            return Ok(v);
+        }
+        let flight = self.enter(key).await;
+        if let Some(v) = cached() {
+            flight.landed();
+            return Ok(v);
+        }
+        // A failed load drops the flight unlanded: the waiters go ahead together.
+        let v = load().await?;
+        flight.landed();
+        Ok(v)
     }
 
     fn is_open(&self, key: &K) -> bool {
@@ -148,22 +173,18 @@ mod tests {
         for _ in 0..50 {
             let (flights, cache, loads) = (flights.clone(), cache.clone(), loads.clone());
             tasks.push(tokio::spawn(async move {
-                if let Some(v) = *cache.lock().unwrap() {
-                    return v;
-                }
-                let f = flights.enter(&"k".to_string()).await;
-                if let Some(v) = *cache.lock().unwrap() {
-                    return v;
-                }
-                loads.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                *cache.lock().unwrap() = Some(7);
-                f.landed();
-                7
+                let cached = || *cache.lock().unwrap();
+                let load = || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    *cache.lock().unwrap() = Some(7);
+                    Ok::<_, ()>(7)
+                };
+                flights.get_or_load(&"k".to_string(), cached, load).await
             }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap(), 7);
+            assert_eq!(t.await.unwrap(), Ok(7));
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         assert!(flights.is_empty(), "no slot outlives its flights");

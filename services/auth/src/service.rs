@@ -193,14 +193,14 @@ impl AuthService {
 
     /// A tenant's keys, from cache or storage. `NotFound` if the tenant does not exist.
     pub(crate) async fn tenant_keys(&self, id: &TenantId) -> Result<Arc<TenantKeys>, AuthError> {
-        if let Some(t) = read(&self.tenants).get(id) {
-            return Ok(t.clone());
-        }
-        let flight = self.tenant_flights.enter(id).await;
-        if let Some(t) = read(&self.tenants).get(id).cloned() {
-            flight.landed();
-            return Ok(t);
-        }
+        let cached = || read(&self.tenants).get(id).cloned();
+        self.tenant_flights
+            .get_or_load(id, cached, || self.load_tenant_keys(id))
+            .await
+    }
+
+    /// Reads a tenant's keys from storage into the cache.
+    async fn load_tenant_keys(&self, id: &TenantId) -> Result<Arc<TenantKeys>, AuthError> {
         let generation = self.generation.load(Ordering::SeqCst);
         self.metrics.key_loads.fetch_add(1, Ordering::Relaxed);
         let tenant = self
@@ -229,7 +229,6 @@ impl AuthService {
         if self.generation.load(Ordering::SeqCst) == generation {
             write(&self.tenants).insert(id.clone(), keys.clone());
         }
-        flight.landed();
         Ok(keys)
     }
 
@@ -251,14 +250,18 @@ impl AuthService {
         id: &PrincipalId,
     ) -> Result<Option<Arc<Client>>, AuthError> {
         let key = (tenant.clone(), id.clone());
-        if let Some(c) = read(&self.clients).get(&key) {
-            return Ok(c.clone());
-        }
-        let flight = self.client_flights.enter(&key).await;
-        if let Some(c) = read(&self.clients).get(&key).cloned() {
-            flight.landed();
-            return Ok(c);
-        }
+        let cached = || read(&self.clients).get(&key).cloned();
+        self.client_flights
+            .get_or_load(&key, cached, || self.load_client(tenant, id))
+            .await
+    }
+
+    /// Reads a client from storage into the cache (a miss too).
+    async fn load_client(
+        &self,
+        tenant: &TenantId,
+        id: &PrincipalId,
+    ) -> Result<Option<Arc<Client>>, AuthError> {
         let generation = self.generation.load(Ordering::SeqCst);
         self.metrics.client_loads.fetch_add(1, Ordering::Relaxed);
         let found = self.store.get_client(tenant, id).await?.map(Arc::new);
@@ -275,9 +278,8 @@ impl AuthService {
                     self.client_misses.store(1, Ordering::Relaxed);
                 }
             }
-            cache.insert(key, found.clone());
+            cache.insert((tenant.clone(), id.clone()), found.clone());
         }
-        flight.landed();
         Ok(found)
     }
 

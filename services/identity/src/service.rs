@@ -333,14 +333,13 @@ impl IdentityService {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone()
         };
-        if let Some(l) = cached() {
-            return Ok(l);
-        }
-        let flight = self.ca_flight.enter(&()).await;
-        if let Some(l) = cached() {
-            flight.landed();
-            return Ok(l);
-        }
+        self.ca_flight
+            .get_or_load(&(), cached, || self.load_cas())
+            .await
+    }
+
+    /// Reads and opens the CAs into the cache.
+    async fn load_cas(&self) -> Result<Arc<Loaded>, IdentityError> {
         let generation = self.generation.load(Ordering::SeqCst);
         let cas = self.store.list_cas().await?;
         let mut signers = HashMap::new();
@@ -375,7 +374,6 @@ impl IdentityService {
         if self.generation.load(Ordering::SeqCst) == generation {
             *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = Some(l.clone());
         }
-        flight.landed();
         Ok(l)
     }
 
@@ -415,14 +413,17 @@ impl IdentityService {
                 .get(&key)
                 .cloned()
         };
-        if let Some(e) = cached() {
-            return Ok(e);
-        }
-        let flight = self.entry_flights.enter(&key).await;
-        if let Some(e) = cached() {
-            flight.landed();
-            return Ok(e);
-        }
+        self.entry_flights
+            .get_or_load(&key, cached, || self.load_entry(tenant, principal))
+            .await
+    }
+
+    /// Reads a principal's registration entry from storage into the cache (a miss too).
+    async fn load_entry(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<Option<Arc<Entry>>, IdentityError> {
         let generation = self.entries_generation.load(Ordering::SeqCst);
         let found = self.store.get_entry(tenant, principal).await?.map(Arc::new);
         let mut cache = self.entries.write().unwrap_or_else(PoisonError::into_inner);
@@ -431,9 +432,8 @@ impl IdentityService {
             if cache.len() >= MAX_CACHED_ENTRIES {
                 cache.clear();
             }
-            cache.insert(key, found.clone());
+            cache.insert((tenant.clone(), principal.clone()), found.clone());
         }
-        flight.landed();
         Ok(found)
     }
 

@@ -205,14 +205,13 @@ impl PolicyService {
                 .get(tenant)
                 .cloned()
         };
-        if let Some(s) = cached() {
-            return Ok(s);
-        }
-        let flight = self.snapshot_flights.enter(tenant).await;
-        if let Some(s) = cached() {
-            flight.landed();
-            return Ok(s);
-        }
+        self.snapshot_flights
+            .get_or_load(tenant, cached, || self.load_snapshot(tenant))
+            .await
+    }
+
+    /// Reads and compiles a tenant's snapshot into the cache.
+    async fn load_snapshot(&self, tenant: &TenantId) -> Result<Arc<Snapshot>, PolicyError> {
         let generation = self.generation.load(Ordering::SeqCst);
         self.snapshot_loads.fetch_add(1, Ordering::Relaxed);
         let rows = self.store.load(tenant.as_str()).await?;
@@ -283,7 +282,6 @@ impl PolicyService {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(tenant.clone(), snap.clone());
         }
-        flight.landed();
         Ok(snap)
     }
 
