@@ -545,15 +545,7 @@ async fn stored_policies_that_no_longer_compile_deny_what_they_constrain(ctx: &C
         assert_eq!(d["decision"], "Deny", "{action}: {d}");
         assert_eq!(d["matched"][0]["sid"], "DoesNotCompile", "{d}");
     }
-    let metrics = b
-        .http
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains("capstan_policy_compile_failures_total 1"),
         "{metrics}"

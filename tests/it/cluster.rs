@@ -151,17 +151,13 @@ async fn a_crowd_on_a_cold_replica_loads_each_cache_once(ctx: &Ctx) {
     let admin = a.admin().await;
     let token = a.token("default", &admin, &[]).await;
     let b = ctx.server_with(settings).await;
-    let scrape = || async {
-        let r = b.http.get(b.url("/metrics")).send().await.unwrap();
-        r.text().await.unwrap()
-    };
     let names = [
         "capstan_token_signature_checks_total",
         "capstan_auth_key_loads_total",
         "capstan_auth_client_loads_total",
         "capstan_policy_snapshot_loads_total",
     ];
-    let text = scrape().await;
+    let text = b.metrics().await;
     let before: Vec<u64> = names.iter().map(|n| counter(&text, n)).collect();
 
     let mut crowd = tokio::task::JoinSet::new();
@@ -173,7 +169,7 @@ async fn a_crowd_on_a_cold_replica_loads_each_cache_once(ctx: &Ctx) {
         assert_eq!(r.unwrap().unwrap(), 200);
     }
 
-    let text = scrape().await;
+    let text = b.metrics().await;
     for (name, before) in names.iter().zip(before) {
         let n = counter(&text, name) - before;
         assert!(

@@ -230,15 +230,7 @@ async fn a_service_added_through_the_registry_is_routed_documented_measured_and_
     }
 
     // In /metrics.
-    let metrics = b
-        .http
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     assert!(
         metrics.contains("capstan_echo_changes_total 1"),
         "{metrics}"

@@ -653,15 +653,7 @@ async fn a_principal_reports_only_the_services_it_may(ctx: &Ctx) {
 }
 
 async fn metric(s: &TestServer, name: &str) -> f64 {
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -142,6 +142,12 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.http.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// A new admin client of the default tenant (as `capstan dev`/`bootstrap` make).
     pub async fn admin(&self) -> Creds {
         let c = self
