@@ -67,6 +67,15 @@ async fn the_watcher_gets_values_and_sees_writes_within_a_second(ctx: &Ctx) {
         .unwrap();
     assert_eq!(w.revision(), first);
     assert!(w.is_connected());
+    // Its stream has a connection of its own, so the server writes it outside hyper's
+    // per-connection buffers (though the SDK fetched its token over HTTP first).
+    assert!(
+        s.metrics()
+            .await
+            .lines()
+            .any(|l| l == "capstan_http_direct_streams 1"),
+        "the SDK's watch was not its connection's first request"
+    );
     assert_eq!(w.get::<u64>("timeout_ms").unwrap(), Some(250));
     assert_eq!(
         w.get::<Limits>("limits").unwrap(),

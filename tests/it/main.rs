@@ -39,3 +39,4 @@ mod sdk;
 mod secrets;
 mod trace;
 mod trace_client;
+mod watch_http1;

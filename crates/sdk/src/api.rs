@@ -103,11 +103,34 @@ impl ApiClient {
         path: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, Error> {
+        self.request_with(self.transport.http(), method, path, build)
+            .await
+    }
+
+    /// [`ApiClient::request`] for a long-lived stream: on a connection of its own
+    /// ([`Transport::streams`]).
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, Error> {
+        self.request_with(self.transport.streams()?, method, path, build)
+            .await
+    }
+
+    async fn request_with(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, Error> {
         let url = format!("{}{}", self.base, path);
         let mut retried = false;
         loop {
             let bearer = self.bearer().await?;
-            let mut b = self.transport.http().request(method.clone(), &url);
+            let mut b = http.request(method.clone(), &url);
             if let Some(t) = &bearer {
                 b = b.bearer_auth(t.secret());
             }

@@ -1,6 +1,7 @@
 //! HTTP to Capstan: one client with timeouts on every call, and retries with backoff on 429 and
 //! 503 that honour `Retry-After`.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -57,6 +58,7 @@ impl Default for TransportConfig {
 #[derive(Debug, Clone)]
 pub struct Transport {
     http: reqwest::Client,
+    streams: Arc<OnceLock<reqwest::Client>>,
     cfg: TransportConfig,
 }
 
@@ -64,25 +66,30 @@ impl Transport {
     /// A transport with these settings. Redirects are never followed (a token endpoint that
     /// redirects is refused, RFC 6749 §3.2 servers must not).
     pub fn new(cfg: TransportConfig) -> Result<Transport, Error> {
-        let mut b = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("capstan-sdk/", env!("CARGO_PKG_VERSION")));
-        for pem in &cfg.root_certificates_pem {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| Error::Config(format!("root certificate: {e}")))?;
-            b = b.add_root_certificate(cert);
-        }
-        let http = b
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        Ok(Transport { http, cfg })
+        let http = client(&cfg, false)?;
+        Ok(Transport {
+            http,
+            streams: Arc::default(),
+            cfg,
+        })
     }
 
     /// The underlying client, to build requests.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The client for long-lived streams (config watches): the same settings, but every
+    /// request opens a connection of its own and the connection closes with the stream. A
+    /// stream holds its HTTP/1.1 connection for hours anyway; on a fresh one Capstan serves it
+    /// outside its HTTP stack's per-connection buffers (about 4 KiB per watcher instead of
+    /// 25), which it can only do for a connection's first request.
+    pub fn streams(&self) -> Result<&reqwest::Client, Error> {
+        if let Some(c) = self.streams.get() {
+            return Ok(c);
+        }
+        let c = client(&self.cfg, true)?;
+        Ok(self.streams.get_or_init(|| c))
     }
 
     /// Sends the request (a copy of `template` per attempt), again after a backoff while Capstan answers 429 or 503
@@ -92,14 +99,13 @@ impl Transport {
         let mut delay = policy.base_delay;
         let mut attempt = 1;
         loop {
-            let req = template
+            let (client, req) = template
                 .try_clone()
                 .ok_or_else(|| Error::Config("request body cannot be repeated".into()))?
-                .build()
-                .map_err(|e| Error::Config(format!("request: {e}")))?;
+                .build_split();
+            let req = req.map_err(|e| Error::Config(format!("request: {e}")))?;
             let url = redact(req.url());
-            let resp = self
-                .http
+            let resp = client
                 .execute(req)
                 .await
                 .map_err(|e| self.transport_error(url, e))?;
@@ -156,6 +162,25 @@ fn redact(url: &reqwest::Url) -> String {
 }
 
 /// `Retry-After` in seconds (the form Capstan sends).
+/// A client with `cfg`'s timeouts and roots; `streams`: no idle connection is kept for reuse.
+fn client(cfg: &TransportConfig, streams: bool) -> Result<reqwest::Client, Error> {
+    let mut b = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("capstan-sdk/", env!("CARGO_PKG_VERSION")));
+    if streams {
+        b = b.pool_max_idle_per_host(0);
+    }
+    for pem in &cfg.root_certificates_pem {
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| Error::Config(format!("root certificate: {e}")))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
+}
+
 fn retry_after(resp: &Response) -> Option<Duration> {
     let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
     let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;

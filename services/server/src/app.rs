@@ -588,16 +588,24 @@ impl Server {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let streams = app.metrics.direct_streams.clone();
         let task = tokio::spawn(async move {
             let others: Vec<_> = extra
                 .into_iter()
                 .map(|(l, r)| {
-                    let serve =
-                        crate::serve::serve(l, r, limits, acceptor.clone(), stopped(rx.clone()));
+                    let serve = crate::serve::serve(
+                        l,
+                        r,
+                        limits,
+                        acceptor.clone(),
+                        streams.clone(),
+                        stopped(rx.clone()),
+                    );
                     tokio::spawn(serve)
                 })
                 .collect();
-            let main = crate::serve::serve(listener, router, limits, acceptor, stopped(rx)).await;
+            let main =
+                crate::serve::serve(listener, router, limits, acceptor, streams, stopped(rx)).await;
             for o in others {
                 o.await.map_err(std::io::Error::other)??;
             }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod metrics;
 pub mod serve;

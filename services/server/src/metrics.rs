@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use capstan_http::Metric;
 
@@ -24,6 +25,8 @@ struct Series {
 #[derive(Default)]
 pub struct HttpMetrics {
     series: Mutex<BTreeMap<(String, String), Series>>,
+    /// Event streams served outside hyper now ([`crate::direct`]).
+    pub direct_streams: Arc<AtomicUsize>,
 }
 
 impl HttpMetrics {
@@ -104,6 +107,16 @@ impl HttpMetrics {
                 s.count
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP capstan_http_direct_streams HTTP/1.1 event streams served outside hyper's connection buffers now."
+        );
+        let _ = writeln!(out, "# TYPE capstan_http_direct_streams gauge");
+        let _ = writeln!(
+            out,
+            "capstan_http_direct_streams {}",
+            self.direct_streams.load(Ordering::Relaxed)
+        );
         for m in services {
             let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
             let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind);

@@ -5,12 +5,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use capstan_http::PeerCertificate;
+
+use crate::direct::{First, Peer, Rewind};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -35,6 +38,7 @@ pub async fn serve(
     router: Router,
     limits: ConnLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    streams: Arc<AtomicUsize>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -45,6 +49,8 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // Streams served outside hyper (crate::direct) learn of the stop from this.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -66,49 +72,115 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let router = router.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let conn = Conn {
+            router: router.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            limits,
+            stop: stop.clone(),
+            streams: streams.clone(),
+        };
         let tls = tls.clone();
-        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let Some(acceptor) = tls else {
-                let service = service(router, peer, None);
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => {
+                    conn.serve(
+                        stream,
+                        Peer {
+                            addr: peer,
+                            cert: None,
+                        },
+                        true,
+                    )
+                    .await
                 }
-                drop(permit);
-                return;
-            };
-            let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let cert = crate::tls::peer_certificate(stream.get_ref().1);
-            let service = service(router, peer, cert);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                // Boxed: a TLS stream is kilobytes of rustls state, and inline it would size
+                // every plain connection's task too.
+                Some(acceptor) => Box::pin(conn.serve_tls(acceptor, stream, peer)).await,
             }
             drop(permit);
         });
     }
     drop(listener);
+    stopping.send_replace(true);
+    // Waits for every connection task, direct streams included: each holds a watcher.
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What a connection's task needs from the accept loop.
+struct Conn {
+    router: Router,
+    builder: Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: ConnLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl Conn {
+    /// A TLS handshake (bounded by the header read timeout), then [`Conn::serve`] with the
+    /// client certificate it verified.
+    async fn serve_tls(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        let timeout = self.limits.header_read_timeout;
+        let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let cert = crate::tls::peer_certificate(stream.get_ref().1);
+        let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+        self.serve(stream, Peer { addr: peer, cert }, h1).await;
+    }
+
+    /// Serves one connection: its first request may be an event stream served directly
+    /// (`may_be_h1`: not a TLS connection that chose h2), the rest is hyper's.
+    async fn serve<IO>(self, io: IO, peer: Peer, may_be_h1: bool)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = if may_be_h1 {
+            match crate::direct::first_request(
+                io,
+                &self.router,
+                &peer,
+                self.limits.header_read_timeout,
+                &self.streams,
+                self.stop,
+            )
+            .await
+            {
+                First::Hyper(io) => io,
+                First::Done => return,
+            }
+        } else {
+            Rewind::new(Vec::new(), io)
+        };
+        // Boxed: hyper's connection state is kilobytes, and inline it would size every
+        // connection's task, direct streams included, which never get here.
+        Box::pin(async move {
+            let service = service(self.router, peer.addr, peer.cert);
+            let conn = self
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(e) = self.watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        })
+        .await;
+    }
 }
 
 /// The per-connection service: the router, with the peer's address (and verified client

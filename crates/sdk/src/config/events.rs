@@ -199,7 +199,7 @@ impl ConfigEvents {
         let last = self.last;
         let resp = self
             .api
-            .request(Method::GET, &self.path, |mut b| {
+            .stream(Method::GET, &self.path, |mut b| {
                 b = b
                     .header(ACCEPT, "text/event-stream")
                     .header(CACHE_CONTROL, "no-cache")
