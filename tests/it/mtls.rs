@@ -27,6 +27,7 @@ capstan_tests::on_both_backends!(
     tls_client_auth_binds_tokens_to_the_certificate,
     svid_authentication_follows_the_issuance_record,
     tls_files_are_reloaded_when_they_change,
+    an_sdk_watch_over_https_is_written_outside_hyper,
 );
 
 /// A client allowed to get its own SVIDs, and an SVID source for it.
@@ -1123,4 +1124,58 @@ async fn tls_files_are_reloaded_when_they_change(ctx: &Ctx) {
     assert_eq!(fresh.get(&url).send().await.unwrap().status(), 200);
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The SDK's config watch over HTTPS: on a TLS connection of its own, so the server writes it
+/// outside hyper (through rustls), and changes still arrive.
+async fn an_sdk_watch_over_https_is_written_outside_hyper(ctx: &Ctx) {
+    let (s, base, plain, bundle_pem) = tls_server(ctx).await;
+    let transport = capstan_sdk::TransportConfig {
+        root_certificates_pem: vec![bundle_pem.into_bytes()],
+        ..Default::default()
+    };
+    let capstan = Capstan::with_transport(
+        &base,
+        "default",
+        capstan_sdk::Transport::new(transport).unwrap(),
+    )
+    .unwrap();
+    let admin = s.admin().await;
+    let cfg = capstan_sdk::config::ConfigClient::new(capstan.api(capstan.token_source(
+        &admin.id,
+        &admin.secret,
+        &[],
+    )));
+    let opts = capstan_sdk::config::PutOptions::default;
+    cfg.put("orders", "prod", "k", &json!(1), opts())
+        .await
+        .unwrap();
+    let w = cfg.watcher("orders", "prod").start().await.unwrap();
+    assert_eq!(w.get::<i64>("k").unwrap(), Some(1));
+    let metrics = plain
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "capstan_http_direct_streams 1"),
+        "the HTTPS watch was not written directly"
+    );
+    let r = cfg
+        .put("orders", "prod", "k", &json!(2), opts())
+        .await
+        .unwrap()
+        .revision;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), w.wait_for_revision(r))
+        .await
+        .expect("the change arrives over HTTPS");
+    assert_eq!(got, r);
+    assert_eq!(w.get::<i64>("k").unwrap(), Some(2));
+    drop(w);
+    s.shutdown().await;
 }
