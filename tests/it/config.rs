@@ -1025,8 +1025,8 @@ async fn narrow_grants_cannot_widen_through_rollouts_schemas_or_history(ctx: &Ct
     // A key made secret later: history and rollback do not show or unseal it.
     put(&s, &t, "pay/prod/token", json!("early-clear-token")).await; // 1
     put(&s, &t, "pay/prod/other", json!(1)).await; // 2
-    let (status, _) = put(&s, &t, "pay/prod/token?secret=true", json!("sealed-token")).await; // 3
-    assert_eq!(status, 200);
+    let (status, v) = put(&s, &t, "pay/prod/token?secret=true", json!("sealed-token")).await; // 3
+    assert_eq!(status, 200, "{v}");
     let (_, reader) = principal_with(&s, &t, "reader", &["ConfigReadOnly"]).await;
     put_policy(
         &s,

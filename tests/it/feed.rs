@@ -1,9 +1,40 @@
 //! The change feed's cursor: late commits are delivered, nothing twice.
 
-use capstan_db::{append_change, Db, FeedCursor};
+use capstan_db::{append_change, on_pool, BeginWrite, Db, FeedCursor};
 use capstan_tests::Ctx;
 
-capstan_tests::on_both_backends!(a_cursor_starts_after_pruned_rows);
+capstan_tests::on_both_backends!(
+    a_cursor_starts_after_pruned_rows,
+    a_write_transaction_that_reads_first_survives_a_concurrent_commit,
+);
+
+/// A write transaction reads, another connection commits, then the transaction writes. On
+/// SQLite a deferred `BEGIN` fails that write at once with `SQLITE_BUSY_SNAPSHOT` (a 503 to the
+/// caller, whatever the busy timeout); `begin_write` takes the write lock first, so the other
+/// commit waits its turn and both succeed.
+async fn a_write_transaction_that_reads_first_survives_a_concurrent_commit(ctx: &Ctx) {
+    let db = ctx.db();
+    on_pool!(&db, |p| {
+        let mut tx = p.begin_write().await.unwrap();
+        let (before,): (i64,) = sqlx::query_as("SELECT count(*) FROM core_changes")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let other = {
+            let db = db.clone();
+            tokio::spawn(async move { db.publish_change("t", "x", "other", 1).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        append_change!(tx, "t", "x", "mine", 1).await.unwrap();
+        tx.commit().await.unwrap();
+        other.await.unwrap().unwrap();
+        let (after,): (i64,) = sqlx::query_as("SELECT count(*) FROM core_changes")
+            .fetch_one(p)
+            .await
+            .unwrap();
+        assert_eq!(after, before + 2);
+    });
+}
 
 /// Once pruning has emptied the table, a new cursor still starts after the last position handed
 /// out, not at 0 (where every later row would look like a jump over thousands of gaps).

@@ -49,7 +49,7 @@ macro_rules! append_change {
 macro_rules! write_tx {
     ($store:expr, $tenant:expr, $topic:expr, $key:expr, $now:expr, |$tx:ident| $body:expr) => {{
         let n = $crate::on_pool!(&$store.db, |p| {
-            let mut $tx = p.begin().await?;
+            let mut $tx = $crate::BeginWrite::begin_write(p).await?;
             let n: u64 = $body;
             if n > 0 {
                 $crate::append_change!($tx, $tenant, $topic, $key, $now).await?;

@@ -115,6 +115,43 @@ macro_rules! on_pool {
     };
 }
 
+/// Opens a transaction that will write. On SQLite it takes the write lock at once (`BEGIN
+/// IMMEDIATE`, waiting up to the busy timeout): a deferred transaction that reads and then
+/// writes fails at once with `SQLITE_BUSY_SNAPSHOT` when another connection committed in
+/// between, which no busy timeout retries. On Postgres it is a plain `BEGIN`.
+pub trait BeginWrite {
+    /// The backend.
+    type Database: sqlx::Database;
+    /// `BEGIN` for a transaction that writes.
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
+    > + Send;
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
+    > + Send {
+        self.begin()
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
+    > + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
 /// One entry of the change feed.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Change {

@@ -9,7 +9,7 @@
 //! key `<ns>/<env>`) commits with it.
 
 use async_trait::async_trait;
-use capstan_db::{append_change, on_pool, Db, DbError, Feed};
+use capstan_db::{append_change, on_pool, BeginWrite, Db, DbError, Feed};
 use std::sync::Arc;
 
 use crate::error::ConfigError;
@@ -293,7 +293,7 @@ impl ConfigStore for SqlConfigStore {
             ),
         };
         let rev = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await.map_err(DbError::from)?;
+            let mut tx = p.begin_write().await.map_err(DbError::from)?;
             let (rev,): (i64,) = sqlx::query_as(
                 "INSERT INTO config_envs (tenant, ns, env, revision) VALUES ($1, $2, $3, 1) \
                  ON CONFLICT (tenant, ns, env) DO UPDATE SET revision = config_envs.revision + 1 \
@@ -468,7 +468,7 @@ impl ConfigStore for SqlConfigStore {
         rewrite: LogRewriter<'_>,
     ) -> Result<u64, ConfigError> {
         let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await.map_err(DbError::from)?;
+            let mut tx = p.begin_write().await.map_err(DbError::from)?;
             let rows: Vec<StoredLog> = sqlx::query_as(
                 "SELECT revision, actor, at, kind, body FROM config_log \
                  WHERE tenant = $1 AND ns = $2 AND env = $3 ORDER BY revision",
@@ -563,7 +563,7 @@ impl ConfigStore for SqlConfigStore {
         now: i64,
     ) -> Result<(), DbError> {
         on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(
                 "INSERT INTO config_schemas (tenant, ns, body, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (tenant, ns) DO UPDATE SET body = excluded.body, \
@@ -585,7 +585,7 @@ impl ConfigStore for SqlConfigStore {
 
     async fn delete_schema(&self, tenant: &str, ns: &str, now: i64) -> Result<bool, DbError> {
         let n = on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("DELETE FROM config_schemas WHERE tenant = $1 AND ns = $2")
                 .bind(tenant)
                 .bind(ns)

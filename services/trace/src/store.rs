@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use capstan_db::{on_pool, Db, DbError};
+use capstan_db::{on_pool, BeginWrite, Db, DbError};
 
 use crate::model::{SpanRow, StoredSpan, DAY_NS};
 
@@ -234,7 +234,7 @@ impl SqlTraceStore {
                     .await?;
             }
             Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 for r in rows {
                     sqlx::query(INSERT_SQLITE)
                         .bind(&r.tenant)
@@ -268,7 +268,7 @@ impl SqlTraceStore {
         now_ns: i64,
     ) -> Result<(), DbError> {
         on_pool!(&self.db, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for (tenant, service, name, kind) in ops {
                 sqlx::query(
                     "INSERT INTO trace_operations (tenant, service, name, kind, last_seen_ns) \

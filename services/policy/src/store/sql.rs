@@ -28,7 +28,7 @@ pub struct SqlPolicyStore {
 macro_rules! write_tx {
     ($store:expr, $tenant:expr, $now:expr, $topics:expr, |$tx:ident| $body:expr) => {{
         let done = on_pool!(&$store.db, |p| {
-            let mut $tx = p.begin().await?;
+            let mut $tx = capstan_db::BeginWrite::begin_write(p).await?;
             let (out, changed) = $body;
             if changed {
                 sqlx::query(BUMP_REVISION)
