@@ -15,6 +15,7 @@ capstan_tests::on_both_backends!(
     a_first_request_watch_is_exact_http11_and_frees_its_slot_on_hang_up,
     a_refused_first_request_watch_answers_whole_and_keeps_the_connection,
     other_first_requests_reach_hyper_with_nothing_lost,
+    heartbeats_keep_coming_and_a_stopping_server_says_so,
 );
 
 /// A raw HTTP/1.1 connection with what has been read and not yet consumed.
@@ -259,4 +260,74 @@ async fn other_first_requests_reach_hyper_with_nothing_lost(ctx: &Ctx) {
     // A connection that sends nothing and closes costs nothing.
     drop(Raw::connect(&s).await);
     s.shutdown().await;
+}
+
+/// Heartbeats arrive on their interval whether or not events flow; a server that stops ends
+/// the stream with a `dropped` event saying so, then the last chunk.
+async fn heartbeats_keep_coming_and_a_stopping_server_says_so(ctx: &Ctx) {
+    let mut settings = ctx.settings();
+    settings
+        .service_config
+        .insert("config".into(), json!({ "heartbeat_seconds": 1 }));
+    let s = ctx.server_with(settings).await;
+    let t = admin_token(&s).await;
+    s.api(Method::PUT, "/v1/config/orders/prod/k", &t, Some(json!(0)))
+        .await;
+    let mut w = Raw::connect(&s).await;
+    let req = format!(
+        "GET /v1/config/orders/prod/watch HTTP/1.1\r\nHost: capstan\r\n\
+         Authorization: Bearer {t}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    w.s.write_all(req.as_bytes()).await.unwrap();
+    assert!(w.head().await.starts_with("http/1.1 200 ok"));
+    w.event("reset").await;
+    // Changes every 200 ms for 2.5 s: heartbeats still come about once a second.
+    let writer = {
+        let (base, t) = (s.base.clone(), t.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 1..=12 {
+                http.put(format!("{base}/v1/config/orders/prod/k"))
+                    .bearer_auth(&t)
+                    .json(&json!(i))
+                    .send()
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let (mut beats, mut changes, mut last, mut text) = (0, 0, 0i64, String::new());
+    while changes < 12 {
+        let c = w.chunk().await;
+        assert!(!c.is_empty(), "the stream ended");
+        text.push_str(std::str::from_utf8(&c).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            if block == ": heartbeat\n\n" {
+                beats += 1;
+            } else if block.starts_with("event: change\n") {
+                changes += 1;
+                last = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+            }
+        }
+    }
+    writer.await.unwrap();
+    assert!(beats >= 1, "no heartbeat in 2.4 s of changes");
+    // The server stops: the watcher is told, and the stream ends cleanly.
+    let stop = tokio::spawn(s.shutdown());
+    let ev = w.event("dropped").await;
+    assert!(ev["reason"].as_str().unwrap().contains("stopping"), "{ev}");
+    assert_eq!(ev["revision"], last, "{ev}");
+    loop {
+        if w.chunk().await.is_empty() {
+            break;
+        }
+    }
+    stop.await.unwrap();
 }

@@ -15,6 +15,7 @@
 //! other than a stream (a 401, a 404) gets its whole answer with a `content-length`, and the
 //! connection goes on in hyper unless the client asked to close it.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -382,7 +383,14 @@ where
     io.flush().await
 }
 
-async fn timed(f: impl std::future::Future<Output = std::io::Result<()>>) -> std::io::Result<()> {
+/// `f`, failed with `TimedOut` after [`WRITE_TIMEOUT`]. The timer is armed only if `f` does not
+/// finish on its first poll: almost every write does (the socket has room), and a timer made
+/// and cancelled for each of 10,000 watchers' writes per change is CPU the fan-out needs.
+async fn timed(f: impl Future<Output = std::io::Result<()>>) -> std::io::Result<()> {
+    let mut f = std::pin::pin!(f);
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        return r;
+    }
     match tokio::time::timeout(WRITE_TIMEOUT, f).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
