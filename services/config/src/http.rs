@@ -15,9 +15,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
@@ -453,25 +453,41 @@ struct WatchQuery {
     since: Option<i64>,
 }
 
-fn reset_event(snap: &ConfigSnapshot) -> Event {
-    Event::default()
-        .event("reset")
-        .id(snap.revision.to_string())
-        .data(serde_json::to_string(snap).unwrap_or_default())
+/// One Server-Sent Event, encoded: `event:`, `id:` (when given) and one `data:` line. The data
+/// is compact JSON, which has no line breaks (they are escaped inside strings).
+fn sse_event(kind: &str, id: Option<i64>, data: &impl serde::Serialize) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(format!("\nid: {id}").as_bytes());
+    }
+    out.extend_from_slice(b"\ndata: ");
+    if serde_json::to_writer(&mut out, data).is_err() {
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
-fn change_event(ev: &WatchEvent) -> Event {
-    Event::default()
-        .event("change")
-        .id(ev.revision.to_string())
-        .data(serde_json::to_string(ev).unwrap_or_default())
+fn reset_event(snap: &ConfigSnapshot) -> Bytes {
+    sse_event("reset", Some(snap.revision), snap)
 }
 
-fn dropped_event(reason: &str, revision: i64) -> Event {
-    Event::default()
-        .event("dropped")
-        .data(json!({"reason": reason, "revision": revision}).to_string())
+fn change_event(ev: &WatchEvent) -> Bytes {
+    sse_event("change", Some(ev.revision), ev)
 }
+
+fn dropped_event(reason: &str, revision: i64) -> Bytes {
+    sse_event(
+        "dropped",
+        None,
+        &json!({"reason": reason, "revision": revision}),
+    )
+}
+
+/// The comment that keeps idle streams open through proxies.
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 /// Why a stream ends by itself.
 enum End {
@@ -493,7 +509,7 @@ struct Watch {
     end: Pin<Box<dyn Future<Output = End> + Send>>,
     /// A `: heartbeat` comment every interval, events or not, so proxies keep the stream open.
     heartbeat: tokio::time::Interval,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Bytes>,
     viewer: Viewer,
     cursor: i64,
     done: bool,
@@ -505,7 +521,7 @@ struct Watch {
 }
 
 impl Watch {
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
@@ -516,11 +532,16 @@ impl Watch {
             tokio::select! {
                 r = self.rx.recv() => match r {
                     Ok(u) => match u.as_ref() {
-                        Update::Next(p) if p.revision > self.cursor => {
+                        Update::Next(p, shared) if p.revision > self.cursor => {
                             self.cursor = p.revision;
-                            return Some(change_event(&p.view(&self.viewer)));
+                            if !p.uniform() {
+                                return Some(change_event(&p.view(&self.viewer)));
+                            }
+                            let kind = &shared[usize::from(self.viewer.read_secrets)];
+                            let e = kind.get_or_init(|| change_event(&p.view(&self.viewer)));
+                            return Some(e.clone());
                         }
-                        Update::Next(_) => {}
+                        Update::Next(..) => {}
                         Update::Reset(s) => {
                             self.cursor = s.revision;
                             return Some(reset_event(&s.view(&self.viewer)));
@@ -562,7 +583,7 @@ impl Watch {
                     };
                     return Some(dropped_event(reason, self.cursor));
                 }
-                _ = self.heartbeat.tick() => return Some(Event::default().comment("heartbeat")),
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
             }
         }
     }
@@ -577,7 +598,7 @@ async fn catch_up_events(
     state: &EnvState,
     since: Option<i64>,
     viewer: &Viewer,
-) -> Result<(VecDeque<Event>, i64), ConfigError> {
+) -> Result<(VecDeque<Bytes>, i64), ConfigError> {
     let mut out = VecDeque::new();
     let rev = state.revision;
     let since = match since {
@@ -689,14 +710,19 @@ async fn watch(
     };
     let events = stream::unfold(w, |mut w| async move {
         let e = w.next().await?;
-        Some((Ok::<Event, Infallible>(e), w))
+        Some((Ok::<Bytes, Infallible>(e), w))
     });
-    let mut r = Sse::new(events).into_response();
+    // Events are encoded here (shared by watchers that see a revision alike), so the body is
+    // the encoded bytes as they are, not axum's `Sse` re-encoding each one.
+    let mut r = Response::new(Body::from_stream(events));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Proxies must not buffer the stream (nginx honours this header).
-    r.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
 }
 

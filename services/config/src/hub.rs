@@ -29,17 +29,22 @@ use crate::store::{ConfigStore, EnvKey};
 /// One revision as broadcast: what it touched, or a whole new state after a reload.
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// The next revision.
-    Next(Published),
+    /// The next revision, with its event encoded once for all who see it alike.
+    Next(Published, SharedEvent),
     /// The state was reloaded (the log did not reach back): watchers start over from it.
     Reset(Arc<EnvState>),
 }
+
+/// A revision's watch event encoded once and shared (by reference count) by every watcher that
+/// sees it alike, when [`Published::uniform`]: `[masked, clear]`. The first watcher of each
+/// kind to get it encodes it.
+pub type SharedEvent = [std::sync::OnceLock<bytes::Bytes>; 2];
 
 impl Update {
     /// The revision it brings watchers to.
     pub fn revision(&self) -> i64 {
         match self {
-            Update::Next(p) => p.revision,
+            Update::Next(p, _) => p.revision,
             Update::Reset(s) => s.revision,
         }
     }
@@ -365,7 +370,9 @@ impl Hub {
             }
             let p = s.apply(r);
             // No receivers is fine: the state still advances.
-            let _ = env.tx.send(Arc::new(Update::Next(p)));
+            let _ = env
+                .tx
+                .send(Arc::new(Update::Next(p, SharedEvent::default())));
         }
         Ok(more)
     }

@@ -313,6 +313,16 @@ pub struct Published {
     pub rollouts: Arc<BTreeMap<String, Rollout>>,
 }
 
+impl Published {
+    /// Whether every viewer that may (or may not) read secrets sees this revision alike: no
+    /// rollout sets any of its keys, so nothing else about the viewer changes its view.
+    pub fn uniform(&self) -> bool {
+        self.keys
+            .iter()
+            .all(|(k, _)| self.rollouts.values().all(|r| !r.set.contains_key(k)))
+    }
+}
+
 impl EnvState {
     /// Applies `r` (the next revision), and says what it changed.
     pub fn apply(&mut self, r: &Revision) -> Published {
@@ -653,6 +663,13 @@ mod tests {
         assert_eq!(s.view(&other).values["limit"], json!(10));
         assert_eq!(p.view(&canary).changes[0].value, Some(json!(20)));
         assert_eq!(p.view(&other).changes[0].value, Some(json!(10)));
+        // A revision touching a key a rollout sets is not the same for every viewer; one
+        // touching only other keys is.
+        assert!(!p.uniform());
+        assert!(!s.apply(&write(3, &s.clone(), &[("limit", json!(11))], &[])).uniform());
+        let p = s.apply(&write(4, &s.clone(), &[("other", json!(1))], &[]));
+        assert!(p.uniform());
+        assert_eq!(p.view(&canary), p.view(&other));
     }
 
     #[test]
