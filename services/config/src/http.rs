@@ -489,26 +489,25 @@ fn dropped_event(reason: &str, revision: i64) -> Bytes {
 /// The comment that keeps idle streams open through proxies.
 const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
-/// Why a stream ends by itself.
-enum End {
-    /// The caller's access token expired.
-    Expired,
-    /// The server is stopping.
-    Stopping,
-}
-
 /// One watcher's stream.
 ///
-/// Everything it waits on besides the broadcast is made once and kept (the end, the heartbeat
-/// and recheck timers): a change reaches thousands of watchers at once, and a timer or a
-/// `Notify` registered and dropped on every event was a tenth of the server's CPU per change.
+/// A change wakes thousands of these at once, so what each waits on besides the broadcast is
+/// made once and kept: one timer for its heartbeat, its permission recheck and its token's
+/// expiry (whichever is due first), and one wait for the server to stop. Timers and `Notify`
+/// waits made and dropped on every event were a tenth of the server's CPU per change.
 struct Watch {
     _attached: Attached,
     rx: tokio::sync::broadcast::Receiver<Arc<Update>>,
-    /// Resolves when the token expires or the server begins to stop.
-    end: Pin<Box<dyn Future<Output = End> + Send>>,
-    /// A `: heartbeat` comment every interval, events or not, so proxies keep the stream open.
-    heartbeat: tokio::time::Interval,
+    /// Resolves when the server begins to stop (or the hub is gone).
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Fires at the earliest of the three instants below.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the next `: heartbeat` comment is due (events or not, so proxies keep the stream).
+    heartbeat_at: tokio::time::Instant,
+    /// When the caller's permissions are checked again.
+    recheck_at: tokio::time::Instant,
+    /// When the caller's access token expires.
+    expires_at: Option<tokio::time::Instant>,
     pending: VecDeque<Bytes>,
     viewer: Viewer,
     cursor: i64,
@@ -516,8 +515,6 @@ struct Watch {
     svc: Arc<ConfigService>,
     caller: Caller,
     key: EnvKey,
-    /// When the caller's permissions are checked again.
-    recheck: tokio::time::Interval,
 }
 
 impl Watch {
@@ -557,35 +554,61 @@ impl Watch {
                     }
                     Err(RecvError::Closed) => return None,
                 },
-                _ = self.recheck.tick() => {
-                    match self.svc.recheck_watch(&self.caller, &self.key).await {
-                        Ok(Some(read_secrets)) => self.viewer.read_secrets = read_secrets,
-                        Ok(None) => {
-                            self.done = true;
-                            return Some(dropped_event(
-                                "the caller may no longer watch this environment",
-                                self.cursor,
-                            ));
-                        }
-                        // No decision now (storage down): keep serving from memory.
-                        Err(_) => {}
+                () = &mut self.timer => {
+                    if let Some(e) = self.on_timer().await {
+                        return Some(e);
                     }
                 }
-                end = &mut self.end => {
+                () = &mut self.stopping => {
                     self.done = true;
-                    let reason = match end {
-                        End::Expired => {
-                            "the access token expired; reconnect with a new one and Last-Event-ID"
-                        }
-                        End::Stopping => {
-                            "the server is stopping; resume on another replica with Last-Event-ID"
-                        }
-                    };
-                    return Some(dropped_event(reason, self.cursor));
+                    return Some(dropped_event(
+                        "the server is stopping; resume on another replica with Last-Event-ID",
+                        self.cursor,
+                    ));
                 }
-                _ = self.heartbeat.tick() => return Some(Bytes::from_static(HEARTBEAT)),
             }
         }
+    }
+}
+
+impl Watch {
+    /// The timer fired: end the stream if the token expired, recheck the caller's permissions
+    /// if due, send a heartbeat if due, and set the timer to what comes next.
+    async fn on_timer(&mut self) -> Option<Bytes> {
+        let now = tokio::time::Instant::now();
+        if self.expires_at.is_some_and(|at| at <= now) {
+            self.done = true;
+            return Some(dropped_event(
+                "the access token expired; reconnect with a new one and Last-Event-ID",
+                self.cursor,
+            ));
+        }
+        let mut out = None;
+        if self.recheck_at <= now {
+            self.recheck_at = now + self.svc.settings().reauthorize;
+            match self.svc.recheck_watch(&self.caller, &self.key).await {
+                Ok(Some(read_secrets)) => self.viewer.read_secrets = read_secrets,
+                Ok(None) => {
+                    self.done = true;
+                    return Some(dropped_event(
+                        "the caller may no longer watch this environment",
+                        self.cursor,
+                    ));
+                }
+                // No decision now (storage down): keep serving from memory.
+                Err(_) => {}
+            }
+        }
+        if self.heartbeat_at <= now {
+            self.heartbeat_at = now + self.svc.settings().heartbeat;
+            out = Some(Bytes::from_static(HEARTBEAT));
+        }
+        let mut next = self.heartbeat_at.min(self.recheck_at);
+        if let Some(at) = self.expires_at {
+            next = next.min(at);
+        }
+        self.timer.as_mut().reset(next);
+        out
     }
 }
 
@@ -670,35 +693,28 @@ async fn watch(
     let state = state.unwrap_or_default();
     let (pending, cursor) = catch_up_events(&svc, &key, &state, since, &viewer).await?;
     drop(state);
-    let every = svc.settings().reauthorize;
-    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let expires = caller.expires_at.map(|exp| {
+    let now = tokio::time::Instant::now();
+    let expires_at = caller.expires_at.map(|exp| {
         let left = u64::try_from(exp.saturating_sub(svc.now())).unwrap_or(0);
-        tokio::time::Instant::now() + Duration::from_secs(left)
+        now + Duration::from_secs(left)
+    });
+    let heartbeat_at = now + svc.settings().heartbeat;
+    let recheck_at = now + svc.settings().reauthorize;
+    let first = expires_at.map_or(heartbeat_at.min(recheck_at), |at| {
+        at.min(heartbeat_at).min(recheck_at)
     });
     let mut stopping = stopping;
-    let end = Box::pin(async move {
-        let expiry = async {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = expiry => End::Expired,
-            // A dropped sender (the hub is gone) ends the stream too.
-            _ = stopping.wait_for(|s| *s) => End::Stopping,
-        }
-    });
-    let beat = svc.settings().heartbeat;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let w = Watch {
+    let w = Box::new(Watch {
         _attached: attached,
         rx,
-        end,
-        heartbeat,
+        // A dropped sender (the hub is gone) ends the stream too.
+        stopping: Box::pin(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }),
+        timer: Box::pin(tokio::time::sleep_until(first)),
+        heartbeat_at,
+        recheck_at,
+        expires_at,
         pending,
         viewer,
         cursor,
@@ -706,8 +722,8 @@ async fn watch(
         svc: svc.svc.clone(),
         caller,
         key,
-        recheck,
-    };
+    });
+    // Boxed: `unfold` moves its state in and out on every event.
     let events = stream::unfold(w, |mut w| async move {
         let e = w.next().await?;
         Some((Ok::<Bytes, Infallible>(e), w))

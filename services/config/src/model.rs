@@ -666,7 +666,9 @@ mod tests {
         // A revision touching a key a rollout sets is not the same for every viewer; one
         // touching only other keys is.
         assert!(!p.uniform());
-        assert!(!s.apply(&write(3, &s.clone(), &[("limit", json!(11))], &[])).uniform());
+        assert!(!s
+            .apply(&write(3, &s.clone(), &[("limit", json!(11))], &[]))
+            .uniform());
         let p = s.apply(&write(4, &s.clone(), &[("other", json!(1))], &[]));
         assert!(p.uniform());
         assert_eq!(p.view(&canary), p.view(&other));

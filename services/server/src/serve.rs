@@ -72,6 +72,9 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Every answer and every event is written whole, so Nagle's algorithm would only hold
+        // a stream's next event (or a head's body) until the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let conn = Conn {
             router: router.clone(),
             builder: builder.clone(),
