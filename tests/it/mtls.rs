@@ -432,16 +432,7 @@ async fn capstan_serves_https_and_authenticates_svids(ctx: &Ctx) {
     assert_eq!(r.status(), 401);
 
     // A workload gets its SVID over HTTPS with its bearer token, through the SDK.
-    let transport = capstan_sdk::TransportConfig {
-        root_certificates_pem: vec![bundle_pem.clone().into_bytes()],
-        ..Default::default()
-    };
-    let capstan = Capstan::with_transport(
-        &base,
-        "default",
-        capstan_sdk::Transport::new(transport).unwrap(),
-    )
-    .unwrap();
+    let capstan = sdk_over_tls(&base, &bundle_pem);
     let admin = s.admin().await;
     let admin_token = {
         let t = capstan.token_source(&admin.id, &admin.secret, &[]);
@@ -544,6 +535,20 @@ async fn capstan_serves_https_and_authenticates_svids(ctx: &Ctx) {
 }
 
 /// A TLS server of this context, a client trusting its bundle, and the bundle (PEM).
+/// The SDK for the default tenant of the HTTPS server at `base`, trusting its bundle.
+fn sdk_over_tls(base: &str, bundle_pem: &str) -> Capstan {
+    let transport = capstan_sdk::TransportConfig {
+        root_certificates_pem: vec![bundle_pem.as_bytes().to_vec()],
+        ..Default::default()
+    };
+    Capstan::with_transport(
+        base,
+        "default",
+        capstan_sdk::Transport::new(transport).unwrap(),
+    )
+    .unwrap()
+}
+
 async fn tls_server(ctx: &Ctx) -> (TestServer, String, reqwest::Client, String) {
     let mut settings = ctx.settings();
     settings.tls = Some(TlsMode::SelfIssued {
@@ -789,17 +794,7 @@ async fn tls_client_auth_binds_tokens_to_the_certificate(ctx: &Ctx) {
     assert_eq!(i["cnf"]["x5t#S256"], x5t.as_str());
 
     // The SDK's offline verifier enforces it as well.
-    let capstan = Capstan::with_transport(
-        &base,
-        "default",
-        capstan_sdk::Transport::new(capstan_sdk::TransportConfig {
-            root_certificates_pem: vec![bundle_pem.clone().into_bytes()],
-            ..Default::default()
-        })
-        .unwrap(),
-    )
-    .unwrap()
-    .with_clock(s.clock.clone());
+    let capstan = sdk_over_tls(&base, &bundle_pem).with_clock(s.clock.clone());
     let verifier = capstan.verifier("capstan").await.unwrap();
     verifier
         .verify_presented(&token, Some(leaf.as_slice()))
@@ -1130,16 +1125,7 @@ async fn tls_files_are_reloaded_when_they_change(ctx: &Ctx) {
 /// outside hyper (through rustls), and changes still arrive.
 async fn an_sdk_watch_over_https_is_written_outside_hyper(ctx: &Ctx) {
     let (s, base, plain, bundle_pem) = tls_server(ctx).await;
-    let transport = capstan_sdk::TransportConfig {
-        root_certificates_pem: vec![bundle_pem.into_bytes()],
-        ..Default::default()
-    };
-    let capstan = Capstan::with_transport(
-        &base,
-        "default",
-        capstan_sdk::Transport::new(transport).unwrap(),
-    )
-    .unwrap();
+    let capstan = sdk_over_tls(&base, &bundle_pem);
     let admin = s.admin().await;
     let cfg = capstan_sdk::config::ConfigClient::new(capstan.api(capstan.token_source(
         &admin.id,
