@@ -88,7 +88,16 @@ pub struct SqlTraceStore {
     db: Db,
     /// Days whose Postgres partition is known to exist.
     partitions: Mutex<HashSet<i64>>,
+    /// Postgres connections kept for batch writes. sqlx keeps a connection's write buffer at
+    /// the largest message it ever sent, for the connection's life, and a batch's bind message
+    /// is megabytes: if batches went to whichever pooled connection was free, every one of
+    /// them would come to hold that much. Batches use these few instead (at most
+    /// [`KEPT_WRITERS`]; one that fails is dropped).
+    writers: Mutex<Vec<sqlx::pool::PoolConnection<sqlx::Postgres>>>,
 }
+
+/// Most connections kept for batch writes (the pipeline runs 2 writers by default).
+const KEPT_WRITERS: usize = 4;
 
 const INSERT_PG: &str = "INSERT INTO trace_spans (tenant, trace_id, span_id, parent_span_id, \
      service, principal, name, kind, start_ns, duration_ns, status_code, tags, span, resource, scope) \
@@ -152,6 +161,7 @@ impl SqlTraceStore {
         SqlTraceStore {
             db,
             partitions: Mutex::new(HashSet::new()),
+            writers: Mutex::new(Vec::new()),
         }
     }
 
@@ -214,6 +224,17 @@ impl SqlTraceStore {
         match &self.db {
             Db::Postgres(p) => {
                 let c = Columns::new(rows);
+                let kept = self.writers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                // A kept connection is checked as the pool checks its own (one round trip
+                // against a batch's ~1 s): after a database restart it is replaced, not failed.
+                let kept = match kept {
+                    Some(mut c) => sqlx::Connection::ping(&mut *c).await.is_ok().then_some(c),
+                    None => None,
+                };
+                let mut conn = match kept {
+                    Some(c) => c,
+                    None => p.acquire().await?,
+                };
                 sqlx::query(INSERT_PG)
                     .bind(c.tenant)
                     .bind(c.trace_id)
@@ -230,8 +251,12 @@ impl SqlTraceStore {
                     .bind(c.span)
                     .bind(c.resource)
                     .bind(c.scope)
-                    .execute(p)
+                    .execute(&mut *conn)
                     .await?;
+                let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+                if writers.len() < KEPT_WRITERS {
+                    writers.push(conn);
+                }
             }
             Db::Sqlite(p) => {
                 let mut tx = p.begin_write().await?;
