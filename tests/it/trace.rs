@@ -36,6 +36,7 @@ capstan_tests::on_both_backends!(
     tenants_do_not_see_each_others_spans,
     queries_show_only_services_the_caller_may_query,
     retried_exports_store_each_span_once,
+    spans_are_stored_after_the_database_drops_its_connections,
     hostile_exports_are_contained,
     the_otlp_ports_have_the_main_listeners_limits,
 );
@@ -873,6 +874,45 @@ async fn retried_exports_store_each_span_once(ctx: &Ctx) {
             .unwrap(),
     };
     assert_eq!(n, 5);
+    s.server.shutdown().await.unwrap();
+}
+
+/// Batches go on connections the store keeps; when Postgres drops every connection (a restart,
+/// a failover), the next export is stored on a fresh one rather than failed.
+async fn spans_are_stored_after_the_database_drops_its_connections(ctx: &Ctx) {
+    let s = ctx.server().await;
+    let t = admin_token(&s).await;
+    let now = now_ns(&s);
+    let r = post_raw(
+        &s,
+        Some(&t),
+        "application/x-protobuf",
+        None,
+        export("kept", 12, 3, now).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    if let capstan_db::Db::Postgres(p) = ctx.db() {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&p)
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let r = post_raw(
+        &s,
+        Some(&t),
+        "application/x-protobuf",
+        None,
+        export("kept", 13, 3, now).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, v) = get(&s, &t, &format!("/api/traces/{}", "0d".repeat(16))).await;
+    assert_eq!(v["data"][0]["spans"].as_array().unwrap().len(), 3, "{v}");
     s.server.shutdown().await.unwrap();
 }
 
