@@ -861,6 +861,22 @@ async fn retried_exports_store_each_span_once(ctx: &Ctx) {
         let r = post_raw(&s, Some(&t), "application/x-protobuf", None, body.clone()).await;
         assert_eq!(r.status(), 200);
     }
+    // The same ids again claiming another start time that day: still the spans already stored.
+    const SECOND: u64 = 1_000_000_000;
+    let other = if now % (86_400 * SECOND) >= 2 * SECOND {
+        now - SECOND
+    } else {
+        now + SECOND
+    };
+    let r = post_raw(
+        &s,
+        Some(&t),
+        "application/x-protobuf",
+        None,
+        export("retry", 11, 5, other).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
     let (_, v) = get(&s, &t, &format!("/api/traces/{}", "0b".repeat(16))).await;
     assert_eq!(v["data"][0]["spans"].as_array().unwrap().len(), 5);
     let n: i64 = match ctx.db() {

@@ -195,9 +195,16 @@ impl SqlTraceStore {
         sqlx::query("SELECT pg_advisory_xact_lock(7261001)")
             .execute(&mut *tx)
             .await?;
+        let name = partition_name(day);
         sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF trace_spans FOR VALUES FROM ({from}) TO ({to})",
-            partition_name(day)
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF trace_spans FOR VALUES FROM ({from}) TO ({to})"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        // The span key, per partition (the parent's keys would have to hold start_ns): a span
+        // repeated with another start time that day is skipped like an exact repeat.
+        sqlx::query(&format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {name}_span ON {name} (tenant, trace_id, span_id)"
         ))
         .execute(&mut *tx)
         .await?;
