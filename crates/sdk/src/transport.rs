@@ -161,7 +161,6 @@ fn redact(url: &reqwest::Url) -> String {
     u.to_string()
 }
 
-/// `Retry-After` in seconds (the form Capstan sends).
 /// A client with `cfg`'s timeouts and roots; `streams`: no idle connection is kept for reuse.
 fn client(cfg: &TransportConfig, streams: bool) -> Result<reqwest::Client, Error> {
     let mut b = reqwest::Client::builder()
@@ -181,6 +180,7 @@ fn client(cfg: &TransportConfig, streams: bool) -> Result<reqwest::Client, Error
         .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
 
+/// `Retry-After` in seconds (the form Capstan sends).
 fn retry_after(resp: &Response) -> Option<Duration> {
     let v = resp.headers().get(reqwest::header::RETRY_AFTER)?;
     let secs: u64 = v.to_str().ok()?.trim().parse().ok()?;

@@ -531,10 +531,10 @@ impl Watch {
                     Ok(u) => match u.as_ref() {
                         Update::Next(p, shared) if p.revision > self.cursor => {
                             self.cursor = p.revision;
-                            if !p.uniform() {
+                            let Some(kinds) = shared else {
                                 return Some(change_event(&p.view(&self.viewer)));
-                            }
-                            let kind = &shared[usize::from(self.viewer.read_secrets)];
+                            };
+                            let kind = &kinds[usize::from(self.viewer.read_secrets)];
                             let e = kind.get_or_init(|| change_event(&p.view(&self.viewer)));
                             return Some(e.clone());
                         }
@@ -569,9 +569,13 @@ impl Watch {
             }
         }
     }
-}
 
-impl Watch {
+    /// When the timer must fire next: the earliest of heartbeat, recheck and token expiry.
+    fn due(&self) -> tokio::time::Instant {
+        let next = self.heartbeat_at.min(self.recheck_at);
+        self.expires_at.map_or(next, |at| next.min(at))
+    }
+
     /// The timer fired: end the stream if the token expired, recheck the caller's permissions
     /// if due, send a heartbeat if due, and set the timer to what comes next.
     async fn on_timer(&mut self) -> Option<Bytes> {
@@ -603,10 +607,7 @@ impl Watch {
             self.heartbeat_at = now + self.svc.settings().heartbeat;
             out = Some(Bytes::from_static(HEARTBEAT));
         }
-        let mut next = self.heartbeat_at.min(self.recheck_at);
-        if let Some(at) = self.expires_at {
-            next = next.min(at);
-        }
+        let next = self.due();
         self.timer.as_mut().reset(next);
         out
     }
@@ -681,7 +682,7 @@ async fn watch(
         ));
     }
     // Taken first: a stop that begins while this request is set up still ends its stream.
-    let stopping = svc.hub().stopping();
+    let mut stopping = svc.hub().stopping();
     if *stopping.borrow() {
         return Err(ConfigError::Unavailable("the server is stopping".into()).into());
     }
@@ -699,21 +700,16 @@ async fn watch(
         now + Duration::from_secs(left)
     });
     let heartbeat_at = now + svc.settings().heartbeat;
-    let recheck_at = now + svc.settings().reauthorize;
-    let first = expires_at.map_or(heartbeat_at.min(recheck_at), |at| {
-        at.min(heartbeat_at).min(recheck_at)
-    });
-    let mut stopping = stopping;
-    let w = Box::new(Watch {
+    let mut w = Box::new(Watch {
         _attached: attached,
         rx,
         // A dropped sender (the hub is gone) ends the stream too.
         stopping: Box::pin(async move {
             let _ = stopping.wait_for(|s| *s).await;
         }),
-        timer: Box::pin(tokio::time::sleep_until(first)),
+        timer: Box::pin(tokio::time::sleep_until(heartbeat_at)),
         heartbeat_at,
-        recheck_at,
+        recheck_at: now + svc.settings().reauthorize,
         expires_at,
         pending,
         viewer,
@@ -723,6 +719,8 @@ async fn watch(
         caller,
         key,
     });
+    let first = w.due();
+    w.timer.as_mut().reset(first);
     // Boxed: `unfold` moves its state in and out on every event.
     let events = stream::unfold(w, |mut w| async move {
         let e = w.next().await?;

@@ -36,9 +36,10 @@ pub enum Update {
 }
 
 /// A revision's watch event encoded once and shared (by reference count) by every watcher that
-/// sees it alike, when [`Published::uniform`]: `[masked, clear]`. The first watcher of each
-/// kind to get it encodes it.
-pub type SharedEvent = [std::sync::OnceLock<bytes::Bytes>; 2];
+/// sees it alike: `[masked, clear]`, the first watcher of each kind encoding it. `None` when
+/// the revision is not [`Published::uniform`] (a rollout sets one of its keys), so each watcher
+/// encodes its own view.
+pub type SharedEvent = Option<[std::sync::OnceLock<bytes::Bytes>; 2]>;
 
 impl Update {
     /// The revision it brings watchers to.
@@ -369,10 +370,9 @@ impl Hub {
                 continue;
             }
             let p = s.apply(r);
+            let shared: SharedEvent = p.uniform().then(Default::default);
             // No receivers is fine: the state still advances.
-            let _ = env
-                .tx
-                .send(Arc::new(Update::Next(p, SharedEvent::default())));
+            let _ = env.tx.send(Arc::new(Update::Next(p, shared)));
         }
         Ok(more)
     }

@@ -12,14 +12,14 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use capstan_http::PeerCertificate;
-
-use crate::direct::{First, Peer, Rewind};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::Service;
+
+use crate::direct::{First, Peer, Rewind};
 
 /// Limits of the accept loop.
 #[derive(Debug, Clone, Copy)]
